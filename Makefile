@@ -1,0 +1,41 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# GMEM: build, boot and test the kernel.  See README.md.
+#
+#   make run      set up, build, boot the GMEM kernel and show it working
+#   make check    set up, build, boot, run every GMEM test; last line
+#                 "N passed, M failed"
+#   make build    set up and build only (incremental)
+#   make assemble build/linux = Linux 7.2.13 + the GMEM files + patches/
+#   make patches  write the commits made in build/linux back to patches/
+#   make vm CMD=  run CMD in the booted test kernel (default: a shell)
+#   make clean    remove build/ (the download cache stays)
+
+H := harness
+
+.PHONY: all deps assemble build run check patches vm clean
+all: build
+
+deps:
+	@$(H)/deps.sh
+
+assemble: deps
+	@$(H)/assemble.sh
+
+build:
+	@$(H)/build.sh
+
+run:
+	@$(H)/run.sh
+
+check:
+	@$(H)/check.sh
+
+patches:
+	@$(H)/export-patches.sh
+
+vm:
+	@$(H)/vm-run -- $(if $(CMD),$(CMD),bash)
+
+clean:
+	rm -rf build

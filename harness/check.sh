@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# make check: build, boot the test kernel once, run every GMEM KUnit suite
+# (at boot) and every GMEM kselftest, fail on any failed test and on any
+# splat in the guest's kernel log.  The last line is "N passed, M failed".
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/config.sh"
+
+start=$(date +%s)
+"$here/build.sh"
+
+out=$GMEM_BUILD/vm/check-$GMEM_FLAVOUR
+rm -rf "$out"
+mkdir -p "$out"
+echo "check: booting the $GMEM_FLAVOUR kernel and running the tests" >&2
+# Only GMEM's KUnit suites run at boot.  A hung guest is killed by timeout.
+timeout 1800 "$here/vm-run" --append "kunit.filter_glob=gmem*" -- \
+	"$here/guest/run-tests.sh" "$out" "$GMEM_OBJ/kselftest/gmem" \
+	>"$out/console.log" 2>&1 || echo "check: the VM exited with status $?" >&2
+rc=0
+"$here/report.py" "$out" | tee "$out/report" | tail -n 200 || rc=$?
+echo "check: $(($(date +%s) - start)) s in all; results in ${out#"$GMEM_TOP"/}" >&2
+# The report's last line must be the last line of output.
+tail -n 1 "$out/report"
+exit $rc

@@ -1,0 +1,28 @@
+# SPDX-License-Identifier: GPL-2.0
+# Shared settings of the GMEM harness, sourced by every script in harness/.
+
+# The pinned kernel source: Debian's linux-source package.
+KVER_MAJOR=7.2
+KVER=7.2.13
+DEB_VERSION=7.2.13-1
+DEB_SHA256=30a8c5fc63f9028a62e6d7b3f7f43bee67425dbce2a05fceba83f9b87c92083d
+
+GMEM_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+GMEM_CACHE=${GMEM_CACHE:-$HOME/.cache/gmem}
+GMEM_BUILD=${GMEM_BUILD:-$GMEM_TOP/build}
+# Assembled source tree (a git repository: tag v$KVER is the pristine
+# baseline, every patch of the series is a commit on top of it).
+GMEM_SRC=$GMEM_BUILD/linux
+# Flavour of the build: "default" or "debug" (KASAN, lockdep, ...) or "nogmem".
+GMEM_FLAVOUR=${GMEM_FLAVOUR:-default}
+GMEM_OBJ=$GMEM_BUILD/obj-$GMEM_FLAVOUR
+
+case ":$PATH:" in
+*":$HOME/.cargo/bin:"*) ;;
+*) PATH=$HOME/.cargo/bin:$PATH ;;
+esac
+case ":$PATH:" in
+*":$HOME/.local/bin:"*) ;;
+*) PATH=$HOME/.local/bin:$PATH ;;
+esac
+export PATH

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Write the commits made in build/linux on top of the overlay commit back to
+# patches/ (one .patch per commit) and rewrite patches/series.
+#
+# How to change an existing kernel file:
+#   make assemble                       # build/linux = v7.2.13 + overlay + series
+#   cd build/linux && edit && git commit -s   # or git rebase -i to amend one
+#   harness/export-patches.sh           # back into patches/, then commit here
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/config.sh"
+
+g() { git -C "$GMEM_SRC" "$@"; }
+base=$(g rev-list --reverse "v$KVER..HEAD" | head -n 1)
+if [ -z "$base" ] || [ "$(g log -1 --format=%s "$base")" != \
+	"gmem: add the GMEM files (overlay of the checkout)" ]; then
+	base=v$KVER
+fi
+if g status --porcelain | grep -q .; then
+	echo "export-patches: build/linux has uncommitted changes; commit them first" >&2
+	exit 1
+fi
+rm -f "$GMEM_TOP"/patches/*.patch
+mkdir -p "$GMEM_TOP/patches"
+g format-patch -q --zero-commit --no-signature --no-numbered \
+	-o "$GMEM_TOP/patches" "$base..HEAD"
+{
+	echo "# GMEM: changes to existing kernel files, applied in order on"
+	echo "# Linux $KVER after the new files.  See harness/export-patches.sh."
+	(cd "$GMEM_TOP/patches" && ls -1 ./*.patch | sed 's|^\./||')
+} >"$GMEM_TOP/patches/series"
+echo "export-patches: $(g rev-list --count "$base..HEAD") patch(es) in patches/" >&2

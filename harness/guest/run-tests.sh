@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Runs inside the test kernel (started by harness/check.sh through vm-run):
+# every GMEM kselftest, then the kernel log.  Results go to $1 (a directory
+# under build/vm/, writable from the guest); harness/report.py reads them.
+set -u
+out=$1
+tests=$2
+mkdir -p "$out"
+for t in "$tests"/*; do
+	[ -x "$t" ] && [ -f "$t" ] || continue
+	name=$(basename "$t")
+	# kselftest_harness has a per-test timeout; this bounds the program.
+	timeout 600 "$t" >"$out/$name.tap" 2>&1
+	echo $? >"$out/$name.rc"
+done
+if [ -w /sys/kernel/debug/kmemleak ]; then
+	echo scan >/sys/kernel/debug/kmemleak
+	sleep 6
+	echo scan >/sys/kernel/debug/kmemleak
+	cat /sys/kernel/debug/kmemleak >"$out/kmemleak"
+fi
+dmesg >"$out/dmesg"
+echo done >"$out/finished"

@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0
+"""Read what harness/guest/run-tests.sh left in a results directory and
+print one line per test, the splats found in the kernel log, and a last
+line "N passed, M failed".  Exit status 0 only if nothing failed."""
+
+import os
+import re
+import sys
+
+# Anything of these in the guest's kernel log is a failure of the run.
+SPLATS = [
+    r"\bBUG:", r"kernel BUG at", r"\bWARNING:", r"\bOops\b", r"Kernel panic",
+    r"general protection fault", r"KASAN:", r"UBSAN:", r"KFENCE:",
+    r"possible circular locking", r"possible recursive locking",
+    r"inconsistent lock state", r"lockdep", r"suspicious RCU usage",
+    r"self-detected stall", r"rcu: INFO: .*detected stall", r"soft lockup",
+    r"hung_task", r"blocked for more than", r"unreferenced object",
+    r"rust_panic", r"panicked at", r"Call Trace:",
+]
+SPLAT_RE = re.compile("|".join(SPLATS))
+STAMP = re.compile(r"^\[\s*\d+\.\d+\]\s?")
+RESULT = re.compile(r"^(not ok|ok) (\d+) (\S+)(.*)$")
+
+
+def kunit(lines, suite_prefix):
+    """Test cases of the KUnit suites named suite_prefix*, from KTAP."""
+    results, suite, plan, seen = [], None, {}, {}
+    for raw in lines:
+        line = STAMP.sub("", raw.rstrip("\n"))
+        m = re.match(r"^    # Subtest: (\S+)", line)
+        if m:
+            suite = m.group(1) if m.group(1).startswith(suite_prefix) else None
+            if suite:
+                seen[suite] = 0
+            continue
+        if suite is None:
+            continue
+        m = re.match(r"^    1\.\.(\d+)", line)
+        if m:
+            plan[suite] = int(m.group(1))
+            continue
+        m = RESULT.match(line[4:]) if line.startswith("    ") and \
+            not line.startswith("     ") else None
+        if m:
+            ok = m.group(1) == "ok"
+            skip = "# SKIP" in m.group(4)
+            results.append((f"kunit {suite}.{m.group(3)}",
+                            "SKIP" if skip else ("PASS" if ok else "FAIL")))
+            seen[suite] += 1
+            continue
+        m = RESULT.match(line)
+        if m and m.group(3) == suite:
+            suite = None
+    for s, n in seen.items():
+        if plan.get(s) != n:
+            results.append((f"kunit {s} (ran {n} of {plan.get(s, '?')} cases)",
+                            "FAIL"))
+    return results
+
+
+def kselftest(path, name):
+    """Top-level results of one kselftest_harness TAP output."""
+    results, plan = [], None
+    with open(path, errors="replace") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            m = re.match(r"^1\.\.(\d+)", line)
+            if m:
+                plan = int(m.group(1))
+            m = RESULT.match(line)
+            if m:
+                skip = "# SKIP" in m.group(4)
+                results.append((f"kselftest {name}:{m.group(3)}",
+                                "SKIP" if skip else
+                                ("PASS" if m.group(1) == "ok" else "FAIL")))
+    if plan is None or plan != len(results):
+        results.append((f"kselftest {name} (ran {len(results)} of "
+                        f"{plan if plan is not None else '?'} tests)", "FAIL"))
+    return results
+
+
+def main():
+    out = sys.argv[1]
+    results, problems = [], []
+    if not os.path.exists(os.path.join(out, "finished")):
+        problems.append("the guest did not finish the test run "
+                        "(crash, hang or boot failure)")
+    dmesg = []
+    if os.path.exists(os.path.join(out, "dmesg")):
+        with open(os.path.join(out, "dmesg"), errors="replace") as f:
+            dmesg = f.readlines()
+    k = kunit(dmesg, "gmem")
+    if not k:
+        problems.append("no GMEM KUnit results in the kernel log")
+    results += k
+    tap = sorted(f for f in os.listdir(out) if f.endswith(".tap"))
+    if not tap:
+        problems.append("no GMEM kselftest ran")
+    for f in tap:
+        results += kselftest(os.path.join(out, f), f[:-4])
+    splats = [STAMP.sub("", l.rstrip()) for l in dmesg if SPLAT_RE.search(l)]
+    leak = os.path.join(out, "kmemleak")
+    if os.path.exists(leak) and os.path.getsize(leak) > 0:
+        problems.append("kmemleak reports leaks (see %s)" % leak)
+
+    for name, status in results:
+        print(f"{status} {name}")
+    for s in splats[:20]:
+        print(f"SPLAT {s}")
+    if splats:
+        problems.append(f"{len(splats)} splat line(s) in the kernel log "
+                        f"(see {os.path.join(out, 'dmesg')})")
+    for p in problems:
+        print(f"ERROR {p}")
+    passed = sum(1 for _, s in results if s == "PASS")
+    failed = sum(1 for _, s in results if s == "FAIL") + len(problems)
+    skipped = sum(1 for _, s in results if s == "SKIP")
+    if skipped:
+        print(f"({skipped} skipped)")
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

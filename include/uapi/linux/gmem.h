@@ -1,0 +1,39 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * GMEM: generalized memory management for external memory devices.
+ *
+ * Userspace interface: the mmap() flag that opts a range into GMEM and the
+ * advice values of hmadvise(2).
+ */
+#ifndef _UAPI_LINUX_GMEM_H
+#define _UAPI_LINUX_GMEM_H
+
+/*
+ * mmap(MAP_PRIVATE | MAP_ANONYMOUS | MAP_PEER_SHARED): the range is shared
+ * (same virtual addresses, coherent data) by the CPU and every device
+ * attached to the process through GMEM.
+ *
+ * The value is bit 27.  No architecture's <asm/mman.h> uses it: bits 26-31
+ * are the hugetlb page-size field (MAP_HUGE_SHIFT is 26 everywhere), which
+ * means something only together with MAP_HUGETLB; MAP_UNINITIALIZED (bit 26)
+ * reuses the field the same way.  MAP_PEER_SHARED with MAP_HUGETLB, with
+ * MAP_SHARED or with a file is rejected with EINVAL, so the two meanings of
+ * the bit can never meet.  Kernels without GMEM ignore the bit for
+ * MAP_PRIVATE mappings, like any unknown legacy flag.
+ */
+#define MAP_PEER_SHARED		0x8000000
+
+/*
+ * hmadvise(hnid, start, len, advice) takes the madvise() values that make
+ * sense for device memory (MADV_DONTNEED) plus the ones below.
+ *
+ * MADV_PREFETCH is 200: madvise() uses 0-25 and 100-103 (generic, alpha,
+ * mips) and 65-75 (parisc); 200 leaves room for the next madvise() values
+ * on every architecture.  madvise() itself rejects it with EINVAL.
+ */
+#define MADV_PREFETCH		200	/* move the range to node hnid */
+
+/* hnid for "every node" where an advice accepts it (MADV_DONTNEED). */
+#define GM_NODE_ALL		(-1)
+
+#endif /* _UAPI_LINUX_GMEM_H */

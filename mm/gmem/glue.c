@@ -1,0 +1,27 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * GMEM: the C entry points of the core.
+ *
+ * Everything GMEM does lives in Rust (gmem.rs and its modules).  This file
+ * holds only what C must provide: the system call entry and the initcall.
+ */
+#include <linux/gmem.h>
+#include <linux/init.h>
+#include <linux/mm.h>
+#include <linux/syscalls.h>
+
+SYSCALL_DEFINE4(hmadvise, int, hnid, unsigned long, start, size_t, len,
+		int, advice)
+{
+	return gm_hmadvise(hnid, untagged_addr(start), len, advice);
+}
+
+/*
+ * The core must exist before any driver (device_initcall) registers a
+ * device with it, hence subsys_initcall rather than a built-in module!().
+ */
+static int __init gm_init(void)
+{
+	return gm_core_init();
+}
+subsys_initcall(gm_init);

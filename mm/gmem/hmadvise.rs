@@ -1,0 +1,268 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `hmadvise(hnid, start, len, advice)`: where the pages of a peer-shared
+//! range should live.
+//!
+//! The arguments are checked completely before anything is done, so a call
+//! that fails leaves the address space as it was.  The checks, in order:
+//! the advice, the alignment of `start`, `start + len` overflowing, the
+//! node, and finally (against the address space) that every page of the
+//! range is mapped and peer-shared.
+
+use kernel::{
+    bindings, current,
+    ffi::{c_int, c_long, c_ulong},
+    mm::{
+        virt::{flags, VmaRef},
+        MmWithUser, MmapReadGuard,
+    },
+    page::PAGE_SIZE,
+    prelude::*,
+};
+
+/// An advice `hmadvise(2)` accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Advice {
+    /// `MADV_PREFETCH`: move every page of the range to the node.
+    Prefetch,
+    /// `MADV_DONTNEED`: drop the pages of the range held by the node (or by
+    /// every node), so that the next access from anywhere reads zeros.
+    DontNeed,
+}
+
+impl Advice {
+    fn from_raw(advice: c_int) -> Result<Self> {
+        match u32::try_from(advice) {
+            Ok(bindings::MADV_PREFETCH) => Ok(Self::Prefetch),
+            Ok(bindings::MADV_DONTNEED) => Ok(Self::DontNeed),
+            _ => Err(EINVAL),
+        }
+    }
+}
+
+/// The node an advice is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// One node: an online host NUMA node or a device node.
+    Node(c_int),
+    /// Every node (`GM_NODE_ALL`); only for [`Advice::DontNeed`].
+    All,
+}
+
+/// A checked `hmadvise(2)` request over a non-empty, page-aligned range.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Request {
+    pub(crate) target: Target,
+    pub(crate) start: usize,
+    /// Exclusive end; `start < end`.
+    pub(crate) end: usize,
+    pub(crate) advice: Advice,
+}
+
+impl Request {
+    /// Checks the arguments that do not depend on the address space.
+    ///
+    /// `node_valid` says whether a node id names an online host node or a
+    /// registered device node.  Returns `Ok(None)` for an empty range.
+    pub(crate) fn parse(
+        hnid: c_int,
+        start: usize,
+        len: usize,
+        advice: c_int,
+        node_valid: impl Fn(c_int) -> bool,
+    ) -> Result<Option<Self>> {
+        let advice = Advice::from_raw(advice)?;
+        if start % PAGE_SIZE != 0 {
+            return Err(EINVAL);
+        }
+        // Like madvise(), a length that is not a multiple of the page size
+        // covers the last partial page.
+        let len = len.checked_next_multiple_of(PAGE_SIZE).ok_or(EINVAL)?;
+        let end = start.checked_add(len).ok_or(EINVAL)?;
+        let target = match hnid {
+            bindings::GM_NODE_ALL if advice == Advice::DontNeed => Target::All,
+            nid if nid >= 0 && node_valid(nid) => Target::Node(nid),
+            _ => return Err(EINVAL),
+        };
+        if start == end {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            target,
+            start,
+            end,
+            advice,
+        }))
+    }
+
+    /// Carries the request out in `mm`.
+    ///
+    /// Every page of the range must be mapped (`ENOMEM` otherwise, like
+    /// madvise()) and peer-shared (`EINVAL` otherwise); nothing is done
+    /// unless the whole range passes.
+    fn apply(&self, mm: &MmWithUser) -> Result {
+        let mmap = mm.mmap_read_lock();
+        self.for_each_vma(&mmap, |vma, _, _| {
+            if vma.flags() & flags::PEER_SHARED == 0 {
+                return Err(EINVAL);
+            }
+            Ok(())
+        })?;
+        match self.advice {
+            // No device can hold a page yet: every page of a peer-shared
+            // range is in host memory, which is where a prefetch to a host
+            // node leaves it.
+            Advice::Prefetch => Ok(()),
+            // Host memory is dropped like madvise(MADV_DONTNEED) does it,
+            // under the mmap read lock; the next access reads zeros.  Host
+            // nodes are one tier here: a host hnid drops every host page.
+            Advice::DontNeed => self.for_each_vma(&mmap, |vma, start, end| {
+                vma.zap_vma_range(start, end - start);
+                Ok(())
+            }),
+        }
+    }
+
+    /// Calls `f(vma, start, end)` for each VMA of the range, clipped to it,
+    /// in address order.  Fails with `ENOMEM` at the first unmapped page.
+    fn for_each_vma(
+        &self,
+        mmap: &MmapReadGuard<'_>,
+        mut f: impl FnMut(&VmaRef, usize, usize) -> Result,
+    ) -> Result {
+        let mut addr = self.start;
+        while addr < self.end {
+            let vma = mmap.vma_lookup(addr).ok_or(ENOMEM)?;
+            let end = vma.end().min(self.end);
+            f(vma, addr, end)?;
+            addr = end;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `nid` is an online host NUMA node.
+fn host_node_online(nid: c_int) -> bool {
+    // SAFETY: `nr_node_ids` is set once during early boot and never changes
+    // after that, long before any process can call hmadvise(2).
+    let nr_node_ids = unsafe { bindings::nr_node_ids };
+    // SAFETY: `nid` was just checked to be a valid index of the node masks.
+    u32::try_from(nid).is_ok_and(|n| n < nr_node_ids) && unsafe { bindings::node_online(nid) }
+}
+
+fn hmadvise(hnid: c_int, start: usize, len: usize, advice: c_int) -> Result {
+    let Some(request) = Request::parse(hnid, start, len, advice, host_node_online)? else {
+        return Ok(());
+    };
+    let task = current!();
+    let mm = task.mm().ok_or(EINVAL)?;
+    request.apply(mm)
+}
+
+/// The `hmadvise(2)` system call.
+///
+/// # Safety
+///
+/// Called only from the `hmadvise` syscall entry (`mm/gmem/glue.c`), in
+/// process context, with `start` untagged.
+#[export]
+pub unsafe extern "C" fn gm_hmadvise(
+    hnid: c_int,
+    start: c_ulong,
+    len: usize,
+    advice: c_int,
+) -> c_long {
+    match hmadvise(hnid, start as usize, len, advice) {
+        Ok(()) => 0,
+        // Lossless: `c_long` is 64-bit wherever GMEM builds.
+        Err(e) => e.to_errno() as c_long,
+    }
+}
+
+#[cfg(CONFIG_GMEM_KUNIT_TEST)]
+#[kunit_tests(gmem_hmadvise)]
+mod tests {
+    use super::*;
+
+    const PREFETCH: c_int = bindings::MADV_PREFETCH as c_int;
+    const DONTNEED: c_int = bindings::MADV_DONTNEED as c_int;
+    const BASE: usize = 0x7f00_0000_0000;
+
+    /// Nodes 0 and 1 exist, nothing else.
+    fn two_nodes(nid: c_int) -> bool {
+        nid == 0 || nid == 1
+    }
+
+    fn parse(hnid: c_int, start: usize, len: usize, advice: c_int) -> Result<Option<Request>> {
+        Request::parse(hnid, start, len, advice, two_nodes)
+    }
+
+    #[test]
+    fn accepts_both_advices() {
+        let r = parse(1, BASE, 2 * PAGE_SIZE, PREFETCH).unwrap().unwrap();
+        assert_eq!(r.advice, Advice::Prefetch);
+        assert_eq!(r.target, Target::Node(1));
+        assert_eq!((r.start, r.end), (BASE, BASE + 2 * PAGE_SIZE));
+        let r = parse(0, BASE, PAGE_SIZE, DONTNEED).unwrap().unwrap();
+        assert_eq!(r.advice, Advice::DontNeed);
+    }
+
+    #[test]
+    fn rejects_unknown_advice() {
+        for advice in [-1, 0, 1, 3, 25, 199, 201, c_int::MAX, c_int::MIN] {
+            assert_eq!(parse(0, BASE, PAGE_SIZE, advice), Err(EINVAL));
+        }
+    }
+
+    #[test]
+    fn rejects_unaligned_start() {
+        for start in [BASE + 1, BASE + PAGE_SIZE / 2, BASE + PAGE_SIZE - 1] {
+            assert_eq!(parse(0, start, PAGE_SIZE, PREFETCH), Err(EINVAL));
+        }
+    }
+
+    #[test]
+    fn rounds_len_up_to_pages() {
+        let r = parse(0, BASE, 1, PREFETCH).unwrap().unwrap();
+        assert_eq!(r.end, BASE + PAGE_SIZE);
+        let r = parse(0, BASE, PAGE_SIZE + 1, PREFETCH).unwrap().unwrap();
+        assert_eq!(r.end, BASE + 2 * PAGE_SIZE);
+    }
+
+    #[test]
+    fn rejects_overflow() {
+        assert_eq!(parse(0, BASE, usize::MAX, PREFETCH), Err(EINVAL));
+        assert_eq!(parse(0, BASE, usize::MAX - PAGE_SIZE + 2, PREFETCH), Err(EINVAL));
+        let top = usize::MAX - PAGE_SIZE + 1;
+        assert_eq!(parse(0, top, PAGE_SIZE, PREFETCH), Err(EINVAL));
+        assert!(parse(0, top - PAGE_SIZE, PAGE_SIZE, PREFETCH).is_ok());
+    }
+
+    #[test]
+    fn checks_node() {
+        assert_eq!(parse(2, BASE, PAGE_SIZE, PREFETCH), Err(EINVAL));
+        assert_eq!(parse(-2, BASE, PAGE_SIZE, DONTNEED), Err(EINVAL));
+        assert_eq!(parse(c_int::MAX, BASE, PAGE_SIZE, PREFETCH), Err(EINVAL));
+        // Every node makes sense for dropping pages, not for moving them.
+        let all = bindings::GM_NODE_ALL;
+        assert_eq!(parse(all, BASE, PAGE_SIZE, PREFETCH), Err(EINVAL));
+        let r = parse(all, BASE, PAGE_SIZE, DONTNEED).unwrap().unwrap();
+        assert_eq!(r.target, Target::All);
+    }
+
+    #[test]
+    fn empty_range_is_a_no_op_after_the_checks() {
+        assert_eq!(parse(0, BASE, 0, PREFETCH), Ok(None));
+        assert_eq!(parse(2, BASE, 0, PREFETCH), Err(EINVAL));
+        assert_eq!(parse(0, BASE + 1, 0, PREFETCH), Err(EINVAL));
+        assert_eq!(parse(0, BASE, 0, 7), Err(EINVAL));
+    }
+
+    #[test]
+    fn host_nodes() {
+        // The guest boots with node 0 online, always.
+        assert!(host_node_online(0));
+        assert!(!host_node_online(-1));
+        assert!(!host_node_online(c_int::MAX));
+    }
+}

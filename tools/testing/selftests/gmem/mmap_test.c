@@ -1,0 +1,165 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * mmap(MAP_PEER_SHARED): which requests are accepted, how the VMA is
+ * marked, and that a refused request leaves the address space intact.
+ */
+#include <fcntl.h>
+#include <linux/mman.h>
+
+#include "../kselftest_harness.h"
+#include "gmem_util.h"
+
+FIXTURE(mmap)
+{
+	size_t page;
+};
+
+FIXTURE_SETUP(mmap)
+{
+	self->page = sysconf(_SC_PAGESIZE);
+}
+
+FIXTURE_TEARDOWN(mmap)
+{
+}
+
+/* A private anonymous peer-shared range works like ordinary memory. */
+TEST_F(mmap, private_anonymous)
+{
+	size_t len = 16 * self->page;
+	char *p;
+
+	p = mmap_peer_shared(NULL, len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	/* Untouched memory reads as zeros. */
+	for (size_t i = 0; i < len; i += self->page)
+		ASSERT_EQ(0, p[i]);
+	fill_pattern(p, len, 1);
+	ASSERT_EQ(-1, check_pattern(p, len, 1));
+	ASSERT_EQ(0, munmap(p, len));
+}
+
+/* The VMA carries VM_PEER_SHARED, shown as "ps" in smaps; others do not. */
+TEST_F(mmap, smaps_flag)
+{
+	size_t len = 4 * self->page;
+	void *p, *q;
+
+	p = mmap_peer_shared(NULL, len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	q = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, q);
+	EXPECT_EQ(1, vma_has_flag(p, "ps"));
+	EXPECT_EQ(0, vma_has_flag(q, "ps"));
+	ASSERT_EQ(0, munmap(p, len));
+	ASSERT_EQ(0, munmap(q, len));
+}
+
+/* The flag survives a VMA split (mprotect) and stays only where it was. */
+TEST_F(mmap, split_keeps_flag)
+{
+	size_t len = 4 * self->page;
+	char *p;
+
+	p = mmap_peer_shared(NULL, len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	ASSERT_EQ(0, mprotect(p + self->page, self->page, PROT_READ));
+	EXPECT_EQ(1, vma_has_flag(p, "ps"));
+	EXPECT_EQ(1, vma_has_flag(p + self->page, "ps"));
+	EXPECT_EQ(1, vma_has_flag(p + 2 * self->page, "ps"));
+	ASSERT_EQ(0, munmap(p, len));
+}
+
+/* A peer-shared range next to an ordinary one is never merged into it. */
+TEST_F(mmap, no_merge_with_ordinary_memory)
+{
+	size_t len = 2 * self->page;
+	char *p, *q;
+
+	p = mmap(NULL, 2 * len, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	q = mmap_peer_shared(p + len, len, MAP_FIXED);
+	ASSERT_EQ(p + len, q);
+	EXPECT_EQ(0, vma_has_flag(p, "ps"));
+	EXPECT_EQ(1, vma_has_flag(q, "ps"));
+	ASSERT_EQ(0, munmap(p, 2 * len));
+}
+
+FIXTURE(mmap_invalid)
+{
+	size_t page;
+	char *keep;	/* an existing mapping a refused mmap must not touch */
+};
+
+FIXTURE_SETUP(mmap_invalid)
+{
+	self->page = sysconf(_SC_PAGESIZE);
+	self->keep = mmap(NULL, self->page, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, self->keep);
+	fill_pattern(self->keep, self->page, 42);
+}
+
+FIXTURE_TEARDOWN(mmap_invalid)
+{
+	munmap(self->keep, self->page);
+}
+
+/* Try MAP_FIXED over @keep with @flags and @fd: must fail with EINVAL. */
+static void expect_einval(struct __test_metadata *_metadata,
+			  FIXTURE_DATA(mmap_invalid) *self, int flags, int fd)
+{
+	void *p;
+
+	errno = 0;
+	p = mmap(self->keep, self->page, PROT_READ | PROT_WRITE,
+		 flags | MAP_PEER_SHARED | MAP_FIXED, fd, 0);
+	ASSERT_EQ(MAP_FAILED, p);
+	ASSERT_EQ(EINVAL, errno);
+	/* The mapping that was there is untouched. */
+	ASSERT_EQ(-1, check_pattern(self->keep, self->page, 42));
+	ASSERT_EQ(0, vma_has_flag(self->keep, "ps"));
+}
+
+TEST_F(mmap_invalid, shared_anonymous)
+{
+	expect_einval(_metadata, self, MAP_SHARED | MAP_ANONYMOUS, -1);
+}
+
+TEST_F(mmap_invalid, shared_validate_anonymous)
+{
+	expect_einval(_metadata, self, MAP_SHARED_VALIDATE | MAP_ANONYMOUS, -1);
+}
+
+TEST_F(mmap_invalid, droppable)
+{
+	expect_einval(_metadata, self, MAP_DROPPABLE | MAP_ANONYMOUS, -1);
+}
+
+TEST_F(mmap_invalid, private_file)
+{
+	int fd = open("/dev/zero", O_RDWR);
+
+	ASSERT_LE(0, fd);
+	expect_einval(_metadata, self, MAP_PRIVATE, fd);
+	close(fd);
+}
+
+TEST_F(mmap_invalid, shared_file)
+{
+	int fd = open("/dev/zero", O_RDWR);
+
+	ASSERT_LE(0, fd);
+	expect_einval(_metadata, self, MAP_SHARED, fd);
+	close(fd);
+}
+
+TEST_F(mmap_invalid, hugetlb)
+{
+	expect_einval(_metadata, self,
+		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1);
+}
+
+TEST_HARNESS_MAIN
