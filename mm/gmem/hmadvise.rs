@@ -7,11 +7,13 @@
 //! that fails leaves the address space as it was.  The checks, in order:
 //! the advice, the alignment of `start`, `start + len` overflowing, the
 //! node, and finally (against the address space) that every page of the
-//! range is mapped and peer-shared.
+//! range is mapped and peer-shared.  When a range has both a hole and a
+//! VMA that is not peer-shared, the one at the lower address decides the
+//! error (`ENOMEM` or `EINVAL`).
 
 use kernel::{
     bindings, current,
-    ffi::{c_int, c_long, c_ulong},
+    ffi::{c_int, c_long},
     mm::{
         virt::{flags, VmaRef},
         MmWithUser, MmapReadGuard,
@@ -168,11 +170,11 @@ fn hmadvise(hnid: c_int, start: usize, len: usize, advice: c_int) -> Result {
 #[export]
 pub unsafe extern "C" fn gm_hmadvise(
     hnid: c_int,
-    start: c_ulong,
+    start: usize,
     len: usize,
     advice: c_int,
 ) -> c_long {
-    match hmadvise(hnid, start as usize, len, advice) {
+    match hmadvise(hnid, start, len, advice) {
         Ok(()) => 0,
         // Lossless: `c_long` is 64-bit wherever GMEM builds.
         Err(e) => e.to_errno() as c_long,
@@ -232,7 +234,10 @@ mod tests {
     #[test]
     fn rejects_overflow() {
         assert_eq!(parse(0, BASE, usize::MAX, PREFETCH), Err(EINVAL));
-        assert_eq!(parse(0, BASE, usize::MAX - PAGE_SIZE + 2, PREFETCH), Err(EINVAL));
+        assert_eq!(
+            parse(0, BASE, usize::MAX - PAGE_SIZE + 2, PREFETCH),
+            Err(EINVAL)
+        );
         let top = usize::MAX - PAGE_SIZE + 1;
         assert_eq!(parse(0, top, PAGE_SIZE, PREFETCH), Err(EINVAL));
         assert!(parse(0, top - PAGE_SIZE, PAGE_SIZE, PREFETCH).is_ok());

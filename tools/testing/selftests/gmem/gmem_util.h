@@ -64,8 +64,8 @@ static inline int vma_has_flag(void *addr, const char *flag)
 
 	if (vma_flags(addr, flags, sizeof(flags)))
 		return -1;
-	for (tok = strtok_r(flags, " \n", &save); tok;
-	     tok = strtok_r(NULL, " \n", &save))
+	for (tok = strtok_r(flags, "\n ", &save); tok;
+	     tok = strtok_r(NULL, "\n ", &save))
 		if (!strcmp(tok, flag))
 			return 1;
 	return 0;

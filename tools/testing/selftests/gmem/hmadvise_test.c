@@ -49,6 +49,9 @@ TEST_F(hmadvise, prefetch_to_host_node)
 	/* A length that is not a multiple of the page size is rounded up. */
 	ASSERT_EQ(0, hmadvise(0, start, 1, MADV_PREFETCH));
 	ASSERT_EQ(0, hmadvise(0, start, self->len - 1, MADV_PREFETCH));
+	/* Any online host node will do (the test VM has a node 1). */
+	if (access("/sys/devices/system/node/node1", F_OK) == 0)
+		ASSERT_EQ(0, hmadvise(1, start, self->len, MADV_PREFETCH));
 }
 
 /*
@@ -120,7 +123,7 @@ TEST_F(hmadvise, unknown_advice)
 		      MADV_PAGEOUT, MADV_PREFETCH - 1, MADV_PREFETCH + 1,
 		      0x7fffffff };
 
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++)
 		expect_err(_metadata, EINVAL, 0, start, self->len, bad[i]);
 }
 
@@ -129,7 +132,7 @@ TEST_F(hmadvise, invalid_node)
 	unsigned long start = (unsigned long)self->buf;
 	int bad[] = { -2, -1000, 1 << 20, 0x7fffffff };
 
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++)
 		expect_err(_metadata, EINVAL, bad[i], start, self->len,
 			   MADV_PREFETCH);
 	/* A node id that is possible but not online. */
@@ -148,11 +151,18 @@ TEST_F(hmadvise, overflow)
 
 TEST_F(hmadvise, unmapped)
 {
-	unsigned long start = (unsigned long)self->buf;
+	size_t len = 2 * self->page;
+	char *p;
 
-	/* The range runs past the end of the mapping. */
-	expect_err(_metadata, ENOMEM, 0, start, self->len + self->page,
+	/* A range that runs past the end of its mapping into a hole. */
+	p = mmap_peer_shared(NULL, 2 * len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	ASSERT_EQ(0, munmap(p + len, len));
+	expect_err(_metadata, ENOMEM, 0, (unsigned long)p, 2 * len,
 		   MADV_PREFETCH);
+	expect_err(_metadata, ENOMEM, 0, (unsigned long)p + len, len,
+		   MADV_DONTNEED);
+	ASSERT_EQ(0, munmap(p, len));
 	/* Nothing mapped at all (the first page of the address space). */
 	expect_err(_metadata, ENOMEM, 0, 0, self->page, MADV_PREFETCH);
 }

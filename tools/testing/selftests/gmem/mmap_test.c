@@ -108,34 +108,34 @@ FIXTURE_TEARDOWN(mmap_invalid)
 }
 
 /* Try MAP_FIXED over @keep with @flags and @fd: must fail with EINVAL. */
-static void expect_einval(struct __test_metadata *_metadata,
-			  FIXTURE_DATA(mmap_invalid) *self, int flags, int fd)
+static void expect_einval(struct __test_metadata *_metadata, char *keep,
+			  size_t page, int flags, int fd)
 {
 	void *p;
 
 	errno = 0;
-	p = mmap(self->keep, self->page, PROT_READ | PROT_WRITE,
+	p = mmap(keep, page, PROT_READ | PROT_WRITE,
 		 flags | MAP_PEER_SHARED | MAP_FIXED, fd, 0);
 	ASSERT_EQ(MAP_FAILED, p);
 	ASSERT_EQ(EINVAL, errno);
 	/* The mapping that was there is untouched. */
-	ASSERT_EQ(-1, check_pattern(self->keep, self->page, 42));
-	ASSERT_EQ(0, vma_has_flag(self->keep, "ps"));
+	ASSERT_EQ(-1, check_pattern(keep, page, 42));
+	ASSERT_EQ(0, vma_has_flag(keep, "ps"));
 }
 
 TEST_F(mmap_invalid, shared_anonymous)
 {
-	expect_einval(_metadata, self, MAP_SHARED | MAP_ANONYMOUS, -1);
+	expect_einval(_metadata, self->keep, self->page, MAP_SHARED | MAP_ANONYMOUS, -1);
 }
 
 TEST_F(mmap_invalid, shared_validate_anonymous)
 {
-	expect_einval(_metadata, self, MAP_SHARED_VALIDATE | MAP_ANONYMOUS, -1);
+	expect_einval(_metadata, self->keep, self->page, MAP_SHARED_VALIDATE | MAP_ANONYMOUS, -1);
 }
 
 TEST_F(mmap_invalid, droppable)
 {
-	expect_einval(_metadata, self, MAP_DROPPABLE | MAP_ANONYMOUS, -1);
+	expect_einval(_metadata, self->keep, self->page, MAP_DROPPABLE | MAP_ANONYMOUS, -1);
 }
 
 TEST_F(mmap_invalid, private_file)
@@ -143,7 +143,7 @@ TEST_F(mmap_invalid, private_file)
 	int fd = open("/dev/zero", O_RDWR);
 
 	ASSERT_LE(0, fd);
-	expect_einval(_metadata, self, MAP_PRIVATE, fd);
+	expect_einval(_metadata, self->keep, self->page, MAP_PRIVATE, fd);
 	close(fd);
 }
 
@@ -152,13 +152,13 @@ TEST_F(mmap_invalid, shared_file)
 	int fd = open("/dev/zero", O_RDWR);
 
 	ASSERT_LE(0, fd);
-	expect_einval(_metadata, self, MAP_SHARED, fd);
+	expect_einval(_metadata, self->keep, self->page, MAP_SHARED, fd);
 	close(fd);
 }
 
 TEST_F(mmap_invalid, hugetlb)
 {
-	expect_einval(_metadata, self,
+	expect_einval(_metadata, self->keep, self->page,
 		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1);
 }
 
