@@ -22,6 +22,15 @@ if g status --porcelain | grep -q .; then
 	echo "export-patches: build/linux has uncommitted changes; commit them first" >&2
 	exit 1
 fi
+# Debian's top-level .gitignore ignores everything (/*), so a new file is
+# silently left out by `git add -A`: refuse to export without it.
+ignored=$(g status --porcelain --ignored | sed -n 's/^!! //p')
+if [ -n "$ignored" ]; then
+	echo "export-patches: files not in any commit (ignored by the tree's .gitignore):" >&2
+	echo "$ignored" | sed 's/^/    /' >&2
+	echo "export-patches: git add -f them (and commit --amend), or delete them" >&2
+	exit 1
+fi
 rm -f "$GMEM_TOP"/patches/*.patch
 mkdir -p "$GMEM_TOP/patches"
 g format-patch -q --zero-commit --no-signature --no-numbered \
