@@ -8,7 +8,7 @@ set -u
 out=$1
 tests=$2
 mkdir -p "$out"
-for t in "$tests"/*; do
+for t in "$tests"/*_test; do
 	[ -x "$t" ] && [ -f "$t" ] || continue
 	name=$(basename "$t")
 	# kselftest_harness has a per-test timeout; this bounds the program.

@@ -16,7 +16,11 @@
 
 use kernel::prelude::*;
 
+pub mod address_space;
+mod device;
+mod fault;
 pub mod hmadvise;
+mod lpt;
 
 /// Prefix of this crate's log lines (`module!` would define it for a module).
 const __LOG_PREFIX: &[u8] = b"gmem\0";
@@ -29,6 +33,17 @@ const __LOG_PREFIX: &[u8] = b"gmem\0";
 /// `subsys_initcall` time, before any driver can register a device.
 #[export]
 pub unsafe extern "C" fn gm_core_init() -> c_int {
-    pr_info!("core initialised: MAP_PEER_SHARED and hmadvise(2) available\n");
+    if let Err(e) = lpt::init() {
+        pr_err!("cannot create the gmem_mapping cache: {e:?}\n");
+        return e.to_errno();
+    }
+    // The statistics are a debugging aid: GMEM works without them.
+    if let Err(e) = address_space::debugfs_init() {
+        pr_warn!("no debugfs statistics: {e:?}\n");
+    }
+    pr_info!(
+        "core initialised: MAP_PEER_SHARED and hmadvise(2) available, {} bytes per tracked page\n",
+        core::mem::size_of::<lpt::GmMapping>()
+    );
     0
 }

@@ -81,16 +81,58 @@ static inline void fill_pattern(void *p, size_t len, unsigned long seed)
 		w[i] = seed ^ (i * 0x9e3779b97f4a7c15UL);
 }
 
-/* Returns the index of the first word that differs, or -1. */
-static inline long check_pattern(const void *p, size_t len, unsigned long seed)
+/*
+ * Check the bytes [off, off + len) of a buffer that fill_pattern() filled
+ * from @base.  Returns the index of the first word that differs, or -1.
+ */
+static inline long check_pattern_at(const void *base, size_t off, size_t len,
+				    unsigned long seed)
 {
-	const unsigned long *w = p;
+	const unsigned long *w = base;
 	size_t i;
 
-	for (i = 0; i < len / sizeof(*w); i++)
+	for (i = off / sizeof(*w); i < (off + len) / sizeof(*w); i++)
 		if (w[i] != (seed ^ (i * 0x9e3779b97f4a7c15UL)))
 			return i;
 	return -1;
+}
+
+/* Returns the index of the first word that differs, or -1. */
+static inline long check_pattern(const void *p, size_t len, unsigned long seed)
+{
+	return check_pattern_at(p, 0, len, seed);
+}
+
+#define GMEM_DEBUGFS "/sys/kernel/debug/gmem/"
+
+/* A number from a file under /sys/kernel/debug/gmem/, or -1. */
+static inline long gmem_stat(const char *name)
+{
+	char path[128];
+	long v = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), GMEM_DEBUGFS "%s", name);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	if (fscanf(f, "%ld", &v) != 1)
+		v = -1;
+	fclose(f);
+	return v;
+}
+
+/* Pages tracked by every GMEM logical page table together. */
+static inline long tracked_pages(void)
+{
+	return gmem_stat("tracked_pages");
+}
+
+/* Touch (write one byte of) each page of [p, p + len). */
+static inline void touch_pages(char *p, size_t len, size_t page)
+{
+	for (size_t off = 0; off < len; off += page)
+		p[off] = 1;
 }
 
 #endif /* GMEM_UTIL_H */

@@ -1,0 +1,500 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The GMEM address space of a process (`gm_as`): its logical page table, the devices attached
+//! to it, and how it follows what core MM does to the process's mappings.
+//!
+//! An [`AddressSpace`] is created the first time a process asks for `MAP_PEER_SHARED` memory
+//! (or inherits some through fork), hangs off `mm_struct::gm_as`, and is freed exactly once,
+//! right after `exit_mmap()`, when the last user of the mm is gone.
+//!
+//! It follows the process's mappings through one `mmu_interval_notifier` over the whole user
+//! address range, the way HMM mirrors do, instead of hooks in every path that unmaps:
+//!
+//! - `MMU_NOTIFY_UNMAP` (munmap, a `MAP_FIXED` mmap over it, mremap shrinking it, brk) and
+//!   `MMU_NOTIFY_RELEASE` (exit): the range's entries go, its device pages are unmapped on
+//!   their device and freed;
+//! - `MMU_NOTIFY_CLEAR` (`MADV_DONTNEED` and friends): device pages go the same way; host pages
+//!   keep their entry (the CPU page table is the truth for them);
+//! - `MMU_NOTIFY_PROTECTION_*` (mprotect): device mappings are removed, so the device faults
+//!   again and gets a mapping with the new rights; the pages stay on the device.
+//!
+//! Only two things need hooks because a notifier cannot see them: mremap moves the entries with
+//! the VMA (the notifier only sees the old range vanish), and fork brings device-resident pages
+//! back to the host before the page tables are copied, so that the child sees the data too.
+//! VMA split and merge need nothing: the table is indexed by address, not by VMA.
+//!
+//! # Locking
+//!
+//! From outer to inner:
+//!
+//! 1. `mmap_lock` (or the per-VMA lock in the fault path), taken by core MM, never by GMEM in a
+//!    path core MM entered with it held;
+//! 2. the page table lock, taken by core MM around [`gm_cpu_fault_end`];
+//! 3. the logical page table lock (the XArray's spinlock): every field of every entry.
+//!
+//! Nothing that may sleep runs under 2 or 3.  Device operations run with only `mmap_lock` (or
+//! nothing) held, on pages that were marked busy or taken out of the table first; whoever finds
+//! a busy entry retries instead of waiting (see [`crate::fault`]).  The notifier callback takes
+//! only 3, plus the device list's spinlock to find a device.
+
+use crate::{
+    device::DeviceList,
+    fault::{cpu_fault_begin, cpu_fault_end, Begin},
+    lpt::{LogicalPageTable, Residency},
+};
+use core::{
+    fmt,
+    ptr::NonNull,
+    sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering},
+};
+use kernel::{
+    bindings, c_str,
+    debugfs::Dir,
+    error::to_result,
+    ffi::{c_int, c_ulong},
+    mm::virt::VmaRef,
+    page::{BorrowedPage, PAGE_SIZE},
+    prelude::*,
+    types::Opaque,
+};
+
+/// Address spaces alive (shown in debugfs).
+static ADDRESS_SPACES: AtomicUsize = AtomicUsize::new(0);
+
+/// One process's GMEM state.
+///
+/// # Invariants
+///
+/// If `registered` is true, `notifier` is registered with the mm this address space belongs to
+/// and will be unregistered when it is dropped.
+#[pin_data(PinnedDrop)]
+pub(crate) struct AddressSpace {
+    #[pin]
+    pub(crate) lpt: LogicalPageTable,
+    #[pin]
+    pub(crate) devices: DeviceList,
+    #[pin]
+    notifier: Opaque<bindings::mmu_interval_notifier>,
+    registered: AtomicBool,
+}
+
+/// The notifier's callbacks.
+static NOTIFIER_OPS: bindings::mmu_interval_notifier_ops = bindings::mmu_interval_notifier_ops {
+    invalidate: Some(invalidate),
+    invalidate_start: None,
+    invalidate_finish: None,
+};
+
+impl AddressSpace {
+    fn new() -> Result<Pin<KBox<Self>>> {
+        let this = KBox::pin_init(
+            pin_init!(Self {
+                lpt <- LogicalPageTable::new(),
+                devices <- DeviceList::new(),
+                notifier: Opaque::uninit(),
+                registered: AtomicBool::new(false),
+            }),
+            GFP_KERNEL_ACCOUNT,
+        )?;
+        ADDRESS_SPACES.fetch_add(1, Ordering::Relaxed);
+        Ok(this)
+    }
+
+    /// Registers the notifier over the whole user address range of `mm`.
+    ///
+    /// # Safety
+    ///
+    /// `mm` is a live mm that this address space is being attached to.  If `locked`, the caller
+    /// holds `mm`'s mmap lock for writing; otherwise it holds no mmap lock of `mm`.
+    unsafe fn register(&self, mm: *mut bindings::mm_struct, locked: bool) -> Result {
+        // SAFETY: `notifier` is pinned inside `self` and stays there until it is unregistered in
+        // `drop`; `mm` is live; the ops are static; the caller holds the lock `locked` says.
+        // The range is all of it: [0, ULONG_MAX - 1].
+        let ret = unsafe {
+            if locked {
+                bindings::mmu_interval_notifier_insert_locked(
+                    self.notifier.get(),
+                    mm,
+                    0,
+                    c_ulong::MAX,
+                    &NOTIFIER_OPS,
+                )
+            } else {
+                bindings::mmu_interval_notifier_insert(
+                    self.notifier.get(),
+                    mm,
+                    0,
+                    c_ulong::MAX,
+                    &NOTIFIER_OPS,
+                )
+            }
+        };
+        to_result(ret)?;
+        // INVARIANT: the notifier was just registered.
+        self.registered.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The address space of `mm`, if it has one.
+    ///
+    /// # Safety
+    ///
+    /// `mm` is live and the caller keeps it so (it runs in a path of that mm: a fault, a
+    /// syscall, fork or teardown), which keeps its address space alive too.
+    unsafe fn of<'a>(mm: *mut bindings::mm_struct) -> Option<&'a AddressSpace> {
+        // SAFETY: by the safety requirements `mm` is valid; the field is only written with
+        // atomic operations.
+        let ptr = unsafe { slot(mm) }.load(Ordering::Acquire);
+        // SAFETY: a non-null `gm_as` came from `KBox::into_raw` in `install` and is freed only
+        // by `gm_as_exit`, after which no path of this mm runs.
+        NonNull::new(ptr.cast::<AddressSpace>()).map(|p| unsafe { &*p.as_ptr() })
+    }
+
+    /// Makes `this` the address space of `mm`, unless it already has one.
+    ///
+    /// # Safety
+    ///
+    /// Same as [`AddressSpace::of`].
+    unsafe fn install(mm: *mut bindings::mm_struct, this: Pin<KBox<Self>>) {
+        // SAFETY: the box is never moved out of: it is freed in place by `gm_as_exit`.
+        let raw = KBox::into_raw(unsafe { Pin::into_inner_unchecked(this) });
+        // SAFETY: `mm` is valid by the safety requirements.
+        let slot = unsafe { slot(mm) };
+        if slot
+            .compare_exchange(
+                core::ptr::null_mut(),
+                raw.cast(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            // Another thread of the process was first; ours goes.
+            // SAFETY: `raw` came from `KBox::into_raw` above and was never published.
+            drop(unsafe { Pin::new_unchecked(KBox::from_raw(raw)) });
+        }
+    }
+
+    /// Gives every device page in `start..end` (addresses) back to its device and drops the
+    /// entries `select` picks.
+    fn drop_range(&self, start: usize, end: usize, select: impl FnMut(Residency) -> bool) {
+        self.lpt.erase_range(
+            start / PAGE_SIZE,
+            end.div_ceil(PAGE_SIZE),
+            select,
+            |vpn, page| self.devices.release(vpn * PAGE_SIZE, page),
+        );
+    }
+
+    /// Whether a page in `start..end` (addresses) lives on a device.
+    fn has_device_pages(&self, start: usize, end: usize) -> bool {
+        let mut found = false;
+        self.lpt
+            .for_each_device_page(start / PAGE_SIZE, end.div_ceil(PAGE_SIZE), |_, _| found = true);
+        found
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for AddressSpace {
+    fn drop(self: Pin<&mut Self>) {
+        if self.registered.load(Ordering::Acquire) {
+            // SAFETY: by the type invariant the notifier is registered.  This is not called
+            // from a notifier callback: address spaces are dropped by `gm_as_exit` or before
+            // they were published.
+            unsafe { bindings::mmu_interval_notifier_remove(self.notifier.get()) };
+        }
+        // Exit already dropped everything through MMU_NOTIFY_RELEASE; this catches an address
+        // space that never saw its mm's exit (a fork that failed half-way).
+        self.drop_range(0, usize::MAX, |_| true);
+        ADDRESS_SPACES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `mm->gm_as` as an atomic pointer.
+///
+/// # Safety
+///
+/// `mm` is valid for the returned lifetime.
+unsafe fn slot<'a>(mm: *mut bindings::mm_struct) -> &'a AtomicPtr<bindings::gm_as> {
+    // SAFETY: by the safety requirements `mm` is valid; `gm_as` is pointer-sized and aligned,
+    // and every access to it goes through this atomic view.
+    unsafe { AtomicPtr::from_ptr(&raw mut (*mm).__bindgen_anon_1.gm_as) }
+}
+
+/// The notifier callback: keeps the logical page table in step with core MM.
+///
+/// # Safety
+///
+/// Called by core MM only, for the notifier registered in [`AddressSpace::register`], with a
+/// valid `range`.
+unsafe extern "C" fn invalidate(
+    mni: *mut bindings::mmu_interval_notifier,
+    range: *const bindings::mmu_notifier_range,
+    cur_seq: c_ulong,
+) -> bool {
+    // SAFETY: `mni` is the `notifier` field of a live, pinned `AddressSpace` (the notifier is
+    // unregistered before the address space is freed).
+    let this = unsafe {
+        &*kernel::container_of!(
+            mni.cast::<Opaque<bindings::mmu_interval_notifier>>(),
+            AddressSpace,
+            notifier
+        )
+    };
+    // SAFETY: core MM passes a valid range for the duration of the call.
+    let range = unsafe { &*range };
+    let blockable = range.flags & bindings::MMU_NOTIFIER_RANGE_BLOCKABLE != 0;
+    let (start, end) = (range.start as usize, range.end as usize);
+
+    // Device work may sleep.  The OOM reaper cannot wait: it skips this mm when a device
+    // holds pages of the range, and the exit path that follows frees them.
+    if !blockable && this.has_device_pages(start, end) {
+        return false;
+    }
+    {
+        let _lpt = this.lpt.lock();
+        // SAFETY: `mni` is valid; this is `mmu_interval_set_seq()`, done under the lock that
+        // device faults take to check the sequence, so they see the change.
+        unsafe { core::ptr::write_volatile(&raw mut (*mni).invalidate_seq, cur_seq) };
+    }
+    match range.event {
+        bindings::mmu_notifier_event_MMU_NOTIFY_UNMAP
+        | bindings::mmu_notifier_event_MMU_NOTIFY_RELEASE => this.drop_range(start, end, |_| true),
+        bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR => {
+            this.drop_range(start, end, |r| matches!(r, Residency::Device(_)))
+        }
+        bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_VMA
+        | bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_PAGE => this.lpt.for_each_device_page(
+            start / PAGE_SIZE,
+            end.div_ceil(PAGE_SIZE),
+            |vpn, page| {
+                if let Some(device) = this.devices.get(page.dev) {
+                    device.unmap(vpn * PAGE_SIZE, page);
+                }
+            },
+        ),
+        // Soft-dirty tracking, migration and exclusive access concern host pages only.
+        _ => {}
+    }
+    true
+}
+
+fn errno(e: Error) -> c_int {
+    e.to_errno()
+}
+
+/// Gives `mm` an address space before its first `MAP_PEER_SHARED` mapping.
+///
+/// # Safety
+///
+/// `mm` is the current process's mm; the caller holds none of its locks.
+#[export]
+pub unsafe extern "C" fn gm_as_prepare(mm: *mut bindings::mm_struct) -> c_int {
+    // SAFETY: `mm` is current's mm, alive for the whole call.
+    if unsafe { AddressSpace::of(mm) }.is_some() {
+        return 0;
+    }
+    let this = match AddressSpace::new() {
+        Ok(this) => this,
+        Err(e) => return errno(e),
+    };
+    // SAFETY: `mm` is live and not attached to `this` yet; the caller holds no mmap lock.
+    if let Err(e) = unsafe { this.register(mm, false) } {
+        return errno(e);
+    }
+    // SAFETY: as above.
+    unsafe { AddressSpace::install(mm, this) };
+    // SAFETY: plain C call; the hooks of core MM start working from here on.
+    unsafe { bindings::gm_enable() };
+    0
+}
+
+/// Prepares fork: brings the parent's device pages home and gives the child an address space.
+///
+/// The child gets an empty logical page table: the pages it inherits are host pages, mapped by
+/// the page tables that fork copies, and are recorded when GMEM next needs to know about them.
+/// Devices attached to the parent are not attached to the child.
+///
+/// # Safety
+///
+/// Called by `dup_mmap()` with `oldmm` and `mm` write-locked, before any VMA is copied.
+#[export]
+pub unsafe extern "C" fn gm_as_fork(
+    oldmm: *mut bindings::mm_struct,
+    mm: *mut bindings::mm_struct,
+) -> c_int {
+    // SAFETY: `oldmm` is the forking process's mm, locked by the caller.
+    let Some(parent) = (unsafe { AddressSpace::of(oldmm) }) else {
+        return 0;
+    };
+    // A device-resident page has no PTE for fork to copy: fault it home first, like a CPU
+    // access would.  Faults under the write lock without FAULT_FLAG_ALLOW_RETRY never drop it.
+    let mut result = Ok(());
+    parent.lpt.for_each_device_page(0, usize::MAX / PAGE_SIZE + 1, |vpn, _| {
+        if result.is_err() {
+            return;
+        }
+        let addr = vpn * PAGE_SIZE;
+        // SAFETY: the caller holds `oldmm`'s mmap lock, which `find_vma` requires.
+        let vma = unsafe { bindings::find_vma(oldmm, addr) };
+        if vma.is_null() {
+            return;
+        }
+        // SAFETY: `vma` is a VMA of `oldmm`, valid while the caller holds its mmap lock.
+        if unsafe { VmaRef::from_raw(vma) }.start() > addr {
+            return;
+        }
+        // SAFETY: `vma` contains `addr` and the mmap lock is held; flags 0 is a read fault that
+        // may not drop the lock.
+        let ret = unsafe { bindings::handle_mm_fault(vma, addr, 0, core::ptr::null_mut()) };
+        if ret & (bindings::vm_fault_reason_VM_FAULT_OOM | bindings::vm_fault_reason_VM_FAULT_SIGBUS)
+            != 0
+        {
+            result = Err(ENOMEM);
+        }
+    });
+    if let Err(e) = result {
+        return errno(e);
+    }
+    let child = match AddressSpace::new() {
+        Ok(child) => child,
+        Err(e) => return errno(e),
+    };
+    // SAFETY: `mm` is the new, write-locked child mm, with no VMA yet.
+    if let Err(e) = unsafe { child.register(mm, true) } {
+        return errno(e);
+    }
+    // SAFETY: `mm` is live and locked; nothing else can publish an address space for it.
+    unsafe { AddressSpace::install(mm, child) };
+    0
+}
+
+/// Frees the address space of `mm`, once, after `exit_mmap()`.
+///
+/// # Safety
+///
+/// Called by `__mmput()` after `exit_mmap(mm)`: no user of `mm` is left.
+#[export]
+pub unsafe extern "C" fn gm_as_exit(mm: *mut bindings::mm_struct) {
+    // SAFETY: `mm` stays valid until `__mmput()` returns.
+    let raw = unsafe { slot(mm) }.swap(core::ptr::null_mut(), Ordering::AcqRel);
+    if let Some(raw) = NonNull::new(raw.cast::<AddressSpace>()) {
+        // SAFETY: `raw` came from `KBox::into_raw` in `install`, and nothing can reach it any
+        // more: the slot is cleared and `mm` has no users.
+        drop(unsafe { Pin::new_unchecked(KBox::from_raw(raw.as_ptr())) });
+    }
+}
+
+/// Moves the logical mappings of `len` bytes at `old` to `new` (mremap), before core MM moves
+/// the page tables.  Device pages stay where they are and are unmapped at their old address.
+///
+/// # Safety
+///
+/// Called by mremap with `mm`'s mmap lock held for writing; `old` and `new` are page aligned
+/// and the two ranges do not overlap.
+#[export]
+pub unsafe extern "C" fn gm_as_mremap(
+    mm: *mut bindings::mm_struct,
+    old: c_ulong,
+    new: c_ulong,
+    len: c_ulong,
+) -> c_int {
+    // SAFETY: `mm` is current's mm, locked by the caller.
+    let Some(this) = (unsafe { AddressSpace::of(mm) }) else {
+        return 0;
+    };
+    let moved = this.lpt.move_range(
+        old / PAGE_SIZE,
+        new / PAGE_SIZE,
+        len / PAGE_SIZE,
+        |vpn, page| {
+            if let Some(device) = this.devices.get(page.dev) {
+                device.unmap(vpn * PAGE_SIZE, page);
+            }
+        },
+    );
+    match moved {
+        Ok(()) => 0,
+        Err(e) => errno(e),
+    }
+}
+
+/// Claims the page at `addr` for a CPU fault that will install `page` (see [`crate::fault`]).
+///
+/// # Safety
+///
+/// Called by `do_anonymous_page()` on a peer-shared VMA of `mm`, with the mmap or VMA lock
+/// held and no spinlock; `page` is the new, exclusively owned page.
+#[export]
+pub unsafe extern "C" fn gm_cpu_fault_begin(
+    mm: *mut bindings::mm_struct,
+    addr: c_ulong,
+    page: *mut bindings::page,
+) -> bindings::vm_fault_t {
+    // SAFETY: `mm` is the faulting mm, alive during the fault.
+    let Some(this) = (unsafe { AddressSpace::of(mm) }) else {
+        return 0;
+    };
+    let Some(page) = NonNull::new(page) else {
+        return bindings::vm_fault_reason_VM_FAULT_SIGBUS;
+    };
+    // SAFETY: the caller owns `page` for the duration of the call.
+    let page = unsafe { BorrowedPage::from_raw(page) };
+    let va = addr as usize & !(PAGE_SIZE - 1);
+    match cpu_fault_begin(&this.lpt, &this.devices, va / PAGE_SIZE, va, &page) {
+        Ok(Begin::Proceed) => 0,
+        // The access is retried once the page's owner is done with it.
+        Ok(Begin::Busy) => bindings::vm_fault_reason_VM_FAULT_NOPAGE,
+        Err(e) if e == ENOMEM => bindings::vm_fault_reason_VM_FAULT_OOM,
+        Err(_) => bindings::vm_fault_reason_VM_FAULT_SIGBUS,
+    }
+}
+
+/// Ends the CPU fault at `addr` that [`gm_cpu_fault_begin`] claimed.
+///
+/// # Safety
+///
+/// Called by `do_anonymous_page()` after a successful [`gm_cpu_fault_begin`] for the same page,
+/// with the page table lock held if `installed`.
+#[export]
+pub unsafe extern "C" fn gm_cpu_fault_end(
+    mm: *mut bindings::mm_struct,
+    addr: c_ulong,
+    installed: bool,
+) {
+    // SAFETY: `mm` is the faulting mm, alive during the fault.
+    if let Some(this) = unsafe { AddressSpace::of(mm) } {
+        cpu_fault_end(&this.lpt, addr as usize / PAGE_SIZE, installed);
+    }
+}
+
+/// A counter shown as a debugfs file.
+struct Counter(&'static AtomicUsize);
+
+impl fmt::Debug for Counter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Creates `/sys/kernel/debug/gmem/`: `tracked_pages` (entries in every logical page table)
+/// and `address_spaces`.  They live as long as the kernel.
+pub(crate) fn debugfs_init() -> Result {
+    let dir = Dir::new(c_str!("gmem"));
+    let tracked = KBox::pin_init(
+        dir.read_only_file(
+            c_str!("tracked_pages"),
+            Counter(&crate::lpt::TRACKED_PAGES),
+        ),
+        GFP_KERNEL,
+    )?;
+    let spaces = KBox::pin_init(
+        dir.read_only_file(c_str!("address_spaces"), Counter(&ADDRESS_SPACES)),
+        GFP_KERNEL,
+    )?;
+    core::mem::forget(tracked);
+    core::mem::forget(spaces);
+    core::mem::forget(dir);
+    Ok(())
+}

@@ -1,0 +1,589 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The logical page table: where each touched page of a peer-shared range lives.
+//!
+//! Every address space has one [`LogicalPageTable`], an XArray indexed by virtual page number.
+//! A present index holds one [`GmMapping`]: 16 bytes from the `gmem_mapping` slab cache, which
+//! is never merged with another cache so that `/proc/slabinfo` shows exactly what the tracking
+//! costs.  An absent index means that GMEM never saw the page, which is the same as
+//! [`Residency::Host`]: the CPU page table is the only truth for a page no device ever held.
+//!
+//! Every field of every [`GmMapping`] is protected by the XArray's lock.  Work that may sleep
+//! (device copies, TLB invalidation, freeing device memory) is never done under it: a page that
+//! such work is about is marked busy, the lock is dropped, and whoever else finds a busy entry
+//! retries later (see [`crate::fault`]).
+
+use core::{
+    mem::ManuallyDrop,
+    ptr::NonNull,
+    sync::atomic::{AtomicPtr, AtomicUsize, Ordering},
+};
+use kernel::{
+    alloc::flags::GFP_KERNEL_ACCOUNT,
+    bindings, c_str,
+    ffi::c_void,
+    prelude::*,
+    types::ForeignOwnable,
+    xarray::{AllocKind, Guard, XArray},
+};
+
+/// A device node id (`hnid`): which device holds a page.
+pub(crate) type DeviceId = u16;
+
+/// A page of device memory: the device and the physical page number in its memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DevicePage {
+    pub(crate) dev: DeviceId,
+    pub(crate) pfn: u64,
+}
+
+/// Where a page lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Residency {
+    /// Nowhere yet: touched, but no copy exists (the first fault is under way).
+    Nowhere,
+    /// In host memory, mapped (or swapped) by the CPU page table.
+    Host,
+    /// On a device; the CPU page table does not map it.
+    Device(DevicePage),
+}
+
+const STATE_NOWHERE: u8 = 0;
+const STATE_HOST: u8 = 1;
+const STATE_DEVICE: u8 = 2;
+
+/// Set while a fault or migration owns the entry: the page is moving.
+const FLAG_BUSY: u8 = 1 << 0;
+
+/// The tracking GMEM keeps for one page: 16 bytes.
+///
+/// # Invariants
+///
+/// `state` is one of `STATE_*`; `pfn` and `dev` are meaningful only for `STATE_DEVICE`.
+#[repr(C)]
+pub(crate) struct GmMapping {
+    pfn: u64,
+    dev: DeviceId,
+    state: u8,
+    flags: u8,
+    /// Kept for the eviction clock of device pages (an accessed bit and an age).
+    _reserved: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<GmMapping>() == 16);
+
+impl GmMapping {
+    fn new(residency: Residency, busy: bool) -> Self {
+        let mut m = Self {
+            pfn: 0,
+            dev: 0,
+            state: STATE_NOWHERE,
+            flags: if busy { FLAG_BUSY } else { 0 },
+            _reserved: 0,
+        };
+        m.set(residency);
+        m
+    }
+
+    /// A busy entry for a page that is nowhere yet: what a first fault inserts.
+    pub(crate) fn claimed() -> Self {
+        Self::new(Residency::Nowhere, true)
+    }
+
+    /// Where the page lives.
+    pub(crate) fn residency(&self) -> Residency {
+        match self.state {
+            STATE_HOST => Residency::Host,
+            STATE_DEVICE => Residency::Device(DevicePage {
+                dev: self.dev,
+                pfn: self.pfn,
+            }),
+            _ => Residency::Nowhere,
+        }
+    }
+
+    /// Records where the page lives.
+    pub(crate) fn set(&mut self, residency: Residency) {
+        // INVARIANT: each arm stores a valid `STATE_*` with the fields it needs.
+        match residency {
+            Residency::Nowhere => self.state = STATE_NOWHERE,
+            Residency::Host => self.state = STATE_HOST,
+            Residency::Device(page) => {
+                self.state = STATE_DEVICE;
+                self.dev = page.dev;
+                self.pfn = page.pfn;
+            }
+        }
+    }
+
+    /// Whether a fault or migration owns the entry.
+    pub(crate) fn busy(&self) -> bool {
+        self.flags & FLAG_BUSY != 0
+    }
+
+    /// Marks the entry as owned (or no longer owned) by a fault or migration.
+    pub(crate) fn set_busy(&mut self, busy: bool) {
+        if busy {
+            self.flags |= FLAG_BUSY;
+        } else {
+            self.flags &= !FLAG_BUSY;
+        }
+    }
+}
+
+/// The `gmem_mapping` slab cache, created once at boot by [`init`].
+static MAPPING_CACHE: AtomicPtr<bindings::kmem_cache> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Pages tracked by every logical page table together (shown in debugfs).
+pub(crate) static TRACKED_PAGES: AtomicUsize = AtomicUsize::new(0);
+
+/// Creates the `gmem_mapping` slab cache.
+pub(crate) fn init() -> Result {
+    // SAFETY: an all-zero `kmem_cache_args` asks for the defaults (no constructor, natural
+    // alignment).
+    let mut args: bindings::kmem_cache_args = unsafe { core::mem::zeroed() };
+    // SAFETY: the name is a static C string that outlives the cache, `args` lives across the
+    // call.  The cache is accounted to memory cgroups and never merged, so that slabinfo
+    // shows GMEM's tracking on its own line.
+    let cache = unsafe {
+        bindings::__kmem_cache_create_args(
+            c_str!("gmem_mapping").as_char_ptr(),
+            core::mem::size_of::<GmMapping>() as u32,
+            &mut args,
+            bindings::SLAB_NO_MERGE | bindings::SLAB_ACCOUNT,
+        )
+    };
+    if cache.is_null() {
+        return Err(ENOMEM);
+    }
+    MAPPING_CACHE.store(cache, Ordering::Release);
+    Ok(())
+}
+
+/// A [`GmMapping`] allocated from the `gmem_mapping` cache; freed there when dropped.
+///
+/// # Invariants
+///
+/// `self.0` points to a live, initialised `GmMapping` allocated from `MAPPING_CACHE` and owned
+/// by this box.
+pub(crate) struct MappingBox(NonNull<GmMapping>);
+
+// SAFETY: a `GmMapping` is plain data with no ties to a thread.
+unsafe impl Send for MappingBox {}
+// SAFETY: shared access only reads plain data.
+unsafe impl Sync for MappingBox {}
+
+impl MappingBox {
+    /// Allocates a mapping with the given contents (may sleep; charged to the caller's
+    /// memory cgroup).
+    pub(crate) fn new(mapping: GmMapping) -> Result<Self> {
+        let cache = MAPPING_CACHE.load(Ordering::Acquire);
+        if cache.is_null() {
+            return Err(ENOMEM);
+        }
+        // SAFETY: `cache` is the live `gmem_mapping` cache, which is never destroyed.
+        let ptr = unsafe { bindings::kmem_cache_alloc_noprof(cache, bindings::GFP_KERNEL_ACCOUNT) };
+        let ptr = NonNull::new(ptr.cast::<GmMapping>()).ok_or(ENOMEM)?;
+        // SAFETY: `ptr` is a fresh allocation of the cache's object size, suitably aligned.
+        unsafe { ptr.as_ptr().write(mapping) };
+        // INVARIANT: just allocated from the cache and initialised.
+        Ok(Self(ptr))
+    }
+}
+
+impl Drop for MappingBox {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant the object came from `MAPPING_CACHE` and we own it.
+        unsafe {
+            bindings::kmem_cache_free(MAPPING_CACHE.load(Ordering::Acquire), self.0.as_ptr().cast())
+        };
+    }
+}
+
+// SAFETY: `into_foreign` hands out the pointer to the cache object, which is 8-byte aligned,
+// and `from_foreign` takes it back; borrows are plain references to the object.
+unsafe impl ForeignOwnable for MappingBox {
+    const FOREIGN_ALIGN: usize = core::mem::align_of::<GmMapping>();
+    type Borrowed<'a> = &'a GmMapping;
+    type BorrowedMut<'a> = &'a mut GmMapping;
+
+    fn into_foreign(self) -> *mut c_void {
+        ManuallyDrop::new(self).0.as_ptr().cast()
+    }
+
+    unsafe fn from_foreign(ptr: *mut c_void) -> Self {
+        // SAFETY: the caller passes a pointer that came from `into_foreign`, so it is non-null
+        // and owns the object again.
+        Self(unsafe { NonNull::new_unchecked(ptr.cast()) })
+    }
+
+    unsafe fn borrow<'a>(ptr: *mut c_void) -> &'a GmMapping {
+        // SAFETY: the caller guarantees that `ptr` came from `into_foreign` and that the object
+        // is not mutably borrowed or freed during `'a`.
+        unsafe { &*ptr.cast::<GmMapping>() }
+    }
+
+    unsafe fn borrow_mut<'a>(ptr: *mut c_void) -> &'a mut GmMapping {
+        // SAFETY: the caller guarantees that `ptr` came from `into_foreign` and that no other
+        // borrow exists during `'a`.
+        unsafe { &mut *ptr.cast::<GmMapping>() }
+    }
+}
+
+/// How many entries a range walk handles per lock hold.  Callbacks run with the lock dropped,
+/// so a walk over a large range never keeps the lock long.
+const WALK_BATCH: usize = 16;
+
+/// The logical page table of one address space.
+///
+/// # Examples
+///
+/// ```ignore
+/// let lpt = KBox::pin_init(LogicalPageTable::new(), GFP_KERNEL)?;
+/// lpt.insert(0x1000, Residency::Host)?;
+/// assert_eq!(lpt.residency(0x1000), Some(Residency::Host));
+/// ```
+#[pin_data(PinnedDrop)]
+pub(crate) struct LogicalPageTable {
+    #[pin]
+    pages: XArray<MappingBox>,
+    /// Entries in `pages`; changed only under the lock.
+    len: AtomicUsize,
+}
+
+impl LogicalPageTable {
+    /// Creates an empty table.
+    pub(crate) fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            pages <- XArray::new(AllocKind::Alloc),
+            len: AtomicUsize::new(0),
+        })
+    }
+
+    /// Takes the table's lock.
+    pub(crate) fn lock(&self) -> Guard<'_, MappingBox> {
+        self.pages.lock()
+    }
+
+    /// Number of pages tracked.
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Where page `vpn` lives, if it is tracked.
+    pub(crate) fn residency(&self, vpn: usize) -> Option<Residency> {
+        self.lock().get(vpn).map(|m| m.residency())
+    }
+
+    /// Starts tracking page `vpn`.  Fails with `EBUSY` if it is already tracked.
+    pub(crate) fn insert(&self, vpn: usize, residency: Residency) -> Result {
+        self.insert_mapping(vpn, GmMapping::new(residency, false))
+    }
+
+    /// Stores `mapping` at `vpn`, which must be untracked (`EBUSY` otherwise).
+    pub(crate) fn insert_mapping(&self, vpn: usize, mapping: GmMapping) -> Result {
+        // Allocate before taking the lock: the XArray may still drop it to allocate nodes,
+        // but `insert` never overwrites what was stored meanwhile.
+        let new = MappingBox::new(mapping)?;
+        let mut guard = self.lock();
+        guard.insert(vpn, new, GFP_KERNEL_ACCOUNT)?;
+        self.account(1);
+        Ok(())
+    }
+
+    fn account(&self, added: isize) {
+        if added >= 0 {
+            self.len.fetch_add(added as usize, Ordering::Relaxed);
+            TRACKED_PAGES.fetch_add(added as usize, Ordering::Relaxed);
+        } else {
+            self.len.fetch_sub(added.unsigned_abs(), Ordering::Relaxed);
+            TRACKED_PAGES.fetch_sub(added.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    /// Stops tracking the pages `start..end` for which `select` is true.
+    ///
+    /// `released(vpn, page)` is called, without the lock, for every device page whose entry was
+    /// removed: the caller now owns that device page.  Busy entries are removed too; their
+    /// owner finds them gone and keeps what it moved.  Returns the number of entries removed.
+    pub(crate) fn erase_range(
+        &self,
+        start: usize,
+        end: usize,
+        mut select: impl FnMut(Residency) -> bool,
+        mut released: impl FnMut(usize, DevicePage),
+    ) -> usize {
+        let mut next = start;
+        let mut removed = 0;
+        while next < end {
+            let mut batch = [None; WALK_BATCH];
+            let mut count = 0;
+            let mut dropped = 0isize;
+            {
+                let mut guard = self.lock();
+                while count < WALK_BATCH {
+                    let Some((vpn, residency)) = guard
+                        .find(next, end - 1)
+                        .map(|(vpn, m)| (vpn, m.residency()))
+                    else {
+                        next = end;
+                        break;
+                    };
+                    next = vpn + 1;
+                    if !select(residency) {
+                        continue;
+                    }
+                    drop(guard.remove(vpn));
+                    dropped -= 1;
+                    if let Residency::Device(page) = residency {
+                        batch[count] = Some((vpn, page));
+                        count += 1;
+                    }
+                }
+                self.account(dropped);
+            }
+            removed += dropped.unsigned_abs();
+            for (vpn, page) in batch.into_iter().flatten() {
+                released(vpn, page);
+            }
+        }
+        removed
+    }
+
+    /// Calls `f(vpn, page)`, without the lock, for every device-resident page in `start..end`.
+    pub(crate) fn for_each_device_page(
+        &self,
+        start: usize,
+        end: usize,
+        mut f: impl FnMut(usize, DevicePage),
+    ) {
+        let mut next = start;
+        while next < end {
+            let mut batch = [None; WALK_BATCH];
+            let mut count = 0;
+            {
+                let guard = self.lock();
+                while count < WALK_BATCH {
+                    let Some((vpn, m)) = guard.find(next, end - 1) else {
+                        next = end;
+                        break;
+                    };
+                    next = vpn + 1;
+                    if let Residency::Device(page) = m.residency() {
+                        batch[count] = Some((vpn, page));
+                        count += 1;
+                    }
+                }
+            }
+            for (vpn, page) in batch.into_iter().flatten() {
+                f(vpn, page);
+            }
+        }
+    }
+
+    /// Moves the entries of pages `from..from + count` to `to..to + count` (mremap).
+    ///
+    /// All or nothing: the new entries are allocated and stored first, and only when all of
+    /// them are in place are the old ones removed, so `ENOMEM` leaves the table as it was.
+    /// The two ranges must not overlap.  `moved(old_vpn, page)` is called, without the lock,
+    /// for each device page that moved: the device still maps it at its old address.
+    pub(crate) fn move_range(
+        &self,
+        from: usize,
+        to: usize,
+        count: usize,
+        mut moved: impl FnMut(usize, DevicePage),
+    ) -> Result {
+        let end = from.checked_add(count).ok_or(EINVAL)?;
+        let to_end = to.checked_add(count).ok_or(EINVAL)?;
+        if count == 0 || (from < to_end && to < end) {
+            return if count == 0 { Ok(()) } else { Err(EINVAL) };
+        }
+        // Phase 1: copy every entry to its new index.
+        let mut next = from;
+        let result = loop {
+            let found = {
+                let guard = self.lock();
+                guard
+                    .find(next, end - 1)
+                    .map(|(vpn, m)| (vpn, GmMapping::new(m.residency(), false)))
+            };
+            let Some((vpn, mapping)) = found else {
+                break Ok(());
+            };
+            if let Err(e) = self.insert_mapping(vpn - from + to, mapping) {
+                break Err(e);
+            }
+            next = vpn + 1;
+        };
+        if let Err(e) = result {
+            // Undo phase 1: remove exactly the copies of the entries before `next`.
+            let mut guard = self.lock();
+            let mut vpn = from;
+            let mut undone = 0isize;
+            while let Some((found, _)) = guard.find(vpn, next.saturating_sub(1)) {
+                if found >= next {
+                    break;
+                }
+                drop(guard.remove(found - from + to));
+                undone -= 1;
+                vpn = found + 1;
+            }
+            self.account(undone);
+            return Err(e);
+        }
+        // Phase 2: the old entries go.  Their device pages now belong to the new entries.
+        self.erase_range(from, end, |_| true, |vpn, page| moved(vpn, page));
+        Ok(())
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for LogicalPageTable {
+    fn drop(self: Pin<&mut Self>) {
+        // The owner releases device pages first (`AddressSpace` erases everything before it
+        // drops the table); what is left here is host bookkeeping only.
+        let left = self.len();
+        self.account(-(left as isize));
+    }
+}
+
+#[cfg(CONFIG_GMEM_KUNIT_TEST)]
+#[kunit_tests(gmem_lpt)]
+mod tests {
+    use super::*;
+    use kernel::alloc::KVec;
+
+    fn table() -> Result<Pin<KBox<LogicalPageTable>>> {
+        KBox::pin_init(LogicalPageTable::new(), GFP_KERNEL)
+    }
+
+    fn dev(pfn: u64) -> Residency {
+        Residency::Device(DevicePage { dev: 3, pfn })
+    }
+
+    #[test]
+    fn mapping_is_16_bytes_and_round_trips() -> Result {
+        assert_eq!(core::mem::size_of::<GmMapping>(), 16);
+        for r in [Residency::Nowhere, Residency::Host, dev(0), dev(u64::MAX >> 12)] {
+            let mut m = GmMapping::new(r, false);
+            assert_eq!(m.residency(), r);
+            assert!(!m.busy());
+            m.set_busy(true);
+            assert!(m.busy());
+            assert_eq!(m.residency(), r);
+            m.set_busy(false);
+            assert!(!m.busy());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn insert_lookup_erase() -> Result {
+        let lpt = table()?;
+        let before = TRACKED_PAGES.load(Ordering::Relaxed);
+        assert_eq!(lpt.residency(10), None);
+        lpt.insert(10, Residency::Host)?;
+        lpt.insert(11, dev(77))?;
+        assert_eq!(lpt.insert(10, dev(1)), Err(EBUSY));
+        assert_eq!(lpt.residency(10), Some(Residency::Host));
+        assert_eq!(lpt.residency(11), Some(dev(77)));
+        assert_eq!(lpt.len(), 2);
+        assert_eq!(TRACKED_PAGES.load(Ordering::Relaxed), before + 2);
+
+        let mut released = KVec::new();
+        let n = lpt.erase_range(0, 100, |_| true, |vpn, p| {
+            let _ = released.push((vpn, p.pfn), GFP_KERNEL);
+        });
+        assert_eq!(n, 2);
+        assert_eq!(released, [(11, 77)]);
+        assert_eq!(lpt.len(), 0);
+        assert_eq!(lpt.residency(11), None);
+        assert_eq!(TRACKED_PAGES.load(Ordering::Relaxed), before);
+        Ok(())
+    }
+
+    #[test]
+    fn range_walk_is_exact() -> Result {
+        let lpt = table()?;
+        // More entries than one batch, with gaps, around the range's edges.
+        for vpn in (0..200).step_by(3) {
+            lpt.insert(vpn, dev(vpn as u64))?;
+        }
+        let mut seen = KVec::new();
+        lpt.for_each_device_page(30, 151, |vpn, p| {
+            assert_eq!(vpn as u64, p.pfn);
+            let _ = seen.push(vpn, GFP_KERNEL);
+        });
+        let want: KVec<usize> = {
+            let mut v = KVec::new();
+            for vpn in (30..151).step_by(3) {
+                v.push(vpn, GFP_KERNEL)?;
+            }
+            v
+        };
+        assert_eq!(seen, want);
+        // Only device pages are selected when asked for.
+        lpt.insert(31, Residency::Host)?;
+        let n = lpt.erase_range(30, 151, |r| matches!(r, Residency::Device(_)), |_, _| {});
+        assert_eq!(n, want.len());
+        assert_eq!(lpt.residency(31), Some(Residency::Host));
+        assert_eq!(lpt.residency(27), Some(dev(27)));
+        assert_eq!(lpt.residency(153), Some(dev(153)));
+        Ok(())
+    }
+
+    /// munmap of the middle of a range splits it: the two ends stay, exactly.
+    #[test]
+    fn split_by_partial_unmap() -> Result {
+        let lpt = table()?;
+        for vpn in 100..110 {
+            lpt.insert(vpn, Residency::Host)?;
+        }
+        assert_eq!(lpt.erase_range(103, 106, |_| true, |_, _| {}), 3);
+        for vpn in 100..110 {
+            let kept = !(103..106).contains(&vpn);
+            assert_eq!(lpt.residency(vpn).is_some(), kept);
+        }
+        assert_eq!(lpt.len(), 7);
+        Ok(())
+    }
+
+    /// mremap moves entries; moving a range next to another merges them into one.
+    #[test]
+    fn move_and_merge() -> Result {
+        let lpt = table()?;
+        for vpn in 0..4 {
+            lpt.insert(vpn, Residency::Host)?;
+        }
+        lpt.insert(2, dev(9)).unwrap_err();
+        for vpn in 1000..1004 {
+            lpt.insert(vpn, if vpn == 1001 { dev(5) } else { Residency::Host })?;
+        }
+        let mut moved = KVec::new();
+        lpt.move_range(1000, 4, 4, |vpn, p| {
+            let _ = moved.push((vpn, p.pfn), GFP_KERNEL);
+        })?;
+        // The device page moved with its entry; the device learns its old address.
+        assert_eq!(moved, [(1001, 5)]);
+        assert_eq!(lpt.residency(5), Some(dev(5)));
+        for vpn in 0..8 {
+            assert!(lpt.residency(vpn).is_some());
+        }
+        assert_eq!(lpt.residency(1001), None);
+        assert_eq!(lpt.len(), 8);
+        // Overlapping ranges are refused and change nothing.
+        assert_eq!(lpt.move_range(0, 2, 4, |_, _| {}), Err(EINVAL));
+        assert_eq!(lpt.len(), 8);
+        // A move onto tracked pages fails as a whole.
+        lpt.insert(20, Residency::Host)?;
+        assert_eq!(lpt.move_range(0, 18, 4, |_, _| {}), Err(EBUSY));
+        for vpn in 0..4 {
+            assert!(lpt.residency(vpn).is_some());
+        }
+        assert_eq!(lpt.residency(18), None);
+        assert_eq!(lpt.residency(19), None);
+        assert_eq!(lpt.len(), 9);
+        Ok(())
+    }
+}
