@@ -190,7 +190,9 @@ impl AddressSpace {
     fn has_device_pages(&self, start: usize, end: usize) -> bool {
         let mut found = false;
         self.lpt
-            .for_each_device_page(start / PAGE_SIZE, end.div_ceil(PAGE_SIZE), |_, _| found = true);
+            .for_each_device_page(start / PAGE_SIZE, end.div_ceil(PAGE_SIZE), |_, _| {
+                found = true
+            });
         found
     }
 }
@@ -245,7 +247,7 @@ unsafe extern "C" fn invalidate(
     // SAFETY: core MM passes a valid range for the duration of the call.
     let range = unsafe { &*range };
     let blockable = range.flags & bindings::MMU_NOTIFIER_RANGE_BLOCKABLE != 0;
-    let (start, end) = (range.start as usize, range.end as usize);
+    let (start, end) = (range.start, range.end);
 
     // Device work may sleep.  The OOM reaper cannot wait: it skips this mm when a device
     // holds pages of the range, and the exit path that follows frees them.
@@ -331,29 +333,33 @@ pub unsafe extern "C" fn gm_as_fork(
     // A device-resident page has no PTE for fork to copy: fault it home first, like a CPU
     // access would.  Faults under the write lock without FAULT_FLAG_ALLOW_RETRY never drop it.
     let mut result = Ok(());
-    parent.lpt.for_each_device_page(0, usize::MAX / PAGE_SIZE + 1, |vpn, _| {
-        if result.is_err() {
-            return;
-        }
-        let addr = vpn * PAGE_SIZE;
-        // SAFETY: the caller holds `oldmm`'s mmap lock, which `find_vma` requires.
-        let vma = unsafe { bindings::find_vma(oldmm, addr) };
-        if vma.is_null() {
-            return;
-        }
-        // SAFETY: `vma` is a VMA of `oldmm`, valid while the caller holds its mmap lock.
-        if unsafe { VmaRef::from_raw(vma) }.start() > addr {
-            return;
-        }
-        // SAFETY: `vma` contains `addr` and the mmap lock is held; flags 0 is a read fault that
-        // may not drop the lock.
-        let ret = unsafe { bindings::handle_mm_fault(vma, addr, 0, core::ptr::null_mut()) };
-        if ret & (bindings::vm_fault_reason_VM_FAULT_OOM | bindings::vm_fault_reason_VM_FAULT_SIGBUS)
-            != 0
-        {
-            result = Err(ENOMEM);
-        }
-    });
+    parent
+        .lpt
+        .for_each_device_page(0, usize::MAX / PAGE_SIZE + 1, |vpn, _| {
+            if result.is_err() {
+                return;
+            }
+            let addr = vpn * PAGE_SIZE;
+            // SAFETY: the caller holds `oldmm`'s mmap lock, which `find_vma` requires.
+            let vma = unsafe { bindings::find_vma(oldmm, addr) };
+            if vma.is_null() {
+                return;
+            }
+            // SAFETY: `vma` is a VMA of `oldmm`, valid while the caller holds its mmap lock.
+            if unsafe { VmaRef::from_raw(vma) }.start() > addr {
+                return;
+            }
+            // SAFETY: `vma` contains `addr` and the mmap lock is held; flags 0 is a read fault that
+            // may not drop the lock.
+            let ret = unsafe { bindings::handle_mm_fault(vma, addr, 0, core::ptr::null_mut()) };
+            if ret
+                & (bindings::vm_fault_reason_VM_FAULT_OOM
+                    | bindings::vm_fault_reason_VM_FAULT_SIGBUS)
+                != 0
+            {
+                result = Err(ENOMEM);
+            }
+        });
     if let Err(e) = result {
         return errno(e);
     }
@@ -441,7 +447,7 @@ pub unsafe extern "C" fn gm_cpu_fault_begin(
     };
     // SAFETY: the caller owns `page` for the duration of the call.
     let page = unsafe { BorrowedPage::from_raw(page) };
-    let va = addr as usize & !(PAGE_SIZE - 1);
+    let va = addr & !(PAGE_SIZE - 1);
     match cpu_fault_begin(&this.lpt, &this.devices, va / PAGE_SIZE, va, &page) {
         Ok(Begin::Proceed) => 0,
         // The access is retried once the page's owner is done with it.
@@ -465,7 +471,7 @@ pub unsafe extern "C" fn gm_cpu_fault_end(
 ) {
     // SAFETY: `mm` is the faulting mm, alive during the fault.
     if let Some(this) = unsafe { AddressSpace::of(mm) } {
-        cpu_fault_end(&this.lpt, addr as usize / PAGE_SIZE, installed);
+        cpu_fault_end(&this.lpt, addr / PAGE_SIZE, installed);
     }
 }
 
@@ -483,10 +489,7 @@ impl fmt::Debug for Counter {
 pub(crate) fn debugfs_init() -> Result {
     let dir = Dir::new(c_str!("gmem"));
     let tracked = KBox::pin_init(
-        dir.read_only_file(
-            c_str!("tracked_pages"),
-            Counter(&crate::lpt::TRACKED_PAGES),
-        ),
+        dir.read_only_file(c_str!("tracked_pages"), Counter(&crate::lpt::TRACKED_PAGES)),
         GFP_KERNEL,
     )?;
     let spaces = KBox::pin_init(

@@ -155,7 +155,10 @@ mod tests {
     #[test]
     fn first_touch_records_host() -> Result {
         let s = setup(u64::MAX)?;
-        assert_eq!(cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?, Begin::Proceed);
+        assert_eq!(
+            cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?,
+            Begin::Proceed
+        );
         assert_eq!(s.lpt.residency(VPN), Some(Residency::Nowhere));
         cpu_fault_end(&s.lpt, VPN, true);
         assert_eq!(s.lpt.residency(VPN), Some(Residency::Host));
@@ -166,13 +169,22 @@ mod tests {
     #[test]
     fn busy_entry_makes_the_fault_retry() -> Result {
         let s = setup(u64::MAX)?;
-        assert_eq!(cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?, Begin::Proceed);
+        assert_eq!(
+            cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?,
+            Begin::Proceed
+        );
         // A second fault on the same page while the first is under way.
-        assert_eq!(cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?, Begin::Busy);
+        assert_eq!(
+            cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?,
+            Begin::Busy
+        );
         cpu_fault_end(&s.lpt, VPN, false);
         // The first fault gave up: the page is still nowhere, and free to claim again.
         assert_eq!(s.lpt.residency(VPN), Some(Residency::Nowhere));
-        assert_eq!(cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?, Begin::Proceed);
+        assert_eq!(
+            cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?,
+            Begin::Proceed
+        );
         Ok(())
     }
 
@@ -181,7 +193,10 @@ mod tests {
         let s = setup(u64::MAX)?;
         let page = DevicePage { dev: 7, pfn: 0x42 };
         s.lpt.insert(VPN, Residency::Device(page))?;
-        assert_eq!(cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?, Begin::Proceed);
+        assert_eq!(
+            cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?,
+            Begin::Proceed
+        );
         // The device stopped accessing the page before it was copied, then freed it.
         assert_eq!(
             s.fake.take_ops(),
@@ -199,10 +214,16 @@ mod tests {
         let s = setup(0x42)?;
         let page = DevicePage { dev: 7, pfn: 0x42 };
         s.lpt.insert(VPN, Residency::Device(page))?;
-        assert_eq!(cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page), Err(EIO));
+        assert_eq!(
+            cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page),
+            Err(EIO)
+        );
         assert_eq!(s.lpt.residency(VPN), Some(Residency::Device(page)));
         // Nothing was freed; the entry is not left busy.
-        assert_eq!(s.fake.take_ops(), [Op::Unmap(VA, 0x42), Op::CopyToHost(0x42)]);
+        assert_eq!(
+            s.fake.take_ops(),
+            [Op::Unmap(VA, 0x42), Op::CopyToHost(0x42)]
+        );
         let guard = s.lpt.lock();
         assert!(!guard.get(VPN).map(|m| m.busy()).unwrap_or(true));
         Ok(())
@@ -211,8 +232,12 @@ mod tests {
     #[test]
     fn page_of_a_detached_device_is_an_error() -> Result {
         let s = setup(u64::MAX)?;
-        s.lpt.insert(VPN, Residency::Device(DevicePage { dev: 9, pfn: 1 }))?;
-        assert_eq!(cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page), Err(EIO));
+        s.lpt
+            .insert(VPN, Residency::Device(DevicePage { dev: 9, pfn: 1 }))?;
+        assert_eq!(
+            cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page),
+            Err(EIO)
+        );
         assert_eq!(s.fake.take_ops().len(), 0);
         Ok(())
     }

@@ -195,7 +195,10 @@ impl Drop for MappingBox {
     fn drop(&mut self) {
         // SAFETY: by the type invariant the object came from `MAPPING_CACHE` and we own it.
         unsafe {
-            bindings::kmem_cache_free(MAPPING_CACHE.load(Ordering::Acquire), self.0.as_ptr().cast())
+            bindings::kmem_cache_free(
+                MAPPING_CACHE.load(Ordering::Acquire),
+                self.0.as_ptr().cast(),
+            )
         };
     }
 }
@@ -392,7 +395,7 @@ impl LogicalPageTable {
         from: usize,
         to: usize,
         count: usize,
-        mut moved: impl FnMut(usize, DevicePage),
+        moved: impl FnMut(usize, DevicePage),
     ) -> Result {
         let end = from.checked_add(count).ok_or(EINVAL)?;
         let to_end = to.checked_add(count).ok_or(EINVAL)?;
@@ -433,7 +436,7 @@ impl LogicalPageTable {
             return Err(e);
         }
         // Phase 2: the old entries go.  Their device pages now belong to the new entries.
-        self.erase_range(from, end, |_| true, |vpn, page| moved(vpn, page));
+        self.erase_range(from, end, |_| true, moved);
         Ok(())
     }
 }
@@ -465,7 +468,12 @@ mod tests {
     #[test]
     fn mapping_is_16_bytes_and_round_trips() -> Result {
         assert_eq!(core::mem::size_of::<GmMapping>(), 16);
-        for r in [Residency::Nowhere, Residency::Host, dev(0), dev(u64::MAX >> 12)] {
+        for r in [
+            Residency::Nowhere,
+            Residency::Host,
+            dev(0),
+            dev(u64::MAX >> 12),
+        ] {
             let mut m = GmMapping::new(r, false);
             assert_eq!(m.residency(), r);
             assert!(!m.busy());
@@ -492,9 +500,14 @@ mod tests {
         assert_eq!(TRACKED_PAGES.load(Ordering::Relaxed), before + 2);
 
         let mut released = KVec::new();
-        let n = lpt.erase_range(0, 100, |_| true, |vpn, p| {
-            let _ = released.push((vpn, p.pfn), GFP_KERNEL);
-        });
+        let n = lpt.erase_range(
+            0,
+            100,
+            |_| true,
+            |vpn, p| {
+                let _ = released.push((vpn, p.pfn), GFP_KERNEL);
+            },
+        );
         assert_eq!(n, 2);
         assert_eq!(released, [(11, 77)]);
         assert_eq!(lpt.len(), 0);

@@ -33,14 +33,15 @@ int main(int argc, char **argv)
 	double ns[64];
 
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--peer-shared"))
+		if (!strcmp(argv[i], "--peer-shared")) {
 			peer_shared = 1;
-		else if (!strcmp(argv[i], "--size-mib") && i + 1 < argc)
+		} else if (!strcmp(argv[i], "--size-mib") && i + 1 < argc) {
 			size_mib = strtoul(argv[++i], NULL, 0);
-		else if (!strcmp(argv[i], "--iterations") && i + 1 < argc)
+		} else if (!strcmp(argv[i], "--iterations") && i + 1 < argc) {
 			iterations = atoi(argv[++i]);
-		else {
-			fprintf(stderr, "usage: %s [--peer-shared] [--size-mib N] [--iterations N]\n",
+		} else {
+			fprintf(stderr,
+				"usage: %s [--peer-shared] [--size-mib N] [--iterations N]\n",
 				argv[0]);
 			return 2;
 		}
