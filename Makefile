@@ -5,6 +5,8 @@
 #   make run      set up, build, boot the GMEM kernel and show it working
 #   make check    set up, build, boot, run every GMEM test; last line
 #                 "N passed, M failed"
+#   make check-debug  the same tests on the debug flavour (KASAN, lockdep,
+#                 DEBUG_VM, kmemleak, Rust debug assertions), built with LLVM
 #   make build    set up and build only (incremental)
 #   make assemble build/linux = Linux 7.2.13 + the GMEM files + patches/
 #   make patches  write the commits made in build/linux back to patches/
@@ -13,7 +15,7 @@
 
 H := harness
 
-.PHONY: all deps assemble build run check patches vm clean
+.PHONY: all deps assemble build run check check-debug patches vm clean
 all: build
 
 deps:
@@ -30,6 +32,9 @@ run:
 
 check:
 	@$(H)/check.sh
+
+check-debug:
+	@GMEM_FLAVOUR=debug $(H)/check.sh
 
 patches:
 	@$(H)/export-patches.sh

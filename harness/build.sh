@@ -26,12 +26,13 @@ want=$( {
 } | sha256sum | cut -d' ' -f1)
 if [ ! -f "$GMEM_OBJ/.config" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 	log "configuring $GMEM_FLAVOUR (virtme-ng defconfig + ${frags[*]##*/})"
-	(cd "$GMEM_SRC" && virtme-configkernel --defconfig O="$GMEM_OBJ") \
+	(cd "$GMEM_SRC" && virtme-configkernel --defconfig O="$GMEM_OBJ" \
+		"${GMEM_MAKE_ARGS[@]}") \
 		>"$GMEM_OBJ/.gmem-config.log" 2>&1
 	# Our fragments go last, so that they win over virtme-ng's choices.
 	"$GMEM_SRC/scripts/kconfig/merge_config.sh" -m -O "$GMEM_OBJ" \
 		"$GMEM_OBJ/.config" "${frags[@]}" >>"$GMEM_OBJ/.gmem-config.log" 2>&1
-	make -s -C "$GMEM_SRC" O="$GMEM_OBJ" olddefconfig
+	make -s -C "$GMEM_SRC" O="$GMEM_OBJ" "${GMEM_MAKE_ARGS[@]}" olddefconfig
 	# Every option of the fragments must have survived olddefconfig.
 	bad=0
 	for f in "${frags[@]}"; do
@@ -51,8 +52,8 @@ if [ ! -f "$GMEM_OBJ/.config" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ];
 fi
 
 log "building the kernel ($jobs jobs)"
-make -s -C "$GMEM_SRC" O="$GMEM_OBJ" -j"$jobs" bzImage modules
-make -s -C "$GMEM_SRC" O="$GMEM_OBJ" headers_install >/dev/null
+make -s -C "$GMEM_SRC" O="$GMEM_OBJ" "${GMEM_MAKE_ARGS[@]}" -j"$jobs" bzImage modules
+make -s -C "$GMEM_SRC" O="$GMEM_OBJ" "${GMEM_MAKE_ARGS[@]}" headers_install >/dev/null
 
 log "building the GMEM kselftests"
 mkdir -p "$GMEM_OBJ/kselftest/gmem"

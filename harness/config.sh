@@ -16,6 +16,11 @@ GMEM_SRC=$GMEM_BUILD/linux
 # Flavour of the build: "default" or "debug" (KASAN, lockdep, ...) or "nogmem".
 GMEM_FLAVOUR=${GMEM_FLAVOUR:-default}
 GMEM_OBJ=$GMEM_BUILD/obj-$GMEM_FLAVOUR
+# Extra make arguments of the flavour: KASAN with Rust needs clang.
+case "$GMEM_FLAVOUR" in
+debug) GMEM_MAKE_ARGS=(LLVM=-19) ;;
+*) GMEM_MAKE_ARGS=() ;;
+esac
 
 case ":$PATH:" in
 *":$HOME/.cargo/bin:"*) ;;

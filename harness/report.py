@@ -13,7 +13,7 @@ SPLATS = [
     r"\bBUG:", r"kernel BUG at", r"\bWARNING:", r"\bOops\b", r"Kernel panic",
     r"general protection fault", r"KASAN:", r"UBSAN:", r"KFENCE:",
     r"possible circular locking", r"possible recursive locking",
-    r"inconsistent lock state", r"lockdep", r"suspicious RCU usage",
+    r"inconsistent lock state", r"DEBUG_LOCKS_WARN_ON", r"suspicious RCU usage",
     r"self-detected stall", r"rcu: INFO: .*detected stall", r"soft lockup",
     r"hung_task", r"blocked for more than", r"unreferenced object",
     r"rust_panic", r"panicked at", r"Call Trace:",

@@ -23,19 +23,7 @@
 //! back to the host before the page tables are copied, so that the child sees the data too.
 //! VMA split and merge need nothing: the table is indexed by address, not by VMA.
 //!
-//! # Locking
-//!
-//! From outer to inner:
-//!
-//! 1. `mmap_lock` (or the per-VMA lock in the fault path), taken by core MM, never by GMEM in a
-//!    path core MM entered with it held;
-//! 2. the page table lock, taken by core MM around [`gm_cpu_fault_end`];
-//! 3. the logical page table lock (the XArray's spinlock): every field of every entry.
-//!
-//! Nothing that may sleep runs under 2 or 3.  Device operations run with only `mmap_lock` (or
-//! nothing) held, on pages that were marked busy or taken out of the table first; whoever finds
-//! a busy entry retries instead of waiting (see [`crate::fault`]).  The notifier callback takes
-//! only 3, plus the device list's spinlock to find a device.
+//! The locking rules are in the crate documentation (`gmem.rs`).
 
 use crate::{
     device::DeviceList,
@@ -249,9 +237,17 @@ unsafe extern "C" fn invalidate(
     let blockable = range.flags & bindings::MMU_NOTIFIER_RANGE_BLOCKABLE != 0;
     let (start, end) = (range.start, range.end);
 
+    let device_work = matches!(
+        range.event,
+        bindings::mmu_notifier_event_MMU_NOTIFY_UNMAP
+            | bindings::mmu_notifier_event_MMU_NOTIFY_RELEASE
+            | bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR
+            | bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_VMA
+            | bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_PAGE
+    );
     // Device work may sleep.  The OOM reaper cannot wait: it skips this mm when a device
     // holds pages of the range, and the exit path that follows frees them.
-    if !blockable && this.has_device_pages(start, end) {
+    if !blockable && device_work && this.has_device_pages(start, end) {
         return false;
     }
     {
@@ -500,4 +496,171 @@ pub(crate) fn debugfs_init() -> Result {
     core::mem::forget(spaces);
     core::mem::forget(dir);
     Ok(())
+}
+
+#[cfg(CONFIG_GMEM_KUNIT_TEST)]
+#[kunit_tests(gmem_address_space)]
+mod tests {
+    use super::*;
+    use crate::{
+        device::fake::{FakeDevice, Op},
+        lpt::DevicePage,
+    };
+    use kernel::sync::Arc;
+
+    /// An address space that is not registered with any mm, with a fake device attached and
+    /// pages 10..14: host, device (pfn 11), device (pfn 12), host.
+    fn setup() -> Result<(Pin<KBox<AddressSpace>>, Arc<FakeDevice>)> {
+        let this = AddressSpace::new()?;
+        let fake = FakeDevice::new(4, u64::MAX)?;
+        this.devices.attach(fake.clone())?;
+        assert_eq!(this.devices.attach(fake.clone()), Err(EEXIST));
+        for (vpn, r) in [
+            (10, Residency::Host),
+            (11, Residency::Device(DevicePage { dev: 4, pfn: 11 })),
+            (12, Residency::Device(DevicePage { dev: 4, pfn: 12 })),
+            (13, Residency::Host),
+        ] {
+            this.lpt.insert(vpn, r)?;
+        }
+        Ok((this, fake))
+    }
+
+    /// Calls the notifier callback as core MM would.
+    fn notify(
+        this: &AddressSpace,
+        event: u32,
+        start_vpn: usize,
+        end_vpn: usize,
+        blockable: bool,
+    ) -> bool {
+        // SAFETY: an all-zero range is valid; the fields that matter are set below.
+        let mut range: bindings::mmu_notifier_range = unsafe { core::mem::zeroed() };
+        range.start = start_vpn * PAGE_SIZE;
+        range.end = end_vpn * PAGE_SIZE;
+        range.event = event;
+        range.flags = if blockable {
+            bindings::MMU_NOTIFIER_RANGE_BLOCKABLE
+        } else {
+            0
+        };
+        // SAFETY: `notifier` is the field of a live address space; the callback only writes its
+        // sequence number.
+        unsafe { invalidate(this.notifier.get(), &range, 7) }
+    }
+
+    #[test]
+    fn unmap_drops_everything_and_frees_device_pages() -> Result {
+        let (this, fake) = setup()?;
+        assert!(notify(
+            &this,
+            bindings::mmu_notifier_event_MMU_NOTIFY_UNMAP,
+            11,
+            13,
+            true
+        ));
+        assert_eq!(
+            fake.take_ops(),
+            [
+                Op::Unmap(11 * PAGE_SIZE, 11),
+                Op::Free(11),
+                Op::Unmap(12 * PAGE_SIZE, 12),
+                Op::Free(12)
+            ]
+        );
+        assert_eq!(this.lpt.len(), 2);
+        assert_eq!(this.lpt.residency(10), Some(Residency::Host));
+        assert_eq!(this.lpt.residency(13), Some(Residency::Host));
+        Ok(())
+    }
+
+    #[test]
+    fn clear_drops_device_pages_only() -> Result {
+        let (this, fake) = setup()?;
+        assert!(notify(
+            &this,
+            bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR,
+            0,
+            100,
+            true
+        ));
+        assert_eq!(fake.take_ops().len(), 4);
+        assert_eq!(this.lpt.len(), 2);
+        assert_eq!(this.lpt.residency(11), None);
+        Ok(())
+    }
+
+    #[test]
+    fn protection_change_unmaps_but_keeps() -> Result {
+        let (this, fake) = setup()?;
+        assert!(notify(
+            &this,
+            bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_VMA,
+            0,
+            100,
+            true
+        ));
+        assert_eq!(
+            fake.take_ops(),
+            [Op::Unmap(11 * PAGE_SIZE, 11), Op::Unmap(12 * PAGE_SIZE, 12)]
+        );
+        assert_eq!(this.lpt.len(), 4);
+        Ok(())
+    }
+
+    #[test]
+    fn release_and_soft_dirty() -> Result {
+        let (this, fake) = setup()?;
+        // No device work for soft-dirty tracking: fine without blocking.
+        assert!(notify(
+            &this,
+            bindings::mmu_notifier_event_MMU_NOTIFY_SOFT_DIRTY,
+            0,
+            100,
+            false
+        ));
+        assert_eq!(this.lpt.len(), 4);
+        assert!(notify(
+            &this,
+            bindings::mmu_notifier_event_MMU_NOTIFY_RELEASE,
+            0,
+            usize::MAX / PAGE_SIZE,
+            true
+        ));
+        assert_eq!(this.lpt.len(), 0);
+        assert_eq!(fake.take_ops().len(), 4);
+        Ok(())
+    }
+
+    #[test]
+    fn non_blockable_refuses_device_work() -> Result {
+        let (this, fake) = setup()?;
+        assert!(!notify(
+            &this,
+            bindings::mmu_notifier_event_MMU_NOTIFY_UNMAP,
+            10,
+            14,
+            false
+        ));
+        assert_eq!(this.lpt.len(), 4);
+        assert_eq!(fake.take_ops().len(), 0);
+        // A range without device pages is fine.
+        assert!(notify(
+            &this,
+            bindings::mmu_notifier_event_MMU_NOTIFY_UNMAP,
+            13,
+            14,
+            false
+        ));
+        assert_eq!(this.lpt.len(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn dropping_releases_device_pages() -> Result {
+        let (this, fake) = setup()?;
+        drop(this);
+        assert_eq!(fake.take_ops().len(), 4);
+        Ok(())
+    }
 }

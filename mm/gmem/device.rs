@@ -13,10 +13,10 @@
 use crate::lpt::{DeviceId, DevicePage};
 use kernel::{
     alloc::KVec,
-    new_mutex,
+    new_spinlock,
     page::Page,
     prelude::*,
-    sync::{Arc, Mutex},
+    sync::{Arc, SpinLock},
 };
 
 /// The operations the core needs from a device.
@@ -38,17 +38,20 @@ pub(crate) trait DeviceOps: Send + Sync {
 }
 
 /// The devices attached to one address space.
+///
+/// A spinlock, not a mutex: the MMU notifier looks devices up, and notifiers run from reclaim,
+/// so nothing that allocates with reclaim may hold this lock (attach allocates atomically).
 #[pin_data]
 pub(crate) struct DeviceList {
     #[pin]
-    devices: Mutex<KVec<Arc<dyn DeviceOps>>>,
+    devices: SpinLock<KVec<Arc<dyn DeviceOps>>>,
 }
 
 impl DeviceList {
     /// An empty list.
     pub(crate) fn new() -> impl PinInit<Self> {
         pin_init!(Self {
-            devices <- new_mutex!(KVec::new(), "gmem_device_list"),
+            devices <- new_spinlock!(KVec::new(), "gmem_device_list"),
         })
     }
 
@@ -58,7 +61,7 @@ impl DeviceList {
         if devices.iter().any(|d| d.id() == device.id()) {
             return Err(EEXIST);
         }
-        devices.push(device, GFP_KERNEL)?;
+        devices.push(device, GFP_ATOMIC)?;
         Ok(())
     }
 
@@ -83,6 +86,7 @@ impl DeviceList {
 #[cfg(CONFIG_GMEM_KUNIT_TEST)]
 pub(crate) mod fake {
     use super::*;
+    use kernel::{new_mutex, sync::Mutex};
 
     /// One operation a [`FakeDevice`] received.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,6 +11,34 @@
 //! is an `extern "C"` function declared in C and checked against that
 //! declaration by `#[export]`.
 //!
+//! # Who owns a page
+//!
+//! A page of a peer-shared range that GMEM tracks (see [`lpt`]) is owned by exactly one side at
+//! a time: the host (the CPU page table maps it; core MM may swap or migrate it like any
+//! anonymous page) or one device (the CPU page table does not map it; the logical page table
+//! names the device and the device page).  A page moves only while its entry is marked busy,
+//! and the side that marks it does the whole move.  Data is coherent because a page is never
+//! mapped by two sides at once: the CPU faults a device page home, a device faults a host page
+//! over.
+//!
+//! # Locking
+//!
+//! The rules of GPU SVM (Documentation/gpu/rfc/gpusvm.rst): core-MM locks only around core-MM
+//! calls, retry loops instead of holding locks across device work.  From outer to inner:
+//!
+//! 1. `mmap_lock` (or the per-VMA lock in the fault path): taken by core MM before it calls
+//!    GMEM.  GMEM never takes it in a path that core MM entered with it held.
+//! 2. The page table lock: held by core MM around `gm_cpu_fault_end()`.
+//! 3. The logical page table lock (the XArray's spinlock): protects every field of every
+//!    entry.  No allocation that may reclaim, and no device operation, under it.
+//! 4. A device list's spinlock: only to find a device; never held while calling one.
+//!
+//! Nothing that may sleep runs under 2, 3 or 4.  Device operations (copies, TLB invalidation,
+//! freeing device memory) run with at most `mmap_lock` held, on pages that were first marked
+//! busy or taken out of the table; whoever finds a busy entry retries (a CPU fault returns and
+//! the access faults again) instead of waiting.  The MMU notifier callback takes 3 and 4 and
+//! may sleep only when core MM says the invalidation is blockable.
+//!
 //! C header: [`include/linux/gmem.h`](srctree/include/linux/gmem.h).
 //! UAPI: [`include/uapi/linux/gmem.h`](srctree/include/uapi/linux/gmem.h).
 
