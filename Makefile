@@ -7,6 +7,7 @@
 #                 "N passed, M failed"
 #   make check-debug  the same tests on the debug flavour (KASAN, lockdep,
 #                 DEBUG_VM, kmemleak, Rust debug assertions), built with LLVM
+#   make lint     checkpatch --strict, rustfmt, clippy, SAFETY comments
 #   make build    set up and build only (incremental)
 #   make assemble build/linux = Linux 7.2.13 + the GMEM files + patches/
 #   make patches  write the commits made in build/linux back to patches/
@@ -15,7 +16,7 @@
 
 H := harness
 
-.PHONY: all deps assemble build run check check-debug patches vm clean
+.PHONY: all deps assemble build run check check-debug lint patches vm clean
 all: build
 
 deps:
@@ -35,6 +36,9 @@ check:
 
 check-debug:
 	@GMEM_FLAVOUR=debug $(H)/check.sh
+
+lint:
+	@$(H)/lint.sh
 
 patches:
 	@$(H)/export-patches.sh

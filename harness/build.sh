@@ -33,19 +33,27 @@ if [ ! -f "$GMEM_OBJ/.config" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ];
 	"$GMEM_SRC/scripts/kconfig/merge_config.sh" -m -O "$GMEM_OBJ" \
 		"$GMEM_OBJ/.config" "${frags[@]}" >>"$GMEM_OBJ/.gmem-config.log" 2>&1
 	make -s -C "$GMEM_SRC" O="$GMEM_OBJ" "${GMEM_MAKE_ARGS[@]}" olddefconfig
-	# Every option of the fragments must have survived olddefconfig.
-	bad=0
+	# Every option of the fragments (a later fragment wins) must have
+	# survived olddefconfig.
+	declare -A want_opt=()
 	for f in "${frags[@]}"; do
 		while IFS= read -r line; do
 			case "$line" in
-			CONFIG_*=*) grep -qxF "$line" "$GMEM_OBJ/.config" || {
-				log "config: $line did not stick"; bad=1; } ;;
+			CONFIG_*=*) want_opt[${line%%=*}]=${line#*=} ;;
 			"# CONFIG_"*" is not set")
-				opt=${line#\# }; opt=${opt%% *}
-				grep -q "^$opt=" "$GMEM_OBJ/.config" && {
-					log "config: $opt should be off"; bad=1; } ;;
+				opt=${line#\# }; want_opt[${opt%% *}]=n ;;
 			esac
 		done <"$f"
+	done
+	bad=0
+	for opt in "${!want_opt[@]}"; do
+		v=${want_opt[$opt]}
+		if [ "$v" = n ]; then
+			grep -q "^$opt=" "$GMEM_OBJ/.config" &&
+				{ log "config: $opt should be off"; bad=1; }
+		elif ! grep -qxF "$opt=$v" "$GMEM_OBJ/.config"; then
+			log "config: $opt=$v did not stick"; bad=1
+		fi
 	done
 	[ "$bad" = 0 ] || exit 1
 	echo "$want" >"$stamp"

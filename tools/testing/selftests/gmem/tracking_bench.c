@@ -54,9 +54,10 @@ int main(int argc, char **argv)
 		p[off] = 1;
 	m1 = slab_bytes("gmem_mapping");
 	x1 = slab_bytes("radix_tree_node");
-	printf("tracking_bench pages=%ld mapping_bytes_per_page=%.2f xarray_bytes_per_page=%.2f total_bytes_per_page=%.2f\n",
-	       pages, (double)(m1 - m0) / pages, (double)(x1 - x0) / pages,
-	       (double)(m1 - m0 + x1 - x0) / pages);
+	printf("tracking_bench pages=%ld mapping_bytes_per_page=%.2f ", pages,
+	       (double)(m1 - m0) / pages);
+	printf("xarray_bytes_per_page=%.2f total_bytes_per_page=%.2f\n",
+	       (double)(x1 - x0) / pages, (double)(m1 - m0 + x1 - x0) / pages);
 	munmap(p, len);
 	return 0;
 }

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# make lint: the style gates of the series.
+#   - scripts/checkpatch.pl --strict on every patch of patches/ and on the
+#     new C files (kernel style), no error or warning but those justified in
+#     harness/lint-allow.txt;
+#   - rustfmt (the tree's .rustfmt.toml) on the GMEM Rust files;
+#   - clippy on the GMEM crate (make CLIPPY=1), no warning;
+#   - a `// SAFETY:` comment right above every `unsafe` block.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/config.sh"
+
+"$here/build.sh" >/dev/null
+cd "$GMEM_TOP"
+fail=0
+report() { printf 'lint: %s\n' "$*"; fail=1; }
+
+allowed() {
+	local line=$1 pat
+	while IFS=$'\t' read -r pat _; do
+		case "$pat" in '#'* | '') continue ;; esac
+		echo "$line" | grep -qE "$pat" && return 0
+	done <"$here/lint-allow.txt"
+	return 1
+}
+
+# Run inside the assembled tree: checkpatch wants its tree, and run from this
+# checkout it takes a .patch for a source file.
+checkpatch() {
+	(cd "$GMEM_SRC" && perl scripts/checkpatch.pl --strict --terse --no-summary "$@") \
+		2>/dev/null | grep -E 'ERROR|WARNING|CHECK' || true
+}
+
+n=0
+for p in patches/*.patch; do
+	while IFS= read -r line; do
+		[ -n "$line" ] || continue
+		allowed "$line" || report "$line"
+	done < <(checkpatch "$GMEM_TOP/$p")
+	n=$((n + 1))
+done
+c_files=$(git ls-files 'mm/gmem/*.c' 'include/linux/gmem.h' 'include/uapi/linux/gmem.h' \
+	'tools/testing/selftests/gmem/*.[ch]' 'samples/rust/*/*.[ch]')
+for f in $c_files; do
+	while IFS= read -r line; do
+		[ -n "$line" ] || continue
+		allowed "$line" || report "$line"
+	done < <(checkpatch -f "$f")	# the assembled copy, same path
+done
+echo "lint: checkpatch --strict: $n patches, $(echo "$c_files" | wc -w) C files"
+
+rs_files=$(git ls-files 'mm/gmem/*.rs' 'rust/kernel/gmem/*.rs' 'samples/rust/*/*.rs')
+if ! rustfmt --config-path "$GMEM_SRC/.rustfmt.toml" --edition 2021 --check $rs_files >/dev/null; then
+	report "rustfmt would change: $(rustfmt --config-path "$GMEM_SRC/.rustfmt.toml" \
+		--edition 2021 --check -l $rs_files 2>/dev/null | tr '\n' ' ')"
+fi
+echo "lint: rustfmt: $(echo "$rs_files" | wc -w) files"
+
+for f in $rs_files; do
+	awk '
+		/^[[:space:]]*$/ { next }
+		/^[[:space:]]*\/\// { if (!c) s = 0; c = 1; if ($0 ~ /SAFETY/) s = 1; next }
+		{ if ($0 ~ /unsafe[[:space:]]*\{/ && !s && $0 !~ /SAFETY/) print FILENAME ":" NR ": unsafe block without // SAFETY:"; c = 0; s = 0 }
+	' "$f"
+done | while IFS= read -r line; do echo "lint: $line"; done | tee /tmp/gmem-lint-safety.$$
+[ -s /tmp/gmem-lint-safety.$$ ] && fail=1
+rm -f /tmp/gmem-lint-safety.$$
+
+# clippy: rebuild the GMEM crate with CLIPPY=1 (touching its root forces it).
+touch "$GMEM_SRC/mm/gmem/gmem.rs"
+clippy=$(make -s -C "$GMEM_SRC" O="$GMEM_OBJ" "${GMEM_MAKE_ARGS[@]}" CLIPPY=1 mm/gmem/ 2>&1 |
+	grep -E '^(warning|error)' || true)
+[ -z "$clippy" ] || report "clippy: $clippy"
+echo "lint: clippy: mm/gmem"
+
+if [ "$fail" = 0 ]; then
+	echo "lint: clean"
+else
+	echo "lint: FAILED"
+fi
+exit $fail
