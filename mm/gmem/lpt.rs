@@ -304,24 +304,21 @@ impl LogicalPageTable {
         }
     }
 
-    /// Stops tracking the pages `start..end` for which `select` is true.
+    /// Walks the entries of pages `start..end` in address order, `WALK_BATCH` at a time.
     ///
-    /// `released(vpn, page)` is called, without the lock, for every device page whose entry was
-    /// removed: the caller now owns that device page.  Busy entries are removed too; their
-    /// owner finds them gone and keeps what it moved.  Returns the number of entries removed.
-    pub(crate) fn erase_range(
+    /// `visit(guard, vpn, residency)` runs under the lock and may change the table; a device
+    /// page it returns is handed to `after(vpn, page)` once the lock is dropped.
+    fn walk(
         &self,
         start: usize,
         end: usize,
-        mut select: impl FnMut(Residency) -> bool,
-        mut released: impl FnMut(usize, DevicePage),
-    ) -> usize {
+        mut visit: impl FnMut(&mut Guard<'_, MappingBox>, usize, Residency) -> Option<DevicePage>,
+        mut after: impl FnMut(usize, DevicePage),
+    ) {
         let mut next = start;
-        let mut removed = 0;
         while next < end {
             let mut batch = [None; WALK_BATCH];
             let mut count = 0;
-            let mut dropped = 0isize;
             {
                 let mut guard = self.lock();
                 while count < WALK_BATCH {
@@ -333,23 +330,48 @@ impl LogicalPageTable {
                         break;
                     };
                     next = vpn + 1;
-                    if !select(residency) {
-                        continue;
-                    }
-                    drop(guard.remove(vpn));
-                    dropped -= 1;
-                    if let Residency::Device(page) = residency {
+                    if let Some(page) = visit(&mut guard, vpn, residency) {
                         batch[count] = Some((vpn, page));
                         count += 1;
                     }
                 }
-                self.account(dropped);
             }
-            removed += dropped.unsigned_abs();
             for (vpn, page) in batch.into_iter().flatten() {
-                released(vpn, page);
+                after(vpn, page);
             }
         }
+    }
+
+    /// Stops tracking the pages `start..end` for which `select` is true.
+    ///
+    /// `released(vpn, page)` is called, without the lock, for every device page whose entry was
+    /// removed: the caller now owns that device page.  Busy entries are removed too; their
+    /// owner finds them gone and keeps what it moved.  Returns the number of entries removed.
+    pub(crate) fn erase_range(
+        &self,
+        start: usize,
+        end: usize,
+        mut select: impl FnMut(Residency) -> bool,
+        released: impl FnMut(usize, DevicePage),
+    ) -> usize {
+        let mut removed = 0;
+        self.walk(
+            start,
+            end,
+            |guard, vpn, residency| {
+                if !select(residency) {
+                    return None;
+                }
+                drop(guard.remove(vpn));
+                self.account(-1);
+                removed += 1;
+                match residency {
+                    Residency::Device(page) => Some(page),
+                    _ => None,
+                }
+            },
+            released,
+        );
         removed
     }
 
@@ -358,30 +380,17 @@ impl LogicalPageTable {
         &self,
         start: usize,
         end: usize,
-        mut f: impl FnMut(usize, DevicePage),
+        f: impl FnMut(usize, DevicePage),
     ) {
-        let mut next = start;
-        while next < end {
-            let mut batch = [None; WALK_BATCH];
-            let mut count = 0;
-            {
-                let guard = self.lock();
-                while count < WALK_BATCH {
-                    let Some((vpn, m)) = guard.find(next, end - 1) else {
-                        next = end;
-                        break;
-                    };
-                    next = vpn + 1;
-                    if let Residency::Device(page) = m.residency() {
-                        batch[count] = Some((vpn, page));
-                        count += 1;
-                    }
-                }
-            }
-            for (vpn, page) in batch.into_iter().flatten() {
-                f(vpn, page);
-            }
-        }
+        self.walk(
+            start,
+            end,
+            |_, _, residency| match residency {
+                Residency::Device(page) => Some(page),
+                _ => None,
+            },
+            f,
+        );
     }
 
     /// Moves the entries of pages `from..from + count` to `to..to + count` (mremap).
