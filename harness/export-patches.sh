@@ -35,6 +35,14 @@ rm -f "$GMEM_TOP"/patches/*.patch
 mkdir -p "$GMEM_TOP/patches"
 g format-patch -q --zero-commit --no-signature --no-numbered \
 	-o "$GMEM_TOP/patches" "$base..HEAD"
+# A blank context line is a single space in format-patch's output; git apply
+# takes an empty line for it too (GNU diff --suppress-blank-empty).  Strip
+# the space inside hunks, so that no line of a patch ends in whitespace
+# (checkpatch, run on a tracked .patch, checks it as a source file).
+for p in "$GMEM_TOP"/patches/*.patch; do
+	awk '/^@@ /{h=1} /^diff --git /{h=0} { if (h && $0 == " ") print ""; else print }' \
+		"$p" >"$p.tmp" && mv "$p.tmp" "$p"
+done
 {
 	echo "# GMEM: changes to existing kernel files, applied in order on"
 	echo "# Linux $KVER after the new files.  See harness/export-patches.sh."
