@@ -14,6 +14,7 @@
 #ifndef _LINUX_GMEM_H
 #define _LINUX_GMEM_H
 
+#include <linux/err.h>
 #include <linux/errno.h>
 #include <linux/fs.h>
 #include <linux/jump_label.h>
@@ -25,6 +26,185 @@
 
 struct gm_as;
 
+/*
+ * The device side of GMEM (see Documentation/mm/gmem.rst, "Writing a
+ * driver").  A driver describes its hardware's MMU with a struct gm_mmu,
+ * creates a struct gm_dev at probe time, hands the device's memory to GMEM
+ * with gm_dev_register_physmem() and attaches the device to a process's
+ * address space (a struct gm_context) when the process asks for it.  From
+ * then on GMEM decides where each page of the process's MAP_PEER_SHARED
+ * ranges lives and calls the gm_mmu operations to move and map it.
+ */
+struct gm_dev;
+struct gm_context;
+
+/* What a device access needs (gm_dev_fault()). */
+#define GM_ACCESS_READ		(1U << 0)
+#define GM_ACCESS_WRITE		(1U << 1)
+
+/* Rights of a device mapping (pmap_enter, pmap_protect). */
+#define GM_PROT_READ		(1U << 0)
+#define GM_PROT_WRITE		(1U << 1)
+
+/* The device raises translation faults (it calls gm_dev_fault() on a miss). */
+#define GM_DEV_CAP_FAULT	(1U << 0)
+
+/* A range of device virtual addresses, for tlb_invl_coalesced. */
+struct gm_va_range {
+	unsigned long start;
+	unsigned long len;
+};
+
+/**
+ * struct gm_mmu - the hardware-specific MMU operations of a device
+ *
+ * GMEM calls these with no spinlock held; they may sleep, and GMEM may call
+ * them concurrently, also for one context.  @pmap is what
+ * pmap_create() returned for the context the call is about.  Device memory
+ * is addressed by page frame number within the device (@pfn: byte offset in
+ * the registered physical memory divided by PAGE_SIZE, plus base / PAGE_SIZE).
+ *
+ * VA - agree on the virtual addresses device and host share:
+ * @peer_va_alloc_fixed: reserve [@va, @va + @len) in the device's address
+ *	space for @pmap; called once when a context is attached, for the
+ *	process's whole user address range.  -ERANGE if the device cannot
+ *	address it.  Optional.
+ * @peer_va_free: give back what peer_va_alloc_fixed() reserved; called when
+ *	the context goes.  Optional.
+ *
+ * PA - device memory:
+ * @alloc_page: allocate one device page into *@pfn.  Optional: without it
+ *	GMEM allocates from the memory given to gm_dev_register_physmem().
+ * @free_page: free a page from alloc_page().  Required with alloc_page.
+ * @prepare_page: fill device page @pfn with the contents of host page @src,
+ *	or with zeroes if @src is NULL.  Required.  GMEM never maps a device
+ *	page that was not prepared, so a process never sees another's data.
+ * @copy_to_host: copy device page @pfn into host page @dst.  Required.
+ *
+ * Page table:
+ * @pmap_create: create an empty device page table for a new context and
+ *	store it in *@pmap.  Required.
+ * @pmap_destroy: free a page table; it maps nothing any more.  Required.
+ * @pmap_enter: map @va to device page @pfn with rights @prot (GM_PROT_*),
+ *	replacing any mapping of @va.  Required.
+ * @pmap_release: remove the mappings of [@va, @va + @len).  Required.  The
+ *	device TLB is invalidated separately.
+ * @pmap_protect: change the rights of the mappings of [@va, @va + @len).
+ *	Optional.
+ *
+ * TLB:
+ * @tlb_invl: invalidate the device TLB for [@va, @va + @len); when it
+ *	returns, the device no longer uses a stale translation.  Required.
+ * @tlb_invl_coalesced: the same for @nr ranges at once.  Optional (GMEM
+ *	calls tlb_invl() for each range).
+ *
+ * Wrappers, for drivers that can batch a whole move in one device
+ * operation; without them GMEM composes the basic operations:
+ * @peer_map: prepare device page @pfn (which GMEM allocated) from @src, or
+ *	zero it, and map it at @va with @prot, in one step.  Optional.
+ * @peer_unmap: unmap @va, invalidate the TLB for it and copy device page
+ *	@pfn to @dst (if @dst is not NULL); GMEM frees the page.  Optional.
+ *
+ * @release: the last reference to the device is gone: free @priv.  Optional.
+ */
+struct gm_mmu {
+	int (*peer_va_alloc_fixed)(struct gm_dev *dev, void *pmap,
+				   unsigned long va, unsigned long len);
+	void (*peer_va_free)(struct gm_dev *dev, void *pmap, unsigned long va,
+			     unsigned long len);
+
+	int (*alloc_page)(struct gm_dev *dev, u64 *pfn);
+	void (*free_page)(struct gm_dev *dev, u64 pfn);
+	int (*prepare_page)(struct gm_dev *dev, u64 pfn, struct page *src);
+	int (*copy_to_host)(struct gm_dev *dev, u64 pfn, struct page *dst);
+
+	int (*pmap_create)(struct gm_dev *dev, void **pmap);
+	void (*pmap_destroy)(struct gm_dev *dev, void *pmap);
+	int (*pmap_enter)(struct gm_dev *dev, void *pmap, unsigned long va,
+			  u64 pfn, unsigned int prot);
+	void (*pmap_release)(struct gm_dev *dev, void *pmap, unsigned long va,
+			     unsigned long len);
+	int (*pmap_protect)(struct gm_dev *dev, void *pmap, unsigned long va,
+			    unsigned long len, unsigned int prot);
+
+	void (*tlb_invl)(struct gm_dev *dev, void *pmap, unsigned long va,
+			 unsigned long len);
+	void (*tlb_invl_coalesced)(struct gm_dev *dev, void *pmap,
+				   const struct gm_va_range *ranges,
+				   unsigned int nr);
+
+	int (*peer_map)(struct gm_dev *dev, void *pmap, unsigned long va,
+			u64 pfn, struct page *src, unsigned int prot);
+	int (*peer_unmap)(struct gm_dev *dev, void *pmap, unsigned long va,
+			  u64 pfn, struct page *dst);
+
+	void (*release)(struct gm_dev *dev);
+};
+
+/**
+ * struct gm_dev_stats - what GMEM did with a device's memory
+ * @faults: gm_dev_fault() pages handled
+ * @zero_fills: pages zero-filled on the device (first touch)
+ * @migrations_to_dev: pages copied to the device (from the host or a peer)
+ * @migrations_to_host: pages copied from the device to the host
+ * @evictions: pages moved out to make room
+ * @resident_pages: device pages in use now
+ * @dram_pages: device pages GMEM manages
+ */
+struct gm_dev_stats {
+	u64 faults;
+	u64 zero_fills;
+	u64 migrations_to_dev;
+	u64 migrations_to_host;
+	u64 evictions;
+	u64 resident_pages;
+	u64 dram_pages;
+};
+
+#ifdef CONFIG_GMEM
+
+struct gm_dev *gm_dev_create(const struct gm_mmu *mmu, void *priv,
+			     unsigned int caps, const char *name);
+void gm_dev_destroy(struct gm_dev *dev);
+int gm_dev_register_physmem(struct gm_dev *dev, u64 base, u64 size);
+void *gm_dev_priv(const struct gm_dev *dev);
+int gm_dev_hnid(const struct gm_dev *dev);
+void gm_dev_get_stats(const struct gm_dev *dev, struct gm_dev_stats *stats);
+const char *gm_dev_name(const struct gm_dev *dev);
+unsigned int gm_dev_caps(const struct gm_dev *dev);
+struct gm_as *gm_as_create(void);
+struct gm_context *gm_as_attach(struct gm_as *as, struct gm_dev *dev);
+void gm_context_detach(struct gm_context *ctx);
+int gm_dev_fault_range(struct gm_context *ctx, unsigned long start,
+		       unsigned long len, unsigned int access);
+
+/**
+ * gm_dev_fault() - make one page of a context's address space device-resident
+ * @ctx: the context whose device faulted
+ * @va: the faulting virtual address
+ * @access: GM_ACCESS_*
+ *
+ * See gm_dev_fault_range().
+ *
+ * Return: 0 once @va is mapped on the device, or a negative errno.
+ */
+static inline int gm_dev_fault(struct gm_context *ctx, unsigned long va,
+			       unsigned int access)
+{
+	return gm_dev_fault_range(ctx, va & PAGE_MASK, PAGE_SIZE, access);
+}
+
+#else /* !CONFIG_GMEM */
+
+static inline struct gm_dev *gm_dev_create(const struct gm_mmu *mmu,
+					   void *priv, unsigned int caps,
+					   const char *name)
+{
+	return ERR_PTR(-EOPNOTSUPP);
+}
+
+#endif /* CONFIG_GMEM */
+
 #ifdef CONFIG_GMEM
 
 /* On once a process has used GMEM; never turned off again. */
@@ -32,6 +212,8 @@ DECLARE_STATIC_KEY_FALSE(gm_enabled_key);
 
 /* mm/gmem/glue.c */
 void gm_enable(void);
+void *gm_sysfs_add_node(struct gm_dev *dev, int hnid);
+void gm_sysfs_remove_node(void *node);
 
 /* The core (Rust). */
 int gm_core_init(void);

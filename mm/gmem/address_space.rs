@@ -28,7 +28,7 @@
 use crate::{
     device::DeviceList,
     fault::{cpu_fault_begin, cpu_fault_end, Begin},
-    lpt::{LogicalPageTable, Residency},
+    lpt::{LogicalPageTable, MappingBox, Residency},
 };
 use core::{
     fmt,
@@ -44,6 +44,7 @@ use kernel::{
     page::{BorrowedPage, PAGE_SIZE},
     prelude::*,
     types::Opaque,
+    xarray::Guard,
 };
 
 /// Address spaces alive (shown in debugfs).
@@ -64,7 +65,18 @@ pub(crate) struct AddressSpace {
     #[pin]
     notifier: Opaque<bindings::mmu_interval_notifier>,
     registered: AtomicBool,
+    /// The mm this address space belongs to (not a reference: the mm owns the address space).
+    mm: *mut bindings::mm_struct,
+    /// Created by fork: pages the logical page table does not know may be host pages that the
+    /// parent touched.
+    inherited: bool,
 }
+
+// SAFETY: `mm` is only an identity and is dereferenced only by paths of that mm, which keep it
+// alive; everything else is synchronised by its own lock.
+unsafe impl Send for AddressSpace {}
+// SAFETY: as above.
+unsafe impl Sync for AddressSpace {}
 
 /// The notifier's callbacks.
 static NOTIFIER_OPS: bindings::mmu_interval_notifier_ops = bindings::mmu_interval_notifier_ops {
@@ -74,13 +86,15 @@ static NOTIFIER_OPS: bindings::mmu_interval_notifier_ops = bindings::mmu_interva
 };
 
 impl AddressSpace {
-    fn new() -> Result<Pin<KBox<Self>>> {
+    fn new(mm: *mut bindings::mm_struct, inherited: bool) -> Result<Pin<KBox<Self>>> {
         let this = KBox::pin_init(
             pin_init!(Self {
                 lpt <- LogicalPageTable::new(),
                 devices <- DeviceList::new(),
                 notifier: Opaque::uninit(),
                 registered: AtomicBool::new(false),
+                mm,
+                inherited,
             }),
             GFP_KERNEL_ACCOUNT,
         )?;
@@ -129,7 +143,7 @@ impl AddressSpace {
     ///
     /// `mm` is live and the caller keeps it so (it runs in a path of that mm: a fault, a
     /// syscall, fork or teardown), which keeps its address space alive too.
-    unsafe fn of<'a>(mm: *mut bindings::mm_struct) -> Option<&'a AddressSpace> {
+    pub(crate) unsafe fn of<'a>(mm: *mut bindings::mm_struct) -> Option<&'a AddressSpace> {
         // SAFETY: by the safety requirements `mm` is valid; the field is only written with
         // atomic operations.
         let ptr = unsafe { slot(mm) }.load(Ordering::Acquire);
@@ -161,6 +175,32 @@ impl AddressSpace {
             // SAFETY: `raw` came from `KBox::into_raw` above and was never published.
             drop(unsafe { Pin::new_unchecked(KBox::from_raw(raw)) });
         }
+    }
+
+    /// The mm this address space belongs to.
+    pub(crate) fn mm(&self) -> *mut bindings::mm_struct {
+        self.mm
+    }
+
+    /// Whether the address space was created by fork (see the field).
+    pub(crate) fn inherited(&self) -> bool {
+        self.inherited
+    }
+
+    /// Starts a device-side update of the address space: returns the notifier sequence to check
+    /// with [`AddressSpace::changed`] once the device mapping is in place.  May sleep while an
+    /// invalidation is under way.
+    pub(crate) fn read_begin(&self) -> c_ulong {
+        // SAFETY: the notifier is registered (or was never used: then the sequence is 0).
+        unsafe { bindings::mmu_interval_read_begin(self.notifier.get()) }
+    }
+
+    /// Whether an invalidation ran since [`AddressSpace::read_begin`] returned `seq`.  The
+    /// caller holds the logical page table lock, under which `invalidate` updates the sequence.
+    pub(crate) fn changed(&self, _lpt: &Guard<'_, MappingBox>, seq: c_ulong) -> bool {
+        // SAFETY: the field is written under the logical page table lock, which the caller
+        // holds.
+        unsafe { core::ptr::read_volatile(&raw const (*self.notifier.get()).invalidate_seq) != seq }
     }
 
     /// Gives every device page in `start..end` (addresses) back to its device and drops the
@@ -197,6 +237,10 @@ impl PinnedDrop for AddressSpace {
         // Exit already dropped everything through MMU_NOTIFY_RELEASE; this catches an address
         // space that never saw its mm's exit (a fork that failed half-way).
         self.drop_range(0, usize::MAX, |_| true);
+        // Contexts outlive their address space when their driver still holds them.
+        for device in self.devices.take_all() {
+            device.address_space_gone();
+        }
         ADDRESS_SPACES.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -278,6 +322,33 @@ unsafe extern "C" fn invalidate(
     true
 }
 
+/// Faults the page at `addr` into the CPU page table of `mm` as a read access would, which
+/// brings a device-resident page home.  Nothing happens outside a VMA.
+///
+/// # Safety
+///
+/// The caller holds `mm`'s mmap lock and `mm` has a user.
+pub(crate) unsafe fn cpu_fault_in(mm: *mut bindings::mm_struct, addr: usize) -> Result {
+    // SAFETY: the caller holds the mmap lock, which `find_vma` requires.
+    let vma = unsafe { bindings::find_vma(mm, addr) };
+    if vma.is_null() {
+        return Ok(());
+    }
+    // SAFETY: `vma` is a VMA of `mm`, valid while the caller holds its mmap lock.
+    if unsafe { VmaRef::from_raw(vma) }.start() > addr {
+        return Ok(());
+    }
+    // SAFETY: `vma` contains `addr` and the mmap lock is held; flags 0 is a read fault that may
+    // not drop the lock.
+    let ret = unsafe { bindings::handle_mm_fault(vma, addr, 0, core::ptr::null_mut()) };
+    if ret & (bindings::vm_fault_reason_VM_FAULT_OOM | bindings::vm_fault_reason_VM_FAULT_SIGBUS)
+        != 0
+    {
+        return Err(ENOMEM);
+    }
+    Ok(())
+}
+
 fn errno(e: Error) -> c_int {
     e.to_errno()
 }
@@ -293,7 +364,7 @@ pub unsafe extern "C" fn gm_as_prepare(mm: *mut bindings::mm_struct) -> c_int {
     if unsafe { AddressSpace::of(mm) }.is_some() {
         return 0;
     }
-    let this = match AddressSpace::new() {
+    let this = match AddressSpace::new(mm, false) {
         Ok(this) => this,
         Err(e) => return errno(e),
     };
@@ -335,31 +406,13 @@ pub unsafe extern "C" fn gm_as_fork(
             if result.is_err() {
                 return;
             }
-            let addr = vpn * PAGE_SIZE;
-            // SAFETY: the caller holds `oldmm`'s mmap lock, which `find_vma` requires.
-            let vma = unsafe { bindings::find_vma(oldmm, addr) };
-            if vma.is_null() {
-                return;
-            }
-            // SAFETY: `vma` is a VMA of `oldmm`, valid while the caller holds its mmap lock.
-            if unsafe { VmaRef::from_raw(vma) }.start() > addr {
-                return;
-            }
-            // SAFETY: `vma` contains `addr` and the mmap lock is held; flags 0 is a read fault that
-            // may not drop the lock.
-            let ret = unsafe { bindings::handle_mm_fault(vma, addr, 0, core::ptr::null_mut()) };
-            if ret
-                & (bindings::vm_fault_reason_VM_FAULT_OOM
-                    | bindings::vm_fault_reason_VM_FAULT_SIGBUS)
-                != 0
-            {
-                result = Err(ENOMEM);
-            }
+            // SAFETY: the caller holds `oldmm`'s mmap lock for writing.
+            result = unsafe { cpu_fault_in(oldmm, vpn * PAGE_SIZE) };
         });
     if let Err(e) = result {
         return errno(e);
     }
-    let child = match AddressSpace::new() {
+    let child = match AddressSpace::new(mm, true) {
         Ok(child) => child,
         Err(e) => return errno(e),
     };
@@ -511,7 +564,7 @@ mod tests {
     /// An address space that is not registered with any mm, with a fake device attached and
     /// pages 10..14: host, device (pfn 11), device (pfn 12), host.
     fn setup() -> Result<(Pin<KBox<AddressSpace>>, Arc<FakeDevice>)> {
-        let this = AddressSpace::new()?;
+        let this = AddressSpace::new(core::ptr::null_mut(), false)?;
         let fake = FakeDevice::new(4, u64::MAX)?;
         this.devices.attach(fake.clone())?;
         assert_eq!(this.devices.attach(fake.clone()), Err(EEXIST));

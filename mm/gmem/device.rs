@@ -1,23 +1,361 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Devices as the core sees them: something that holds pages of a peer-shared range in its own
-//! memory and maps them in its own page table.
+//! Devices: what a driver registers (`gm_dev`), and the operations the core needs from a device
+//! that holds pages of an address space.
+//!
+//! A driver creates a [`Device`] with `gm_dev_create()`: its `struct gm_mmu` operations, its
+//! capabilities, a name and, with `gm_dev_register_physmem()`, its memory.  Each device gets a
+//! node id (`hnid`) above the host's NUMA node ids, shown in sysfs as
+//! `/sys/kernel/mm/gmem/node<hnid>/`.  A device lives as long as the driver's reference and
+//! every context attached with it (see [`crate::context`]); when the last goes, the driver's
+//! `release` operation frees its private data.
 //!
 //! [`DeviceOps`] is the part of a device the core needs to keep the logical page table true:
 //! stop the device's access to a page, copy a page home and free device memory.  (A change of
 //! access rights, mprotect, also just stops the device's access: the device faults again and
-//! gets a mapping with the new rights.)  A driver's `GmMmu` implementation provides it; the core only ever
-//! reaches a device through the [`DeviceList`] of the address space the device is attached to,
-//! so a page can only live on a device that is attached.
+//! gets a mapping with the new rights.)  A context implements it; the core only ever reaches a
+//! device through the [`DeviceList`] of the address space the device is attached to, so a page
+//! can only live on a device that is attached.
 
-use crate::lpt::{DeviceId, DevicePage};
+use crate::{
+    devmem::DeviceMemory,
+    lpt::{DeviceId, DevicePage},
+};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use kernel::{
     alloc::KVec,
+    bindings,
+    error::from_err_ptr,
+    ffi::{c_char, c_int, c_uint, c_void},
     new_spinlock,
     page::Page,
     prelude::*,
-    sync::{Arc, SpinLock},
+    str::{CStr, CString},
+    sync::{Arc, SetOnce, SpinLock},
 };
+
+/// Device node ids in use, as bits above the first device id (at most 64 devices).
+static HNIDS: AtomicU64 = AtomicU64::new(0);
+
+/// The first device node id: the first id that no host NUMA node can have.
+fn first_hnid() -> u32 {
+    // SAFETY: `nr_node_ids` is set during early boot and never changes afterwards.
+    unsafe { bindings::nr_node_ids }
+}
+
+/// Counters of what GMEM did with a device's memory (see `struct gm_dev_stats`).
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub(crate) faults: AtomicU64,
+    pub(crate) zero_fills: AtomicU64,
+    pub(crate) migrations_to_dev: AtomicU64,
+    pub(crate) migrations_to_host: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) resident: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A device registered with GMEM (`struct gm_dev`).
+///
+/// # Invariants
+///
+/// `mmu` points to the driver's operations, valid until `release` is called (in `drop`); they
+/// include every operation `struct gm_mmu` documents as required.  `id - first_hnid()` is a bit
+/// this device owns in [`HNIDS`].
+pub(crate) struct Device {
+    pub(crate) id: DeviceId,
+    mmu: *const bindings::gm_mmu,
+    priv_: *mut c_void,
+    caps: u32,
+    name: CString,
+    memory: SetOnce<Pin<KBox<DeviceMemory>>>,
+    pub(crate) stats: Stats,
+    sysfs: AtomicPtr<c_void>,
+}
+
+// SAFETY: the driver's operations and private data may be used from any thread (documented for
+// `struct gm_mmu`); the rest is immutable or synchronised.
+unsafe impl Send for Device {}
+// SAFETY: as above.
+unsafe impl Sync for Device {}
+
+impl Device {
+    /// The driver's operations.
+    pub(crate) fn mmu(&self) -> &bindings::gm_mmu {
+        // SAFETY: by the type invariant `mmu` is valid while `self` is.
+        unsafe { &*self.mmu }
+    }
+
+    /// `self` as the C handle the driver holds.
+    pub(crate) fn as_raw(&self) -> *mut bindings::gm_dev {
+        (self as *const Self).cast_mut().cast()
+    }
+
+    /// The device's memory, once registered.
+    pub(crate) fn memory(&self) -> Option<&DeviceMemory> {
+        self.memory.as_ref().map(|m| &**m)
+    }
+
+    /// Allocates a device page, from the driver's allocator if it has one.
+    pub(crate) fn alloc_page(&self) -> Result<u64> {
+        let pfn = match self.mmu().alloc_page {
+            Some(alloc) => {
+                let mut pfn = 0u64;
+                // SAFETY: `alloc` is the driver's operation for this device; `pfn` is writable.
+                kernel::error::to_result(unsafe { alloc(self.as_raw(), &mut pfn) })?;
+                pfn
+            }
+            None => self.memory().ok_or(ENOMEM)?.alloc()?,
+        };
+        Stats::inc(&self.stats.resident);
+        Ok(pfn)
+    }
+
+    /// Frees a device page from [`Device::alloc_page`].  Never sleeps with GMEM's allocator.
+    pub(crate) fn free_page(&self, pfn: u64) {
+        match (self.mmu().alloc_page, self.mmu().free_page) {
+            // SAFETY: `free` is the driver's operation; `pfn` came from its `alloc_page`.
+            (Some(_), Some(free)) => unsafe { free(self.as_raw(), pfn) },
+            (Some(_), None) => {}
+            (None, _) => {
+                if let Some(memory) = self.memory() {
+                    memory.free(pfn);
+                }
+            }
+        }
+        self.stats.resident.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if let Some(release) = self.mmu().release {
+            // SAFETY: this is the last reference: the driver may free its data now.
+            unsafe { release(self.as_raw()) };
+        }
+        let bit = u32::from(self.id) - first_hnid();
+        // INVARIANT: the bit is given back with the device.
+        HNIDS.fetch_and(!(1u64 << bit), Ordering::AcqRel);
+    }
+}
+
+/// Borrows the device behind a driver's handle.
+///
+/// # Safety
+///
+/// `dev` is a handle from `gm_dev_create()` that the caller (or a context it holds) keeps alive.
+pub(crate) unsafe fn device_ref<'a>(dev: *const bindings::gm_dev) -> &'a Device {
+    // SAFETY: by the safety requirements `dev` is `Arc::into_raw` of a live `Device`.
+    unsafe { &*dev.cast::<Device>() }
+}
+
+/// A new reference to the device behind a driver's handle.
+///
+/// # Safety
+///
+/// Same as [`device_ref`].
+pub(crate) unsafe fn device_arc(dev: *const bindings::gm_dev) -> Arc<Device> {
+    // SAFETY: `dev` came from `Arc::into_raw` and is alive, so the count is not zero; the
+    // `ManuallyDrop` keeps the caller's reference.
+    let borrowed = core::mem::ManuallyDrop::new(unsafe { Arc::from_raw(dev.cast::<Device>()) });
+    (*borrowed).clone()
+}
+
+/// Registers a device with GMEM; see `include/linux/gmem.h`.
+///
+/// # Safety
+///
+/// `mmu` points to operations valid until `mmu->release` is called, or for ever if it has none;
+/// `name` is a NUL-terminated string.
+#[export]
+pub unsafe extern "C" fn gm_dev_create(
+    mmu: *const bindings::gm_mmu,
+    priv_: *mut c_void,
+    caps: c_uint,
+    name: *const c_char,
+) -> *mut bindings::gm_dev {
+    // SAFETY: the caller passes valid operations or NULL.
+    let Some(ops) = (unsafe { mmu.as_ref() }) else {
+        return EINVAL.to_ptr();
+    };
+    let required = ops.prepare_page.is_some()
+        && ops.copy_to_host.is_some()
+        && ops.pmap_create.is_some()
+        && ops.pmap_destroy.is_some()
+        && ops.pmap_enter.is_some()
+        && ops.pmap_release.is_some()
+        && ops.tlb_invl.is_some()
+        && (ops.alloc_page.is_none() || ops.free_page.is_some());
+    if !required || name.is_null() || caps & !bindings::GM_DEV_CAP_FAULT != 0 {
+        return EINVAL.to_ptr();
+    }
+    // SAFETY: `name` is a NUL-terminated string by the safety requirements.
+    let name = match CString::try_from(unsafe { CStr::from_char_ptr(name) }) {
+        Ok(name) => name,
+        Err(_) => return ENOMEM.to_ptr(),
+    };
+    let mut used = HNIDS.load(Ordering::Acquire);
+    let bit = loop {
+        if used == u64::MAX {
+            return ENOSPC.to_ptr();
+        }
+        let bit = used.trailing_ones();
+        match HNIDS.compare_exchange(used, used | (1 << bit), Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => break bit,
+            Err(now) => used = now,
+        }
+    };
+    let Ok(id) = DeviceId::try_from(first_hnid() + bit) else {
+        HNIDS.fetch_and(!(1u64 << bit), Ordering::AcqRel);
+        return ENOSPC.to_ptr();
+    };
+    // INVARIANT: `mmu` has the required operations; bit `bit` was claimed above.
+    let dev = match Arc::new(
+        Device {
+            id,
+            mmu,
+            priv_,
+            caps,
+            name,
+            memory: SetOnce::new(),
+            stats: Stats::default(),
+            sysfs: AtomicPtr::new(core::ptr::null_mut()),
+        },
+        GFP_KERNEL,
+    ) {
+        Ok(dev) => dev,
+        Err(_) => {
+            HNIDS.fetch_and(!(1u64 << bit), Ordering::AcqRel);
+            return ENOMEM.to_ptr();
+        }
+    };
+    let raw = Arc::into_raw(dev).cast_mut();
+    // SAFETY: `raw` is a live device; the node directory is removed in `gm_dev_destroy()`.
+    let node = unsafe { bindings::gm_sysfs_add_node(raw.cast(), c_int::from(id)) };
+    // The sysfs figures are informative: a device works without them.
+    // SAFETY: `raw` is live (we hold the reference we are about to return).
+    unsafe { (*raw).sysfs.store(from_err_ptr(node).unwrap_or(core::ptr::null_mut()), Ordering::Release) };
+    raw.cast()
+}
+
+/// Unregisters a device: drops the driver's reference from `gm_dev_create()`.
+///
+/// Contexts still attached keep the device (and the driver's data) until they go.
+///
+/// # Safety
+///
+/// `dev` came from `gm_dev_create()` and the caller gives up its reference.
+#[export]
+pub unsafe extern "C" fn gm_dev_destroy(dev: *mut bindings::gm_dev) {
+    // SAFETY: `dev` is live until the reference is dropped below.
+    let node = unsafe { device_ref(dev) }.sysfs.swap(core::ptr::null_mut(), Ordering::AcqRel);
+    if !node.is_null() {
+        // SAFETY: `node` came from `gm_sysfs_add_node()`; once this returns no sysfs reader
+        // uses the device any more.
+        unsafe { bindings::gm_sysfs_remove_node(node) };
+    }
+    // SAFETY: `dev` came from `Arc::into_raw` in `gm_dev_create()`; the caller gives it up.
+    drop(unsafe { Arc::from_raw(dev.cast_const().cast::<Device>()) });
+}
+
+/// Hands `size` bytes of device memory at device physical address `base` to GMEM.
+///
+/// # Safety
+///
+/// `dev` is a live device handle.
+#[export]
+pub unsafe extern "C" fn gm_dev_register_physmem(
+    dev: *mut bindings::gm_dev,
+    base: u64,
+    size: u64,
+) -> c_int {
+    // SAFETY: `dev` is live by the safety requirements.
+    let dev = unsafe { device_ref(dev) };
+    let memory = match DeviceMemory::new(base, size) {
+        Ok(memory) => memory,
+        Err(e) => return e.to_errno(),
+    };
+    if !dev.memory.populate(memory) {
+        return EBUSY.to_errno();
+    }
+    0
+}
+
+/// The driver's private data of a device.
+///
+/// # Safety
+///
+/// `dev` is a live device handle.
+#[export]
+pub unsafe extern "C" fn gm_dev_priv(dev: *const bindings::gm_dev) -> *mut c_void {
+    // SAFETY: `dev` is live by the safety requirements.
+    unsafe { device_ref(dev) }.priv_
+}
+
+/// The device's node id (`hnid`).
+///
+/// # Safety
+///
+/// `dev` is a live device handle.
+#[export]
+pub unsafe extern "C" fn gm_dev_hnid(dev: *const bindings::gm_dev) -> c_int {
+    // SAFETY: `dev` is live by the safety requirements.
+    c_int::from(unsafe { device_ref(dev) }.id)
+}
+
+/// The device's name.
+///
+/// # Safety
+///
+/// `dev` is a live device handle; the string lives as long as the device.
+#[export]
+pub unsafe extern "C" fn gm_dev_name(dev: *const bindings::gm_dev) -> *const c_char {
+    // SAFETY: `dev` is live by the safety requirements.
+    unsafe { device_ref(dev) }.name.as_char_ptr()
+}
+
+/// The device's capabilities (`GM_DEV_CAP_*`).
+///
+/// # Safety
+///
+/// `dev` is a live device handle.
+#[export]
+pub unsafe extern "C" fn gm_dev_caps(dev: *const bindings::gm_dev) -> c_uint {
+    // SAFETY: `dev` is live by the safety requirements.
+    unsafe { device_ref(dev) }.caps
+}
+
+/// Reads the device's counters.
+///
+/// # Safety
+///
+/// `dev` is a live device handle and `stats` is writable.
+#[export]
+pub unsafe extern "C" fn gm_dev_get_stats(
+    dev: *const bindings::gm_dev,
+    stats: *mut bindings::gm_dev_stats,
+) {
+    // SAFETY: `dev` is live by the safety requirements.
+    let dev = unsafe { device_ref(dev) };
+    let s = &dev.stats;
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let out = bindings::gm_dev_stats {
+        faults: get(&s.faults),
+        zero_fills: get(&s.zero_fills),
+        migrations_to_dev: get(&s.migrations_to_dev),
+        migrations_to_host: get(&s.migrations_to_host),
+        evictions: get(&s.evictions),
+        resident_pages: get(&s.resident),
+        dram_pages: dev.memory().map_or(0, |m| m.usage().pages),
+    };
+    // SAFETY: `stats` is writable by the safety requirements.
+    unsafe { stats.write(out) };
+}
 
 /// The operations the core needs from a device.
 ///
@@ -35,6 +373,20 @@ pub(crate) trait DeviceOps: Send + Sync {
 
     /// Returns a device page to the device's allocator.
     fn free(&self, page: DevicePage);
+
+    /// Moves a page home: stops the device's access, copies it into `dst` and frees it.  The
+    /// device page is still intact if this fails.
+    fn move_home(&self, va: usize, page: DevicePage, dst: &Page) -> Result {
+        // The device must not write after the copy, or the write is lost.
+        self.unmap(va, page);
+        self.copy_to_host(page, dst)?;
+        self.free(page);
+        Ok(())
+    }
+
+    /// The address space the device is attached to is going away (its process exited); every
+    /// page of the device in it was released already.
+    fn address_space_gone(&self) {}
 }
 
 /// The devices attached to one address space.
@@ -63,6 +415,22 @@ impl DeviceList {
         }
         devices.push(device, GFP_ATOMIC)?;
         Ok(())
+    }
+
+    /// Detaches the device `id`; returns whether it was attached.
+    pub(crate) fn detach(&self, id: DeviceId) -> bool {
+        let removed = {
+            let mut devices = self.devices.lock();
+            let i = devices.iter().position(|d| d.id() == id);
+            i.and_then(|i| devices.remove(i).ok())
+        };
+        // Dropped outside the lock: it may be the last reference, and contexts sleep in drop.
+        removed.is_some()
+    }
+
+    /// Detaches every device.
+    pub(crate) fn take_all(&self) -> KVec<Arc<dyn DeviceOps>> {
+        core::mem::take(&mut *self.devices.lock())
     }
 
     /// The attached device `id`.

@@ -16,12 +16,41 @@
 //!
 //! If core MM gives up after a page was copied home (which only happens when the address space
 //! is being torn down), the copy is lost with the address space.
+//!
+//! # Device faults
+//!
+//! [`dev_fault`] is the other direction, for `gm_dev_fault()`: a device needs a page.  With the
+//! mmap lock held for reading, it claims the page's entry the same way and then either
+//!
+//! - re-maps a page that is already on this device,
+//! - moves a page from another device here (through a host bounce page),
+//! - moves a host page here: pins it, removes the CPU mapping (with the TLB flush), copies it
+//!   to the device and lets it go, or
+//! - zero-fills a device page for a page nobody touched yet.
+//!
+//! The device mapping is made last and checked against the MMU notifier sequence, like an HMM
+//! mirror does: if an invalidation ran meanwhile, the mapping is removed and the page faulted
+//! again.  A copy to the device that fails after the CPU mapping is gone loses the page's data
+//! (it reads as zeroes afterwards); only a device that stopped working fails copies.
 
 use crate::{
-    device::DeviceList,
+    address_space::AddressSpace,
+    context::Context,
+    device::{DeviceList, Stats},
     lpt::{DevicePage, GmMapping, LogicalPageTable, Residency},
 };
-use kernel::{page::Page, prelude::*};
+use core::ptr::NonNull;
+use kernel::{
+    bindings,
+    ffi::{c_uint, c_ulong},
+    mm::{
+        virt::{flags, VmaRef},
+        MmWithUser,
+    },
+    page::{BorrowedPage, Page, PAGE_SIZE},
+    prelude::*,
+    time::{delay::fsleep, Delta},
+};
 
 /// What [`cpu_fault_begin`] decided.
 #[derive(Debug, PartialEq, Eq)]
@@ -95,12 +124,7 @@ pub(crate) fn cpu_fault_begin(
 /// Stops the device's access to `page`, copies it into `dst` and frees it.
 fn bring_home(devices: &DeviceList, va: usize, page: DevicePage, dst: &Page) -> Result {
     // A page can only live on an attached device; a detached device took its pages with it.
-    let device = devices.get(page.dev).ok_or(EIO)?;
-    // The device must not write after the copy, or the write is lost.
-    device.unmap(va, page);
-    device.copy_to_host(page, dst)?;
-    device.free(page);
-    Ok(())
+    devices.get(page.dev).ok_or(EIO)?.move_home(va, page, dst)
 }
 
 /// Ends the CPU fault on page `vpn`: records it as host-resident if `installed`.
@@ -112,6 +136,245 @@ pub(crate) fn cpu_fault_end(lpt: &LogicalPageTable, vpn: usize, installed: bool)
                 m.set(Residency::Host);
             }
             m.set_busy(false);
+        }
+    }
+}
+
+/// Makes `len` bytes at `start` resident on the context's device and mapped there.
+///
+/// `EINVAL` for an unaligned or empty range or unknown `access` bits, `EFAULT` for an address
+/// outside the process's peer-shared mappings or without the rights `access` asks for, `ESRCH`
+/// once the process is gone, `ENOMEM` when the device is full.  Pages before the failing one
+/// stay done.
+pub(crate) fn dev_fault(ctx: &Context, start: usize, len: usize, access: c_uint) -> Result {
+    let known = bindings::GM_ACCESS_READ | bindings::GM_ACCESS_WRITE;
+    if start % PAGE_SIZE != 0 || len == 0 || len % PAGE_SIZE != 0 {
+        return Err(EINVAL);
+    }
+    if access == 0 || access & !known != 0 {
+        return Err(EINVAL);
+    }
+    let end = start.checked_add(len).ok_or(EINVAL)?;
+    ctx.with_address_space(|this, mm| {
+        let guard = mm.mmap_read_lock();
+        let mut va = start;
+        while va < end {
+            let vma = guard.vma_lookup(va).ok_or(EFAULT)?;
+            let vm_flags = vma.flags();
+            if vm_flags & flags::PEER_SHARED == 0 || vm_flags & flags::READ == 0 {
+                return Err(EFAULT);
+            }
+            let writable = vm_flags & flags::WRITE != 0;
+            if access & bindings::GM_ACCESS_WRITE != 0 && !writable {
+                return Err(EFAULT);
+            }
+            let prot = bindings::GM_PROT_READ | if writable { bindings::GM_PROT_WRITE } else { 0 };
+            let vma_end = vma.end().min(end);
+            while va < vma_end {
+                fault_page(this, mm, ctx, vma, va, prot)?;
+                Stats::inc(&ctx.dev.stats.faults);
+                va += PAGE_SIZE;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A host page pinned with `pin_user_pages_remote()`, unpinned on drop.
+struct PinnedPage(BorrowedPage<'static>);
+
+impl PinnedPage {
+    /// Pins the host page mapped at `va`.  Without `fault`, a page that is not present (not yet
+    /// touched, or swapped out) gives `None`; with it, the page is faulted in first.
+    fn get(mm: &MmWithUser, va: usize, fault: bool) -> Result<Option<Self>> {
+        let mut page: *mut bindings::page = core::ptr::null_mut();
+        let flags = if fault { 0 } else { bindings::FOLL_NOFAULT };
+        // SAFETY: the caller holds the mmap lock (it has a VMA of `mm`); `page` has room for
+        // the one page asked for; a NULL `locked` means the lock is never dropped.
+        let n = unsafe {
+            bindings::pin_user_pages_remote(
+                mm.as_raw(),
+                va as c_ulong,
+                1,
+                flags as c_uint,
+                &mut page,
+                core::ptr::null_mut(),
+            )
+        };
+        match NonNull::new(page) {
+            // SAFETY: the page is pinned until `drop` unpins it.
+            Some(page) if n == 1 => Ok(Some(Self(unsafe { BorrowedPage::from_raw(page) }))),
+            _ if fault && n < 0 => Err(Error::from_errno(n as i32)),
+            _ if fault => Err(EFAULT),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl Drop for PinnedPage {
+    fn drop(&mut self) {
+        // SAFETY: the page was pinned once by `get`.
+        unsafe { bindings::unpin_user_page(self.0.as_ptr()) };
+    }
+}
+
+/// Claims the entry of `vpn` for a move, if it still is what the caller `seen`: it becomes
+/// busy and nowhere.  `false` if someone else got there first.
+fn claim(this: &AddressSpace, vpn: usize, seen: Option<Residency>) -> Result<bool> {
+    let Some(seen) = seen else {
+        return match this.lpt.insert_mapping(vpn, GmMapping::claimed()) {
+            Ok(()) => Ok(true),
+            Err(e) if e == EBUSY => Ok(false),
+            Err(e) => Err(e),
+        };
+    };
+    let mut guard = this.lpt.lock();
+    match guard.get_mut(vpn) {
+        Some(m) if !m.busy() && m.residency() == seen => {
+            m.set_busy(true);
+            m.set(Residency::Nowhere);
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Gives up a claim, recording where the page lives now.
+fn unclaim(this: &AddressSpace, vpn: usize, now: Residency) {
+    let mut guard = this.lpt.lock();
+    if let Some(m) = guard.get_mut(vpn) {
+        if m.busy() {
+            m.set(now);
+            m.set_busy(false);
+        }
+    }
+}
+
+/// Records device page `pfn`, now mapped at `va`, as where page `vpn` lives.  `false` if an
+/// invalidation ran since `seq`: the device mapping is removed again and the fault retried.
+fn complete(this: &AddressSpace, ctx: &Context, vpn: usize, va: usize, pfn: u64, seq: c_ulong) -> bool {
+    let page = DevicePage {
+        dev: ctx.dev.id,
+        pfn,
+    };
+    let mut guard = this.lpt.lock();
+    let Some(m) = guard.get_mut(vpn) else {
+        // Unmapped meanwhile: nobody else knows the page.
+        drop(guard);
+        ctx.unmap_va(va, PAGE_SIZE);
+        ctx.dev.free_page(pfn);
+        return false;
+    };
+    m.set(Residency::Device(page));
+    m.set_busy(false);
+    if this.changed(&guard, seq) {
+        drop(guard);
+        ctx.unmap_va(va, PAGE_SIZE);
+        return false;
+    }
+    true
+}
+
+/// Makes the page at `va` resident on the context's device and maps it with `prot`.
+fn fault_page(
+    this: &AddressSpace,
+    mm: &MmWithUser,
+    ctx: &Context,
+    vma: &VmaRef,
+    va: usize,
+    prot: c_uint,
+) -> Result {
+    let vpn = va / PAGE_SIZE;
+    loop {
+        let seen = {
+            let guard = this.lpt.lock();
+            guard.get(vpn).map(|m| (m.residency(), m.busy()))
+        };
+        let (seen, busy) = match seen {
+            Some((r, busy)) => (Some(r), busy),
+            None => (None, false),
+        };
+        if busy {
+            // A CPU fault or another device is moving the page: it finishes without waiting
+            // for anything we hold.
+            fsleep(Delta::from_micros(20));
+            continue;
+        }
+        match seen {
+            Some(Residency::Device(page)) if page.dev == ctx.dev.id => {
+                let seq = this.read_begin();
+                ctx.map(va, page.pfn, prot)?;
+                let guard = this.lpt.lock();
+                let same = guard
+                    .get(vpn)
+                    .is_some_and(|m| !m.busy() && m.residency() == Residency::Device(page));
+                if same && !this.changed(&guard, seq) {
+                    return Ok(());
+                }
+                drop(guard);
+                ctx.unmap_va(va, PAGE_SIZE);
+            }
+            Some(Residency::Device(page)) => {
+                // A page can only live on an attached device.
+                let peer = this.devices.get(page.dev).ok_or(EIO)?;
+                let bounce = Page::alloc_page(GFP_KERNEL)?;
+                let pfn = ctx.dev.alloc_page()?;
+                if !claim(this, vpn, seen)? {
+                    ctx.dev.free_page(pfn);
+                    continue;
+                }
+                if let Err(e) = peer.move_home(va, page, &bounce) {
+                    ctx.dev.free_page(pfn);
+                    unclaim(this, vpn, Residency::Device(page));
+                    return Err(e);
+                }
+                let seq = this.read_begin();
+                if let Err(e) = ctx.place(va, pfn, Some(&bounce), prot) {
+                    ctx.dev.free_page(pfn);
+                    unclaim(this, vpn, Residency::Nowhere);
+                    return Err(e);
+                }
+                if complete(this, ctx, vpn, va, pfn, seq) {
+                    return Ok(());
+                }
+            }
+            _ => {
+                // A page the CPU touched, or any page of a forked process, may be swapped
+                // out: fault it in.  Otherwise only a present page counts.
+                let maybe_host = matches!(seen, Some(Residency::Host)) || this.inherited();
+                let host = match PinnedPage::get(mm, va, false)? {
+                    Some(page) => Some(page),
+                    None if maybe_host => PinnedPage::get(mm, va, true)?,
+                    None => None,
+                };
+                let pfn = ctx.dev.alloc_page()?;
+                // After the fault-in above, a present page has a `Host` entry.
+                let seen = if host.is_some() && seen.is_none() && maybe_host {
+                    this.lpt.residency(vpn)
+                } else {
+                    seen
+                };
+                if !claim(this, vpn, seen)? {
+                    ctx.dev.free_page(pfn);
+                    continue;
+                }
+                if host.is_some() {
+                    // From here on a CPU access faults, finds the entry busy and retries until
+                    // the page is on the device; the pin keeps the page for the copy.
+                    vma.zap_vma_range(va, PAGE_SIZE);
+                }
+                let seq = this.read_begin();
+                let placed = ctx.place(va, pfn, host.as_ref().map(|p| &*p.0), prot);
+                drop(host);
+                if let Err(e) = placed {
+                    ctx.dev.free_page(pfn);
+                    unclaim(this, vpn, Residency::Nowhere);
+                    return Err(e);
+                }
+                if complete(this, ctx, vpn, va, pfn, seq) {
+                    return Ok(());
+                }
+            }
         }
     }
 }

@@ -3,14 +3,32 @@
  * GMEM: the C entry points of the core.
  *
  * Everything GMEM does lives in Rust (gmem.rs and its modules).  This file
- * holds only what C must provide: the system call entry, the initcall and
- * the static key that gates the core-MM hooks.
+ * holds only what C must provide: the system call entry, the initcall, the
+ * static key that gates the core-MM hooks, the sysfs directories of device
+ * nodes and the exports of the driver API (symbols of Rust crates other than
+ * the kernel crate are not exported to modules otherwise).
  */
 #include <linux/gmem.h>
 #include <linux/init.h>
 #include <linux/jump_label.h>
+#include <linux/kobject.h>
 #include <linux/mm.h>
+#include <linux/slab.h>
 #include <linux/syscalls.h>
+#include <linux/sysfs.h>
+
+EXPORT_SYMBOL_GPL(gm_dev_create);
+EXPORT_SYMBOL_GPL(gm_dev_destroy);
+EXPORT_SYMBOL_GPL(gm_dev_register_physmem);
+EXPORT_SYMBOL_GPL(gm_dev_priv);
+EXPORT_SYMBOL_GPL(gm_dev_hnid);
+EXPORT_SYMBOL_GPL(gm_dev_name);
+EXPORT_SYMBOL_GPL(gm_dev_caps);
+EXPORT_SYMBOL_GPL(gm_dev_get_stats);
+EXPORT_SYMBOL_GPL(gm_as_create);
+EXPORT_SYMBOL_GPL(gm_as_attach);
+EXPORT_SYMBOL_GPL(gm_context_detach);
+EXPORT_SYMBOL_GPL(gm_dev_fault_range);
 
 DEFINE_STATIC_KEY_FALSE(gm_enabled_key);
 
@@ -26,6 +44,118 @@ void gm_enable(void)
 		static_branch_enable(&gm_enabled_key);
 }
 
+/* /sys/kernel/mm/gmem/: one node<hnid>/ directory per device. */
+static struct kobject *gm_kobj;
+
+struct gm_node {
+	struct kobject kobj;
+	struct gm_dev *dev;
+};
+
+static struct gm_dev_stats gm_node_stats(struct kobject *kobj)
+{
+	struct gm_dev_stats stats;
+
+	gm_dev_get_stats(container_of(kobj, struct gm_node, kobj)->dev, &stats);
+	return stats;
+}
+
+static ssize_t name_show(struct kobject *kobj, struct kobj_attribute *attr,
+			 char *buf)
+{
+	return sysfs_emit(buf, "%s\n",
+			  gm_dev_name(container_of(kobj, struct gm_node, kobj)->dev));
+}
+
+/* 1 if the device raises faults, 0 if its driver prefaults ranges. */
+static ssize_t faultable_show(struct kobject *kobj,
+			      struct kobj_attribute *attr, char *buf)
+{
+	struct gm_dev *dev = container_of(kobj, struct gm_node, kobj)->dev;
+
+	return sysfs_emit(buf, "%d\n", !!(gm_dev_caps(dev) & GM_DEV_CAP_FAULT));
+}
+
+/* Bytes of device memory GMEM manages. */
+static ssize_t size_show(struct kobject *kobj, struct kobj_attribute *attr,
+			 char *buf)
+{
+	return sysfs_emit(buf, "%llu\n",
+			  gm_node_stats(kobj).dram_pages << PAGE_SHIFT);
+}
+
+/* Bytes of device memory holding pages now. */
+static ssize_t resident_show(struct kobject *kobj,
+			     struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%llu\n",
+			  gm_node_stats(kobj).resident_pages << PAGE_SHIFT);
+}
+
+static struct kobj_attribute gm_name_attr = __ATTR_RO(name);
+static struct kobj_attribute gm_faultable_attr = __ATTR_RO(faultable);
+static struct kobj_attribute gm_size_attr = __ATTR_RO(size);
+static struct kobj_attribute gm_resident_attr = __ATTR_RO(resident);
+
+static struct attribute *gm_node_attrs[] = {
+	&gm_name_attr.attr,
+	&gm_faultable_attr.attr,
+	&gm_size_attr.attr,
+	&gm_resident_attr.attr,
+	NULL,
+};
+ATTRIBUTE_GROUPS(gm_node);
+
+static void gm_node_release(struct kobject *kobj)
+{
+	kfree(container_of(kobj, struct gm_node, kobj));
+}
+
+static const struct kobj_type gm_node_ktype = {
+	.release = gm_node_release,
+	.sysfs_ops = &kobj_sysfs_ops,
+	.default_groups = gm_node_groups,
+};
+
+/**
+ * gm_sysfs_add_node() - create /sys/kernel/mm/gmem/node<hnid>/ for a device
+ * @dev: the device, alive until gm_sysfs_remove_node()
+ * @hnid: its node id
+ *
+ * Return: the node, to pass to gm_sysfs_remove_node(), or an ERR_PTR().
+ */
+void *gm_sysfs_add_node(struct gm_dev *dev, int hnid)
+{
+	struct gm_node *node;
+	int err;
+
+	if (!gm_kobj)
+		return ERR_PTR(-ENODEV);
+	node = kzalloc(sizeof(*node), GFP_KERNEL);
+	if (!node)
+		return ERR_PTR(-ENOMEM);
+	node->dev = dev;
+	err = kobject_init_and_add(&node->kobj, &gm_node_ktype, gm_kobj,
+				   "node%d", hnid);
+	if (err) {
+		kobject_put(&node->kobj);
+		return ERR_PTR(err);
+	}
+	return node;
+}
+
+/*
+ * Removes a node directory.  Once kobject_del() returns no reader is in a
+ * show function, so the device may go.
+ */
+void gm_sysfs_remove_node(void *node)
+{
+	struct gm_node *n = node;
+
+	kobject_del(&n->kobj);
+	kobject_put(&n->kobj);
+}
+
 SYSCALL_DEFINE4(hmadvise, int, hnid, unsigned long, start, size_t, len,
 		int, advice)
 {
@@ -38,6 +168,8 @@ SYSCALL_DEFINE4(hmadvise, int, hnid, unsigned long, start, size_t, len,
  */
 static int __init gm_init(void)
 {
+	/* Without it devices just have no sysfs directory. */
+	gm_kobj = kobject_create_and_add("gmem", mm_kobj);
 	return gm_core_init();
 }
 subsys_initcall(gm_init);

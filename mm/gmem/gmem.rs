@@ -45,7 +45,9 @@
 use kernel::prelude::*;
 
 pub mod address_space;
-mod device;
+pub mod context;
+pub mod device;
+mod devmem;
 mod fault;
 pub mod hmadvise;
 mod lpt;

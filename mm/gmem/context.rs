@@ -1,0 +1,358 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Contexts (`gm_context`): one device attached to one process's address space.
+//!
+//! A driver attaches a device to the calling process with `gm_as_create()` and
+//! `gm_as_attach()`, typically from an ioctl, and gets a context: the device's page table for
+//! the process (`pmap_create`), a reservation of the process's virtual address range on the
+//! device (`peer_va_alloc_fixed`), and a place in the address space's device list, through which
+//! the core reaches the device to unmap, copy and free its pages.
+//!
+//! The driver's handle keeps the context, and the context keeps its device and (only the
+//! memory of) the process's `mm_struct`.  A context ends in one of two ways:
+//!
+//! - the driver detaches it (`gm_context_detach()`): the device's pages of a process that still
+//!   runs are brought home first, so the process keeps its data;
+//! - the process goes away: exit releases the device's pages with the rest of the address space
+//!   and then tells the context (`address_space_gone`); device faults on it fail with `ESRCH`
+//!   and detach has nothing left to do.
+//!
+//! The context's mutex orders the two: whoever holds it sees the address space alive or knows
+//! it is gone, because the address space waits for the mutex before it is freed.
+
+use crate::{
+    address_space::{cpu_fault_in, AddressSpace},
+    device::{device_arc, Device, DeviceOps, Stats},
+    fault::dev_fault,
+    lpt::{DeviceId, DevicePage, Residency},
+};
+use core::ptr::NonNull;
+use kernel::{
+    bindings,
+    error::to_result,
+    ffi::{c_int, c_uint, c_ulong, c_void},
+    mm::{Mm, MmWithUser},
+    new_mutex,
+    page::{Page, PAGE_SIZE},
+    prelude::*,
+    sync::{aref::ARef, Arc, Mutex},
+};
+
+/// A device attached to an address space.
+///
+/// # Invariants
+///
+/// `pmap` is the device page table `pmap_create` returned for this context, destroyed in
+/// `drop`.  While `attached` holds `Some(as)`, `as` is the live address space of `mm` and this
+/// context is (or was just) in its device list.
+#[pin_data(PinnedDrop)]
+pub(crate) struct Context {
+    pub(crate) dev: Arc<Device>,
+    pmap: *mut c_void,
+    mm: ARef<Mm>,
+    /// The range reserved with `peer_va_alloc_fixed` (empty if the device has no such op).
+    va_range: (usize, usize),
+    #[pin]
+    attached: Mutex<Option<NonNull<AddressSpace>>>,
+}
+
+// SAFETY: the driver's operations may be called from any thread (`struct gm_mmu`); the address
+// space pointer is only used under the mutex.
+unsafe impl Send for Context {}
+// SAFETY: as above.
+unsafe impl Sync for Context {}
+
+impl Context {
+    fn raw_dev(&self) -> *mut bindings::gm_dev {
+        self.dev.as_raw()
+    }
+
+    /// Removes the device's mappings of `len` bytes at `va` and invalidates its TLB for them.
+    pub(crate) fn unmap_va(&self, va: usize, len: usize) {
+        let mmu = self.dev.mmu();
+        // SAFETY: both operations are required (checked at `gm_dev_create()`); `pmap` is this
+        // context's page table.
+        unsafe {
+            if let Some(release) = mmu.pmap_release {
+                release(self.raw_dev(), self.pmap, va as c_ulong, len as c_ulong);
+            }
+            if let Some(invl) = mmu.tlb_invl {
+                invl(self.raw_dev(), self.pmap, va as c_ulong, len as c_ulong);
+            }
+        }
+    }
+
+    /// Maps device page `pfn` at `va`.
+    pub(crate) fn map(&self, va: usize, pfn: u64, prot: c_uint) -> Result {
+        let enter = self.dev.mmu().pmap_enter.ok_or(EINVAL)?;
+        // SAFETY: `pmap` is this context's page table; the driver checks `pfn` is its own.
+        to_result(unsafe { enter(self.raw_dev(), self.pmap, va as c_ulong, pfn, prot) })
+    }
+
+    /// Fills device page `pfn` from `src` (zeroes if `None`) and maps it at `va`.
+    pub(crate) fn place(&self, va: usize, pfn: u64, src: Option<&Page>, prot: c_uint) -> Result {
+        let mmu = self.dev.mmu();
+        let src_ptr = src.map_or(core::ptr::null_mut(), |p| p.as_ptr());
+        if let Some(peer_map) = mmu.peer_map {
+            // SAFETY: `pmap` is this context's page table; `src_ptr` is NULL or a page the
+            // caller holds for the duration of the call.
+            to_result(unsafe {
+                peer_map(self.raw_dev(), self.pmap, va as c_ulong, pfn, src_ptr, prot)
+            })?;
+        } else {
+            let prepare = mmu.prepare_page.ok_or(EINVAL)?;
+            // SAFETY: as above.
+            to_result(unsafe { prepare(self.raw_dev(), pfn, src_ptr) })?;
+            self.map(va, pfn, prot)?;
+        }
+        let stats = &self.dev.stats;
+        Stats::inc(if src.is_some() {
+            &stats.migrations_to_dev
+        } else {
+            &stats.zero_fills
+        });
+        Ok(())
+    }
+
+    /// Runs `f` on the address space this context is attached to, with a user of its mm.
+    ///
+    /// Fails with `ESRCH` once the process is gone.
+    pub(crate) fn with_address_space<R>(
+        &self,
+        f: impl FnOnce(&AddressSpace, &MmWithUser) -> Result<R>,
+    ) -> Result<R> {
+        let attached = self.attached.lock();
+        let this = attached.ok_or(ESRCH)?;
+        let mm = self.mm.mmget_not_zero().ok_or(ESRCH)?;
+        // SAFETY: by the type invariant `this` is alive while it is in `attached`, and it
+        // cannot go while we hold the mutex (see the module documentation).
+        f(unsafe { this.as_ref() }, &mm)
+    }
+
+    /// Brings the device's pages home and leaves the address space.
+    fn detach(&self) {
+        let mut attached = self.attached.lock();
+        let Some(this) = attached.take() else {
+            return;
+        };
+        // SAFETY: as in `with_address_space`.
+        let this = unsafe { this.as_ref() };
+        if let Some(mm) = self.mm.mmget_not_zero() {
+            let _lock = mm.mmap_read_lock();
+            let mut home = KVec::new();
+            this.lpt.for_each_device_page(0, usize::MAX / PAGE_SIZE + 1, |vpn, page| {
+                if page.dev == self.dev.id {
+                    // Best effort: a page that cannot be brought home is released below.
+                    let _ = home.push(vpn * PAGE_SIZE, GFP_KERNEL);
+                }
+            });
+            for addr in home {
+                // SAFETY: the mmap lock is held and `mm` has a user.
+                let _ = unsafe { cpu_fault_in(mm.as_raw(), addr) };
+            }
+        }
+        // What could not come home (no memory, or no VMA) is lost with the device.
+        let id = self.dev.id;
+        this.lpt.erase_range(
+            0,
+            usize::MAX / PAGE_SIZE + 1,
+            |r| matches!(r, Residency::Device(p) if p.dev == id),
+            |vpn, page| {
+                self.unmap(vpn * PAGE_SIZE, page);
+                self.free(page);
+            },
+        );
+        this.devices.detach(id);
+    }
+}
+
+impl DeviceOps for Context {
+    fn id(&self) -> DeviceId {
+        self.dev.id
+    }
+
+    fn unmap(&self, va: usize, _page: DevicePage) {
+        self.unmap_va(va, PAGE_SIZE);
+    }
+
+    fn copy_to_host(&self, page: DevicePage, dst: &Page) -> Result {
+        let copy = self.dev.mmu().copy_to_host.ok_or(EINVAL)?;
+        // SAFETY: `page` is a page of this device that the caller owns; `dst` is a page the
+        // caller holds.
+        to_result(unsafe { copy(self.raw_dev(), page.pfn, dst.as_ptr()) })?;
+        Stats::inc(&self.dev.stats.migrations_to_host);
+        Ok(())
+    }
+
+    fn free(&self, page: DevicePage) {
+        self.dev.free_page(page.pfn);
+    }
+
+    fn move_home(&self, va: usize, page: DevicePage, dst: &Page) -> Result {
+        let Some(peer_unmap) = self.dev.mmu().peer_unmap else {
+            self.unmap(va, page);
+            self.copy_to_host(page, dst)?;
+            self.free(page);
+            return Ok(());
+        };
+        // SAFETY: as for `copy_to_host`; `pmap` is this context's page table.
+        to_result(unsafe {
+            peer_unmap(self.raw_dev(), self.pmap, va as c_ulong, page.pfn, dst.as_ptr())
+        })?;
+        Stats::inc(&self.dev.stats.migrations_to_host);
+        self.free(page);
+        Ok(())
+    }
+
+    fn address_space_gone(&self) {
+        *self.attached.lock() = None;
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for Context {
+    fn drop(self: Pin<&mut Self>) {
+        let mmu = self.dev.mmu();
+        // SAFETY: the context maps nothing any more; by the type invariant `pmap` is this
+        // context's page table, destroyed only here, after its VA reservation is given back.
+        unsafe {
+            if let (Some(free), true) = (mmu.peer_va_free, self.va_range.1 > 0) {
+                free(
+                    self.raw_dev(),
+                    self.pmap,
+                    self.va_range.0 as c_ulong,
+                    self.va_range.1 as c_ulong,
+                );
+            }
+            if let Some(destroy) = mmu.pmap_destroy {
+                destroy(self.raw_dev(), self.pmap);
+            }
+        }
+    }
+}
+
+/// The address space of the calling process, created if it has none; see `gm_as_create()`.
+///
+/// # Safety
+///
+/// Called from a process (not a kernel thread without an mm), holding none of its mm's locks.
+#[export]
+pub unsafe extern "C" fn gm_as_create() -> *mut bindings::gm_as {
+    // SAFETY: `get_current()` is always valid; `mm` is the task's own mm or NULL.
+    let mm = unsafe { (*bindings::get_current()).mm };
+    if mm.is_null() {
+        return EINVAL.to_ptr();
+    }
+    // SAFETY: `mm` is current's mm and the caller holds none of its locks.
+    let ret = unsafe { crate::address_space::gm_as_prepare(mm) };
+    if ret != 0 {
+        return Error::from_errno(ret).to_ptr();
+    }
+    // SAFETY: current keeps its mm alive.
+    match unsafe { AddressSpace::of(mm) } {
+        Some(this) => (this as *const AddressSpace).cast_mut().cast(),
+        None => ENOMEM.to_ptr(),
+    }
+}
+
+/// Attaches `dev` to address space `as_`; see `gm_as_attach()`.
+///
+/// # Safety
+///
+/// `as_` came from `gm_as_create()` in the same system call of the same process; `dev` is a
+/// live device handle.
+#[export]
+pub unsafe extern "C" fn gm_as_attach(
+    as_: *mut bindings::gm_as,
+    dev: *mut bindings::gm_dev,
+) -> *mut bindings::gm_context {
+    // SAFETY: by the safety requirements `as_` is the live address space of current's mm.
+    let this = unsafe { &*as_.cast::<AddressSpace>() };
+    // SAFETY: `dev` is live by the safety requirements.
+    let dev = unsafe { device_arc(dev) };
+    match attach(this, dev) {
+        Ok(ctx) => Arc::into_raw(ctx).cast_mut().cast(),
+        Err(e) => e.to_ptr(),
+    }
+}
+
+fn attach(this: &AddressSpace, dev: Arc<Device>) -> Result<Arc<Context>> {
+    let mmu = dev.mmu();
+    let create = mmu.pmap_create.ok_or(EINVAL)?;
+    let mut pmap: *mut c_void = core::ptr::null_mut();
+    // SAFETY: `create` is the driver's operation; `pmap` is writable.
+    to_result(unsafe { create(dev.as_raw(), &mut pmap) })?;
+    // The whole user address range of the process: any of it may become peer-shared.
+    // SAFETY: `mm` is the live mm of current (the caller's safety requirement).
+    let task_size = unsafe { (*this.mm()).__bindgen_anon_1.task_size } as usize;
+    // SAFETY: reading a sysctl value.
+    let low = (unsafe { bindings::mmap_min_addr } as usize).max(PAGE_SIZE);
+    let mut va_range = (0, 0);
+    let reserved = match mmu.peer_va_alloc_fixed {
+        Some(alloc) => {
+            // SAFETY: `pmap` was just created for this context.
+            let r = to_result(unsafe {
+                alloc(dev.as_raw(), pmap, low as c_ulong, (task_size - low) as c_ulong)
+            });
+            va_range = (low, task_size - low);
+            r
+        }
+        None => Ok(()),
+    };
+    if let Err(e) = reserved {
+        if let Some(destroy) = mmu.pmap_destroy {
+            // SAFETY: `pmap` maps nothing and is not used again.
+            unsafe { destroy(dev.as_raw(), pmap) };
+        }
+        return Err(e);
+    }
+    // SAFETY: `this.mm()` is live (current's), so `Mm::from_raw` is valid; `ARef` grabs it.
+    let mm: ARef<Mm> = unsafe { Mm::from_raw(this.mm()) }.into();
+    let ctx = Arc::pin_init(
+        // INVARIANT: `pmap` was created above; `this` is the live address space of `mm`.
+        pin_init!(Context {
+            dev,
+            pmap,
+            mm,
+            va_range,
+            attached <- new_mutex!(Some(NonNull::from(this)), "gmem_context"),
+        }),
+        GFP_KERNEL,
+    )?;
+    this.devices.attach(ctx.clone())?;
+    Ok(ctx)
+}
+
+/// Detaches a context and drops the driver's reference to it; see `gm_context_detach()`.
+///
+/// # Safety
+///
+/// `ctx` came from `gm_as_attach()`; the caller gives up its reference and makes no other call
+/// on `ctx` concurrently.
+#[export]
+pub unsafe extern "C" fn gm_context_detach(ctx: *mut bindings::gm_context) {
+    // SAFETY: `ctx` came from `Arc::into_raw` in `gm_as_attach()`; the caller gives it up.
+    let ctx = unsafe { Arc::<Context>::from_raw(ctx.cast_const().cast()) };
+    ctx.detach();
+}
+
+/// Makes `len` bytes at `start` of the context's address space resident on its device and
+/// mapped there; see `gm_dev_fault_range()`.
+///
+/// # Safety
+///
+/// `ctx` came from `gm_as_attach()` and is not detached concurrently.
+#[export]
+pub unsafe extern "C" fn gm_dev_fault_range(
+    ctx: *mut bindings::gm_context,
+    start: c_ulong,
+    len: c_ulong,
+    access: c_uint,
+) -> c_int {
+    // SAFETY: `ctx` is live by the safety requirements.
+    let ctx = unsafe { &*ctx.cast_const().cast::<Context>() };
+    match dev_fault(ctx, start as usize, len as usize, access) {
+        Ok(()) => 0,
+        Err(e) => e.to_errno(),
+    }
+}

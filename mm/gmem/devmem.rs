@@ -1,0 +1,334 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Device memory: the physical memory a driver hands to GMEM with `gm_dev_register_physmem()`.
+//!
+//! The kernel's GPU buddy allocator ([`kernel::gpu::buddy`]) manages the range in chunks of
+//! 2 MiB (or the largest power of two that fits a smaller range), and each chunk in use is
+//! carved into pages with a bitmap.  The split is for the free path: a device page is freed from
+//! MMU notifier callbacks, which may run in reclaim, and the buddy allocator holds its mutex
+//! while it allocates its block descriptors with `GFP_KERNEL`.  So freeing a page only clears a
+//! bit under a spinlock; chunks that became empty go back to the buddy allocator from the
+//! allocation path, which may sleep.
+//!
+//! The per-page cost is one bit; nothing like a `struct page` exists for device memory.
+
+use kernel::{
+    alloc::KVec,
+    gpu::buddy::{AllocatedBlocks, GpuBuddy, GpuBuddyAllocFlags, GpuBuddyAllocMode, GpuBuddyParams},
+    new_spinlock,
+    page::PAGE_SIZE,
+    prelude::*,
+    ptr::Alignment,
+    sync::SpinLock,
+};
+
+/// The largest chunk taken from the buddy allocator at once.
+const MAX_CHUNK_PAGES: usize = 512;
+const BITMAP_WORDS: usize = MAX_CHUNK_PAGES / 64;
+
+/// One chunk of device memory in use: its buddy block and which of its pages are allocated.
+///
+/// # Invariants
+///
+/// `free` is the number of clear bits among the first `chunk_pages` bits of `bitmap`.
+struct Chunk {
+    _blocks: Pin<KBox<AllocatedBlocks>>,
+    bitmap: [u64; BITMAP_WORDS],
+    free: usize,
+}
+
+impl Chunk {
+    /// Takes a free page; returns its index in the chunk.
+    fn take(&mut self, chunk_pages: usize) -> Option<usize> {
+        if self.free == 0 {
+            return None;
+        }
+        for (w, word) in self.bitmap.iter_mut().enumerate() {
+            if *word != u64::MAX {
+                let bit = (!*word).trailing_zeros() as usize;
+                let index = w * 64 + bit;
+                if index >= chunk_pages {
+                    return None;
+                }
+                *word |= 1 << bit;
+                // INVARIANT: one clear bit was set.
+                self.free -= 1;
+                return Some(index);
+            }
+        }
+        None
+    }
+}
+
+/// Page counts of a [`DeviceMemory`].
+pub(crate) struct Usage {
+    /// Pages GMEM manages.
+    pub(crate) pages: u64,
+    /// Pages allocated now.
+    pub(crate) used: u64,
+}
+
+/// The memory of one device.
+///
+/// # Invariants
+///
+/// `chunks` has `pages / chunk_pages` slots; slot `i` covers device pages
+/// `base_pfn + i * chunk_pages ..` and holds a [`Chunk`] exactly when the buddy allocator gave
+/// that range out.
+#[pin_data]
+pub(crate) struct DeviceMemory {
+    buddy: GpuBuddy,
+    base_pfn: u64,
+    pages: u64,
+    chunk_pages: usize,
+    #[pin]
+    chunks: SpinLock<Chunks>,
+}
+
+struct Chunks {
+    slots: KVec<Option<Chunk>>,
+    used: u64,
+}
+
+impl DeviceMemory {
+    /// Manages the device memory at byte offset `base`, `size` bytes long.
+    ///
+    /// `base` and `size` must be page aligned and `size` non-zero (`EINVAL`).  What does not fill
+    /// a whole chunk at the end of the range is left unused.
+    pub(crate) fn new(base: u64, size: u64) -> Result<Pin<KBox<Self>>> {
+        let page = PAGE_SIZE as u64;
+        if size == 0 || base % page != 0 || size % page != 0 || base.checked_add(size).is_none() {
+            return Err(EINVAL);
+        }
+        let total = size / page;
+        // The largest power of two of pages, up to a whole chunk, that fits.
+        let chunk_pages = if total >= MAX_CHUNK_PAGES as u64 {
+            MAX_CHUNK_PAGES
+        } else {
+            1usize << (63 - total.leading_zeros())
+        };
+        let nr_chunks = (total / chunk_pages as u64) as usize;
+        let pages = (nr_chunks * chunk_pages) as u64;
+        let buddy = GpuBuddy::new(GpuBuddyParams {
+            base_offset: 0,
+            size: pages * page,
+            chunk_size: Alignment::new_checked(chunk_pages * PAGE_SIZE).ok_or(EINVAL)?,
+        })?;
+        let mut slots = KVec::with_capacity(nr_chunks, GFP_KERNEL)?;
+        for _ in 0..nr_chunks {
+            slots.push(None, GFP_KERNEL)?;
+        }
+        KBox::pin_init(
+            // INVARIANT: one empty slot per chunk; the buddy allocator gave nothing out yet.
+            pin_init!(Self {
+                buddy,
+                base_pfn: base / page,
+                pages,
+                chunk_pages,
+                chunks <- new_spinlock!(Chunks { slots, used: 0 }, "gmem_device_memory"),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// Allocates a device page; `ENOMEM` when the memory is full.
+    pub(crate) fn alloc(&self) -> Result<u64> {
+        loop {
+            let mut empty = KVec::new();
+            {
+                let mut chunks = self.chunks.lock();
+                let chunk_pages = self.chunk_pages;
+                // Fill partly used chunks first, so that chunks empty out and can go back.
+                let partly = |c: &Chunk| c.free > 0 && c.free < chunk_pages;
+                let slot = match chunks.slots.iter().position(|s| s.as_ref().is_some_and(partly)) {
+                    Some(i) => Some(i),
+                    None => chunks
+                        .slots
+                        .iter()
+                        .position(|s| s.as_ref().is_some_and(|c| c.free > 0)),
+                };
+                let found = slot.and_then(|i| {
+                    let chunk = chunks.slots[i].as_mut()?;
+                    Some(i * chunk_pages + chunk.take(chunk_pages)?)
+                });
+                if let Some(index) = found {
+                    chunks.used += 1;
+                    // Chunks that emptied go back to the buddy allocator, outside the lock.
+                    // Keeping one in reserve would be just as valid; returning them keeps the
+                    // buddy allocator's view true for bigger allocations.
+                    for slot in chunks.slots.iter_mut() {
+                        if matches!(slot, Some(c) if c.free == chunk_pages) {
+                            if empty.push(slot.take(), GFP_NOWAIT).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    drop(chunks);
+                    drop(empty);
+                    return Ok(self.base_pfn + index as u64);
+                }
+            }
+            self.grow()?;
+        }
+    }
+
+    /// Takes a new chunk from the buddy allocator.
+    fn grow(&self) -> Result {
+        let bytes = (self.chunk_pages * PAGE_SIZE) as u64;
+        let blocks = KBox::pin_init(
+            self.buddy.alloc_blocks(
+                GpuBuddyAllocMode::Simple,
+                bytes,
+                Alignment::new_checked(self.chunk_pages * PAGE_SIZE).ok_or(EINVAL)?,
+                GpuBuddyAllocFlags::default(),
+            ),
+            GFP_KERNEL,
+        )
+        .map_err(|_| ENOMEM)?;
+        let slot = blocks
+            .iter()
+            .next()
+            .map(|b| (b.offset() / bytes) as usize)
+            .ok_or(ENOMEM)?;
+        let mut bitmap = [0u64; BITMAP_WORDS];
+        // Bits past the chunk's pages are never free.
+        for (w, word) in bitmap.iter_mut().enumerate() {
+            let first = w * 64;
+            if first >= self.chunk_pages {
+                *word = u64::MAX;
+            } else if first + 64 > self.chunk_pages {
+                *word = u64::MAX << (self.chunk_pages - first);
+            }
+        }
+        let mut chunks = self.chunks.lock();
+        let entry = chunks.slots.get_mut(slot).ok_or(EINVAL)?;
+        // The buddy allocator gives each range out once, so the slot is empty.
+        *entry = Some(Chunk {
+            _blocks: blocks,
+            bitmap,
+            free: self.chunk_pages,
+        });
+        Ok(())
+    }
+
+    /// Frees a device page.  Never sleeps: called from MMU notifier callbacks.
+    pub(crate) fn free(&self, pfn: u64) {
+        let Some(index) = pfn
+            .checked_sub(self.base_pfn)
+            .filter(|&i| i < self.pages)
+            .map(|i| i as usize)
+        else {
+            kernel::warn_on!(true);
+            return;
+        };
+        let (slot, bit) = (index / self.chunk_pages, index % self.chunk_pages);
+        let mut chunks = self.chunks.lock();
+        let Some(Some(chunk)) = chunks.slots.get_mut(slot) else {
+            drop(chunks);
+            kernel::warn_on!(true);
+            return;
+        };
+        let mask = 1u64 << (bit % 64);
+        let word = &mut chunk.bitmap[bit / 64];
+        if *word & mask == 0 {
+            drop(chunks);
+            // A double free: the logical page table and the allocator disagree.
+            kernel::warn_on!(true);
+            return;
+        }
+        *word &= !mask;
+        // INVARIANT: one set bit was cleared.
+        chunk.free += 1;
+        chunks.used -= 1;
+    }
+
+    /// How much memory there is and how much is in use.
+    pub(crate) fn usage(&self) -> Usage {
+        Usage {
+            pages: self.pages,
+            used: self.chunks.lock().used,
+        }
+    }
+
+    /// Bytes the buddy allocator has not given out.
+    #[cfg(CONFIG_GMEM_KUNIT_TEST)]
+    fn buddy_avail(&self) -> u64 {
+        self.buddy.avail()
+    }
+}
+
+#[cfg(CONFIG_GMEM_KUNIT_TEST)]
+#[kunit_tests(gmem_devmem)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn bad_ranges_are_refused() -> Result {
+        assert!(DeviceMemory::new(0, 0).is_err());
+        assert!(DeviceMemory::new(1, MIB).is_err());
+        assert!(DeviceMemory::new(0, MIB + 1).is_err());
+        assert!(DeviceMemory::new(u64::MAX & !4095, MIB).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn every_page_once_then_full() -> Result {
+        // 5 MiB at 64 MiB: two 2 MiB chunks, the last MiB unused.
+        let mem = DeviceMemory::new(64 * MIB, 5 * MIB)?;
+        let pages = 4 * MIB / PAGE_SIZE as u64;
+        assert_eq!(mem.usage().pages, pages);
+        let base = 64 * MIB / PAGE_SIZE as u64;
+        let mut seen = KVec::new();
+        for _ in 0..pages {
+            let pfn = mem.alloc()?;
+            assert!(pfn >= base && pfn < base + pages);
+            seen.push(pfn, GFP_KERNEL)?;
+        }
+        assert_eq!(mem.alloc(), Err(ENOMEM));
+        assert_eq!(mem.usage().used, pages);
+        seen.sort_unstable();
+        for w in seen.windows(2) {
+            assert!(w[0] != w[1]);
+        }
+        for pfn in seen.iter() {
+            mem.free(*pfn);
+        }
+        assert_eq!(mem.usage().used, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn empty_chunks_go_back_to_the_buddy_allocator() -> Result {
+        let mem = DeviceMemory::new(0, 8 * MIB)?;
+        let per_chunk = MAX_CHUNK_PAGES;
+        let mut pfns = KVec::new();
+        // Fill two chunks and one page of a third.
+        for _ in 0..2 * per_chunk + 1 {
+            pfns.push(mem.alloc()?, GFP_KERNEL)?;
+        }
+        assert_eq!(mem.buddy_avail(), 2 * MIB);
+        // Empty the first chunk; it is returned at the next allocation.
+        for pfn in pfns.iter().take(per_chunk) {
+            mem.free(*pfn);
+        }
+        let again = mem.alloc()?;
+        assert_eq!(mem.buddy_avail(), 4 * MIB);
+        assert_eq!(mem.usage().used, (per_chunk + 2) as u64);
+        mem.free(again);
+        Ok(())
+    }
+
+    #[test]
+    fn small_memory_uses_a_smaller_chunk() -> Result {
+        // 12 KiB: one chunk of two pages; the third page is unused.
+        let mem = DeviceMemory::new(0, 3 * PAGE_SIZE as u64)?;
+        assert_eq!(mem.usage().pages, 2);
+        let a = mem.alloc()?;
+        let b = mem.alloc()?;
+        assert!(a != b && a < 2 && b < 2);
+        assert_eq!(mem.alloc(), Err(ENOMEM));
+        Ok(())
+    }
+}
