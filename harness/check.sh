@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# make check: build, boot the test kernel once, run every GMEM KUnit suite
-# (at boot) and every GMEM kselftest, fail on any failed test and on any
-# splat in the guest's kernel log.  The last line is "N passed, M failed".
+# make check: build, boot the test kernel, run every GMEM KUnit suite (at
+# boot) and every GMEM kselftest; then boot it a second time with NPUs that
+# do not fault (gmem_npu_sim.faultable=0) and run npu_test again.  Fails on
+# any failed test and on any splat in either guest's kernel log.  The last
+# line is "N passed, M failed".
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/config.sh"
@@ -19,6 +21,14 @@ echo "check: booting the $GMEM_FLAVOUR kernel and running the tests" >&2
 timeout 1800 "$here/vm-run" --append "kunit.filter_glob=gmem*" -- \
 	"$here/guest/run-tests.sh" "$out" "$GMEM_OBJ/kselftest/gmem" \
 	>"$out/console.log" 2>&1 || echo "check: the VM exited with status $?" >&2
+# The second boot: the NPU driver prefaults each job instead of faulting.
+# No KUnit at boot this time; results in $out/nofault (report.py reads them).
+echo "check: booting again with gmem_npu_sim.faultable=0 for npu_test" >&2
+mkdir -p "$out/nofault"
+timeout 900 "$here/vm-run" --append "kunit.enable=0" \
+	--append "gmem_npu_sim.faultable=0" -- \
+	"$here/guest/run-tests.sh" "$out/nofault" "$GMEM_OBJ/kselftest/gmem" npu_test \
+	>"$out/nofault/console.log" 2>&1 || echo "check: the VM exited with status $?" >&2
 rc=0
 "$here/report.py" "$out" | tee "$out/report" | tail -n 200 || rc=$?
 echo "check: $(($(date +%s) - start)) s in all; results in ${out#"$GMEM_TOP"/}" >&2

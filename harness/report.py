@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-2.0
-"""Read what harness/guest/run-tests.sh left in a results directory and
-print one line per test, the splats found in the kernel log, and a last
-line "N passed, M failed".  Exit status 0 only if nothing failed."""
+"""Read what harness/guest/run-tests.sh left in a results directory (and in
+its nofault/ subdirectory, the second boot of make check) and print one line
+per test, the splats found in the kernel logs, and a last line "N passed,
+M failed".  Exit status 0 only if nothing failed."""
 
 import os
 import re
@@ -80,37 +81,56 @@ def kselftest(path, name):
     return results
 
 
-def main():
-    out = sys.argv[1]
+# Boots of make check besides the first: subdirectory of the results, and
+# the prefix of their test names.  Only kselftests run there (no KUnit).
+EXTRA_BOOTS = [("nofault", "nofault:")]
+
+
+def boot(out, label, prefix, want_kunit):
+    """Results, splat lines and problems of one boot's results directory."""
     results, problems = [], []
+    where = f" ({label} boot)" if label else ""
     if not os.path.exists(os.path.join(out, "finished")):
-        problems.append("the guest did not finish the test run "
+        problems.append(f"the guest{where} did not finish the test run "
                         "(crash, hang or boot failure)")
     dmesg = []
     if os.path.exists(os.path.join(out, "dmesg")):
         with open(os.path.join(out, "dmesg"), errors="replace") as f:
             dmesg = f.readlines()
-    k = kunit(dmesg, "gmem")
-    if not k:
-        problems.append("no GMEM KUnit results in the kernel log")
-    results += k
+    if want_kunit:
+        k = kunit(dmesg, "gmem")
+        if not k:
+            problems.append("no GMEM KUnit results in the kernel log")
+        results += k
     tap = sorted(f for f in os.listdir(out) if f.endswith(".tap"))
     if not tap:
-        problems.append("no GMEM kselftest ran")
+        problems.append(f"no GMEM kselftest ran{where}")
     for f in tap:
-        results += kselftest(os.path.join(out, f), f[:-4])
+        results += kselftest(os.path.join(out, f), prefix + f[:-4])
     splats = [STAMP.sub("", l.rstrip()) for l in dmesg if SPLAT_RE.search(l)]
+    if splats:
+        problems.append(f"{len(splats)} splat line(s) in the kernel log "
+                        f"(see {os.path.join(out, 'dmesg')})")
     leak = os.path.join(out, "kmemleak")
     if os.path.exists(leak) and os.path.getsize(leak) > 0:
         problems.append("kmemleak reports leaks (see %s)" % leak)
+    return results, [f"{label}: {s}" if label else s for s in splats], problems
+
+
+def main():
+    out = sys.argv[1]
+    results, splats, problems = boot(out, "", "", True)
+    for sub, prefix in EXTRA_BOOTS:
+        if os.path.isdir(os.path.join(out, sub)):
+            r, s, p = boot(os.path.join(out, sub), sub, prefix, False)
+            results += r
+            splats += s
+            problems += p
 
     for name, status in results:
         print(f"{status} {name}")
     for s in splats[:20]:
         print(f"SPLAT {s}")
-    if splats:
-        problems.append(f"{len(splats)} splat line(s) in the kernel log "
-                        f"(see {os.path.join(out, 'dmesg')})")
     for p in problems:
         print(f"ERROR {p}")
     passed = sum(1 for _, s in results if s == "PASS")

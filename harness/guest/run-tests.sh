@@ -2,13 +2,18 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # Runs inside the test kernel (started by harness/check.sh through vm-run):
-# every GMEM kselftest, then the kernel log.  Results go to $1 (a directory
+# the GMEM kselftests, then the kernel log.  Results go to $1 (a directory
 # under build/vm/, writable from the guest); harness/report.py reads them.
+#
+#   run-tests.sh OUT TESTDIR [GLOB]
+#
+# GLOB picks the test programs of TESTDIR to run (default: every *_test).
 set -u
 out=$1
 tests=$2
+glob=${3:-*_test}
 mkdir -p "$out"
-for t in "$tests"/*_test; do
+for t in "$tests"/$glob; do
 	[ -x "$t" ] && [ -f "$t" ] || continue
 	name=$(basename "$t")
 	# kselftest_harness has a per-test timeout; this bounds the program.

@@ -67,8 +67,9 @@ struct gm_va_range {
  * VA - agree on the virtual addresses device and host share:
  * @peer_va_alloc_fixed: reserve [@va, @va + @len) in the device's address
  *	space for @pmap; called once when a context is attached, for the
- *	process's whole user address range.  -ERANGE if the device cannot
- *	address it.  Optional.
+ *	process's whole user address range.  A device with fewer address bits
+ *	reserves the part it can address; -ERANGE if it can address none of
+ *	it.  Optional.
  * @peer_va_free: give back what peer_va_alloc_fixed() reserved; called when
  *	the context goes.  Optional.
  *
@@ -175,6 +176,7 @@ unsigned int gm_dev_caps(const struct gm_dev *dev);
 struct gm_as *gm_as_create(void);
 struct gm_context *gm_as_attach(struct gm_as *as, struct gm_dev *dev);
 void gm_context_detach(struct gm_context *ctx);
+void *gm_context_pmap(const struct gm_context *ctx);
 int gm_dev_fault_range(struct gm_context *ctx, unsigned long start,
 		       unsigned long len, unsigned int access);
 

@@ -336,6 +336,17 @@ pub unsafe extern "C" fn gm_context_detach(ctx: *mut bindings::gm_context) {
     ctx.detach();
 }
 
+/// The device page table of a context: what `pmap_create` made for it.
+///
+/// # Safety
+///
+/// `ctx` came from `gm_as_attach()` and is not detached.
+#[export]
+pub unsafe extern "C" fn gm_context_pmap(ctx: *const bindings::gm_context) -> *mut c_void {
+    // SAFETY: `ctx` is live by the safety requirements.
+    unsafe { &*ctx.cast::<Context>() }.pmap
+}
+
 /// Makes `len` bytes at `start` of the context's address space resident on its device and
 /// mapped there; see `gm_dev_fault_range()`.
 ///

@@ -160,7 +160,8 @@ pub trait GmMmu: Send + Sync + Sized + 'static {
     type Pmap: Send + Sync;
 
     /// Reserves `[va, va + len)` in the device's address space, once per context, for the
-    /// process's whole user address range.  `ERANGE` if the device cannot address it.
+    /// process's whole user address range, or the part of it the device can address (the
+    /// device cannot map the rest).  `ERANGE` if it can address none of it.
     fn peer_va_alloc_fixed(&self, _pmap: &Self::Pmap, _va: usize, _len: usize) -> Result {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
@@ -642,6 +643,15 @@ unsafe impl<T: GmMmu> Send for Context<T> {}
 unsafe impl<T: GmMmu> Sync for Context<T> {}
 
 impl<T: GmMmu> Context<T> {
+    /// The device page table GMEM created for this context with [`GmMmu::pmap_create`]: what
+    /// the device translates through while it works for the process.
+    pub fn pmap(&self) -> &T::Pmap {
+        // SAFETY: by the type invariant the context is live and its page table came from
+        // `MmuVtable::<T>::pmap_create`; it is destroyed only after the context is detached,
+        // which `&self` excludes.
+        unsafe { MmuVtable::<T>::pmap(bindings::gm_context_pmap(self.raw.as_ptr())) }
+    }
+
     /// Handles a device fault at `va`: when this returns `Ok`, the page is on the device and
     /// mapped there.  `EFAULT` if `va` is not in a peer-shared mapping with the rights `access`
     /// needs, `ESRCH` once the process is gone, `ENOMEM` when the device is full.

@@ -1,0 +1,359 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The simulated NPU's memory system: its DRAM, a four-level page table that lives in that
+//! DRAM, and a small software TLB.  [`NpuMmu`] implements GMEM's [`GmMmu`] on top of them.
+//!
+//! DRAM layout: the first [`PT_BYTES`] hold page-table pages; the rest is handed to GMEM.
+//! A page-table entry is a `u64`: bit 0 valid, bit 1 writable, bits 12..52 the DRAM address of
+//! the next-level table or, in the last level, of the data page.
+
+use kernel::{
+    bindings,
+    devres::Devres,
+    ffi::c_void,
+    gmem::{GmMmu, Prot},
+    io::Io,
+    new_spinlock,
+    page::{Page, PAGE_SIZE},
+    pci,
+    prelude::*,
+    sync::{Arc, SpinLock},
+};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+/// DRAM reserved for page tables: 1024 page-table pages.
+pub(crate) const PT_BYTES: u64 = 4 << 20;
+const LEVELS: usize = 4;
+const ENTRIES: usize = 512;
+const PTE_VALID: u64 = 1 << 0;
+const PTE_WRITE: u64 = 1 << 1;
+const PTE_ADDR: u64 = ((1 << 52) - 1) & !0xfff;
+/// The NPU's virtual address width.
+const VA_BITS: u32 = 48;
+const TLB_ENTRIES: usize = 64;
+/// Bytes copied per I/O burst (the bounce buffer on the stack).
+const BURST: usize = 256;
+
+/// Index of `va` in the table of `level` (3 = root).
+fn pt_index(va: usize, level: usize) -> usize {
+    (va >> (12 + 9 * level)) & (ENTRIES - 1)
+}
+
+/// A TLB entry: a translation of one page of one page table.
+#[derive(Clone, Copy, Default)]
+struct TlbEntry {
+    asid: u32,
+    vpn: usize,
+    pa: u64,
+    writable: bool,
+    valid: bool,
+}
+
+/// What the page-table walker and the TLB share, under one lock: the engine translates and
+/// accesses memory under it, so a TLB invalidation waits for accesses in flight, as the
+/// hardware's would.
+struct Hw {
+    tlb: [TlbEntry; TLB_ENTRIES],
+    next_victim: usize,
+    /// The page table (address space id) each page-table page belongs to; 0 if free.
+    pt_owner: KVec<u32>,
+}
+
+impl Hw {
+    /// Takes a free page-table page for `asid`; its DRAM address.
+    fn alloc_pt(&mut self, asid: u32) -> Result<u64> {
+        let page = self.pt_owner.iter().position(|&o| o == 0).ok_or(ENOMEM)?;
+        self.pt_owner[page] = asid;
+        Ok(page as u64 * PAGE_SIZE as u64)
+    }
+}
+
+/// One device page table: its address space id and root.
+pub(crate) struct Pmap {
+    asid: u32,
+    root: u64,
+}
+
+/// The NPU's MMU and DRAM.
+#[pin_data]
+pub(crate) struct NpuMmu {
+    dram: Devres<pci::Bar<'static>>,
+    pub(crate) dram_size: u64,
+    #[pin]
+    hw: SpinLock<Hw>,
+    next_asid: AtomicU32,
+    pub(crate) tlb_invalidations: AtomicU64,
+}
+
+/// The result of a translation.
+pub(crate) enum Translation {
+    /// The DRAM address of the byte.
+    Hit(u64),
+    /// No valid mapping with the rights asked for: a translation fault.
+    Miss,
+}
+
+impl NpuMmu {
+    pub(crate) fn new(dram: Devres<pci::Bar<'static>>, dram_size: u64) -> Result<Arc<Self>> {
+        let pt_pages = (PT_BYTES / PAGE_SIZE as u64) as usize;
+        let mut pt_owner = KVec::with_capacity(pt_pages, GFP_KERNEL)?;
+        for _ in 0..pt_pages {
+            pt_owner.push(0, GFP_KERNEL)?;
+        }
+        Arc::pin_init(
+            pin_init!(Self {
+                dram,
+                dram_size,
+                hw <- new_spinlock!(Hw {
+                    tlb: [TlbEntry::default(); TLB_ENTRIES],
+                    next_victim: 0,
+                    pt_owner,
+                }, "gmem_npu_hw"),
+                next_asid: AtomicU32::new(1),
+                tlb_invalidations: AtomicU64::new(0),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// Runs `f` with the DRAM's kernel mapping; `ENODEV` once the device is unbound.
+    fn with_dram<R>(&self, f: impl FnOnce(*mut u8) -> Result<R>) -> Result<R> {
+        let bar = self.dram.try_access().ok_or(ENODEV)?;
+        f(bar.addr() as *mut u8)
+    }
+
+    /// The I/O address of DRAM byte `pa`, checked against the DRAM size for `len` bytes.
+    fn io(base: *mut u8, dram_size: u64, pa: u64, len: usize) -> Result<*mut c_void> {
+        match pa.checked_add(len as u64) {
+            Some(end) if end <= dram_size => Ok(base.wrapping_add(pa as usize).cast()),
+            _ => Err(EFAULT),
+        }
+    }
+
+    /// Reads `buf.len()` bytes of DRAM at `pa`.
+    pub(crate) fn read(&self, pa: u64, buf: &mut [u8]) -> Result {
+        self.with_dram(|base| {
+            let io = Self::io(base, self.dram_size, pa, buf.len())?;
+            // SAFETY: `io` is within the mapped BAR (checked above) and `buf` is writable.
+            unsafe { bindings::memcpy_fromio(buf.as_mut_ptr().cast(), io, buf.len()) };
+            Ok(())
+        })
+    }
+
+    /// Writes `buf` to DRAM at `pa`.
+    pub(crate) fn write(&self, pa: u64, buf: &[u8]) -> Result {
+        self.with_dram(|base| {
+            let io = Self::io(base, self.dram_size, pa, buf.len())?;
+            // SAFETY: `io` is within the mapped BAR (checked above) and `buf` is readable.
+            unsafe { bindings::memcpy_toio(io, buf.as_ptr().cast(), buf.len()) };
+            Ok(())
+        })
+    }
+
+    fn zero(&self, pa: u64, len: usize) -> Result {
+        self.with_dram(|base| {
+            let io = Self::io(base, self.dram_size, pa, len)?;
+            // SAFETY: `io` is within the mapped BAR (checked above).
+            unsafe { bindings::memset_io(io, 0, len) };
+            Ok(())
+        })
+    }
+
+    fn read_pte(&self, table: u64, index: usize) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.read(table + 8 * index as u64, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn write_pte(&self, table: u64, index: usize, pte: u64) -> Result {
+        self.write(table + 8 * index as u64, &pte.to_le_bytes())
+    }
+
+    /// Walks `pmap` for `va`; the leaf entry, if every level is valid.
+    fn walk(&self, pmap: &Pmap, va: usize) -> Result<Option<u64>> {
+        let mut table = pmap.root;
+        for level in (0..LEVELS).rev() {
+            let pte = self.read_pte(table, pt_index(va, level))?;
+            if pte & PTE_VALID == 0 {
+                return Ok(None);
+            }
+            if level == 0 {
+                return Ok(Some(pte));
+            }
+            table = pte & PTE_ADDR;
+        }
+        Ok(None)
+    }
+
+    /// Translates `va` for an access through `pmap`: from the TLB, or by walking the page
+    /// table (and filling the TLB).  Runs under the hardware lock.
+    fn translate_locked(&self, hw: &mut Hw, pmap: &Pmap, va: usize, write: bool) -> Result<Translation> {
+        let vpn = va / PAGE_SIZE;
+        let offset = (va % PAGE_SIZE) as u64;
+        let hit = hw
+            .tlb
+            .iter()
+            .find(|e| e.valid && e.asid == pmap.asid && e.vpn == vpn);
+        if let Some(e) = hit {
+            return Ok(if write && !e.writable {
+                Translation::Miss
+            } else {
+                Translation::Hit(e.pa + offset)
+            });
+        }
+        let Some(pte) = self.walk(pmap, va)? else {
+            return Ok(Translation::Miss);
+        };
+        let entry = TlbEntry {
+            asid: pmap.asid,
+            vpn,
+            pa: pte & PTE_ADDR,
+            writable: pte & PTE_WRITE != 0,
+            valid: true,
+        };
+        let victim = hw.next_victim;
+        hw.tlb[victim] = entry;
+        hw.next_victim = (victim + 1) % TLB_ENTRIES;
+        Ok(if write && !entry.writable {
+            Translation::Miss
+        } else {
+            Translation::Hit(entry.pa + offset)
+        })
+    }
+
+    /// Translates every `(va, write)` of `accesses` and, if all hit, runs `f` with their DRAM
+    /// addresses, all under the hardware lock.  `Ok(Err(va))` names the first access that
+    /// missed.
+    pub(crate) fn access<const N: usize, R>(
+        &self,
+        pmap: &Pmap,
+        accesses: [(usize, bool); N],
+        f: impl FnOnce([u64; N]) -> Result<R>,
+    ) -> Result<core::result::Result<R, (usize, bool)>> {
+        let mut hw = self.hw.lock();
+        let mut pas = [0u64; N];
+        for (i, (va, write)) in accesses.into_iter().enumerate() {
+            match self.translate_locked(&mut hw, pmap, va, write)? {
+                Translation::Hit(pa) => pas[i] = pa,
+                Translation::Miss => return Ok(Err((va, write))),
+            }
+        }
+        Ok(Ok(f(pas)?))
+    }
+}
+
+#[vtable]
+impl GmMmu for NpuMmu {
+    type Pmap = Pmap;
+
+    fn peer_va_alloc_fixed(&self, _pmap: &Pmap, va: usize, len: usize) -> Result {
+        // The NPU addresses the low 48 bits, all of a 4-level x86 process and the part where
+        // mmap() places memory by default under 5-level paging; it reserves nothing else.
+        if len == 0 || va >> VA_BITS != 0 {
+            return Err(ERANGE);
+        }
+        Ok(())
+    }
+
+    fn peer_va_free(&self, _pmap: &Pmap, _va: usize, _len: usize) {}
+
+    fn prepare_page(&self, pfn: u64, src: Option<&Page>) -> Result {
+        let pa = pfn * PAGE_SIZE as u64;
+        let Some(src) = src else {
+            return self.zero(pa, PAGE_SIZE);
+        };
+        let mut buf = [0u8; BURST];
+        for offset in (0..PAGE_SIZE).step_by(BURST) {
+            // SAFETY: `buf` is valid for writes of `BURST` bytes.
+            unsafe { src.read_raw(buf.as_mut_ptr(), offset, BURST)? };
+            self.write(pa + offset as u64, &buf)?;
+        }
+        Ok(())
+    }
+
+    fn copy_to_host(&self, pfn: u64, dst: &Page) -> Result {
+        let pa = pfn * PAGE_SIZE as u64;
+        let mut buf = [0u8; BURST];
+        for offset in (0..PAGE_SIZE).step_by(BURST) {
+            self.read(pa + offset as u64, &mut buf)?;
+            // SAFETY: `buf` is valid for reads of `BURST` bytes.
+            unsafe { dst.write_raw(buf.as_ptr(), offset, BURST)? };
+        }
+        Ok(())
+    }
+
+    fn pmap_create(&self) -> Result<Pmap> {
+        let asid = self.next_asid.fetch_add(1, Relaxed);
+        let root = self.hw.lock().alloc_pt(asid)?;
+        self.zero(root, PAGE_SIZE)?;
+        Ok(Pmap { asid, root })
+    }
+
+    fn pmap_destroy(&self, pmap: Pmap) {
+        let mut hw = self.hw.lock();
+        for e in hw.tlb.iter_mut().filter(|e| e.asid == pmap.asid) {
+            e.valid = false;
+        }
+        for owner in hw.pt_owner.iter_mut().filter(|o| **o == pmap.asid) {
+            *owner = 0;
+        }
+    }
+
+    fn pmap_enter(&self, pmap: &Pmap, va: usize, pfn: u64, prot: Prot) -> Result {
+        if va >> VA_BITS != 0 || pfn * PAGE_SIZE as u64 >= self.dram_size {
+            return Err(EINVAL);
+        }
+        let mut hw = self.hw.lock();
+        let mut table = pmap.root;
+        for level in (1..LEVELS).rev() {
+            let index = pt_index(va, level);
+            let pte = self.read_pte(table, index)?;
+            table = if pte & PTE_VALID != 0 {
+                pte & PTE_ADDR
+            } else {
+                // Table pages stay until the page table is destroyed.
+                let next = hw.alloc_pt(pmap.asid)?;
+                self.zero(next, PAGE_SIZE)?;
+                self.write_pte(table, index, next | PTE_VALID)?;
+                next
+            };
+        }
+        let write = if prot.writable() { PTE_WRITE } else { 0 };
+        self.write_pte(table, pt_index(va, 0), pfn * PAGE_SIZE as u64 | write | PTE_VALID)
+    }
+
+    fn pmap_release(&self, pmap: &Pmap, va: usize, len: usize) {
+        let _hw = self.hw.lock();
+        let mut at = va;
+        while at < va.saturating_add(len) {
+            // Only the leaf entry goes; table pages stay until the page table is destroyed.
+            let mut table = pmap.root;
+            let mut present = true;
+            for level in (1..LEVELS).rev() {
+                match self.read_pte(table, pt_index(at, level)) {
+                    Ok(pte) if pte & PTE_VALID != 0 => table = pte & PTE_ADDR,
+                    _ => {
+                        present = false;
+                        break;
+                    }
+                }
+            }
+            if present {
+                let _ = self.write_pte(table, pt_index(at, 0), 0);
+            }
+            at += PAGE_SIZE;
+        }
+    }
+
+    fn tlb_invl(&self, pmap: &Pmap, va: usize, len: usize) {
+        let (first, last) = (va / PAGE_SIZE, va.saturating_add(len).div_ceil(PAGE_SIZE));
+        let mut hw = self.hw.lock();
+        for e in hw.tlb.iter_mut() {
+            if e.asid == pmap.asid && (first..last).contains(&e.vpn) {
+                e.valid = false;
+            }
+        }
+        drop(hw);
+        self.tlb_invalidations.fetch_add(1, Relaxed);
+    }
+}

@@ -1,0 +1,1121 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The GMEM simulated NPU (samples/rust/gmem_npu_sim): the CPU and two NPUs
+ * share the virtual addresses of MAP_PEER_SHARED memory, and GMEM moves each
+ * page to whichever side touches it.  Every test checks the data, the errno
+ * and the NPUs' counters.
+ *
+ * The tests pass with faultable NPUs and with NPUs whose jobs are prefaulted
+ * (gmem_npu_sim.faultable=0): the counters are checked exactly only where
+ * both modes agree (zero fills, migrations, resident pages).
+ *
+ * Counters are per NPU and global: nothing else may use the NPUs while this
+ * runs.
+ */
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
+
+#include "../kselftest_harness.h"
+#include "gmem_util.h"
+/*
+ * The NPU's interface is private to the sample driver, so it is not
+ * installed with the kernel headers (as lib/test_hmm_uapi.h for hmm-tests).
+ */
+#include "../../../../samples/rust/gmem_npu_sim/gmem_npu_sim_uapi.h"
+
+#define NPAGES		64	/* pages of most test buffers */
+#define NPU_PAGE_SIZE	4096
+
+static const char *const npu_path[] = { "/dev/gmem_npu0", "/dev/gmem_npu1" };
+
+/* Run one job: 0, or the errno of the failure. */
+static int npu_job(int fd, struct gmem_npu_job *job)
+{
+	return ioctl(fd, GMEM_NPU_IOC_RUN, job) ? errno : 0;
+}
+
+static int npu_op(int fd, __u32 op, const void *dst, const void *src0,
+		  const void *src1, size_t len, __u64 *value)
+{
+	struct gmem_npu_job job = {
+		.op = op,
+		.dst = (unsigned long)dst,
+		.src0 = (unsigned long)src0,
+		.src1 = (unsigned long)src1,
+		.len = len,
+		.value = *value,
+	};
+	int ret = npu_job(fd, &job);
+
+	if (!ret)
+		*value = job.value;
+	return ret;
+}
+
+static int npu_fill(int fd, void *dst, size_t len, __u32 value)
+{
+	__u64 v = value;
+
+	return npu_op(fd, GMEM_NPU_OP_FILL32, dst, NULL, NULL, len, &v);
+}
+
+static int npu_copy(int fd, void *dst, const void *src, size_t len)
+{
+	__u64 v = 0;
+
+	return npu_op(fd, GMEM_NPU_OP_COPY, dst, src, NULL, len, &v);
+}
+
+static int npu_add(int fd, void *dst, const void *a, const void *b, size_t len)
+{
+	__u64 v = 0;
+
+	return npu_op(fd, GMEM_NPU_OP_ADD32, dst, a, b, len, &v);
+}
+
+/* SUM32 sets value: start from garbage to see that it does. */
+static int npu_sum(int fd, const void *src, size_t len, __u64 *sum)
+{
+	*sum = 0xdeadbeefdeadbeefULL;
+	return npu_op(fd, GMEM_NPU_OP_SUM32, NULL, src, NULL, len, sum);
+}
+
+static int npu_attach(int fd)
+{
+	return ioctl(fd, GMEM_NPU_IOC_ATTACH, 0) ? errno : 0;
+}
+
+static int npu_stats(int fd, struct gmem_npu_stats *stats)
+{
+	return ioctl(fd, GMEM_NPU_IOC_STATS, stats) ? errno : 0;
+}
+
+/* Pages of the NPU's DRAM in use now, or -1. */
+static long long npu_resident(int fd)
+{
+	struct gmem_npu_stats stats;
+
+	return npu_stats(fd, &stats) ? -1 : (long long)stats.resident_pages;
+}
+
+/* How the counters of an NPU moved since a gmem_npu_stats was taken. */
+struct npu_delta {
+	long long faults;
+	long long zero_fills;
+	long long to_dev;	/* migrations_to_dev */
+	long long to_host;	/* migrations_to_host */
+	long long tlb_invalidations;
+	long long resident;	/* resident_pages */
+};
+
+static int npu_delta(int fd, const struct gmem_npu_stats *before,
+		     struct npu_delta *d)
+{
+	struct gmem_npu_stats now;
+
+	if (npu_stats(fd, &now))
+		return errno;
+	d->faults = now.faults - before->faults;
+	d->zero_fills = now.zero_fills - before->zero_fills;
+	d->to_dev = now.migrations_to_dev - before->migrations_to_dev;
+	d->to_host = now.migrations_to_host - before->migrations_to_host;
+	d->tlb_invalidations = now.tlb_invalidations - before->tlb_invalidations;
+	d->resident = now.resident_pages - before->resident_pages;
+	return 0;
+}
+
+/* Word i of [p, p + len) is i * mul + add (u32 arithmetic). */
+static void fill_words(void *p, size_t len, __u32 mul, __u32 add)
+{
+	__u32 *w = p;
+
+	for (size_t i = 0; i < len / 4; i++)
+		w[i] = i * mul + add;
+}
+
+/* The index of the first word that fill_words() would not have written, or -1. */
+static long check_words(const void *p, size_t len, __u32 mul, __u32 add)
+{
+	const __u32 *w = p;
+
+	for (size_t i = 0; i < len / 4; i++)
+		if (w[i] != (__u32)(i * mul + add))
+			return i;
+	return -1;
+}
+
+/* What SUM32 returns for what fill_words() writes. */
+static __u64 sum_words(size_t len, __u32 mul, __u32 add)
+{
+	__u64 sum = 0;
+
+	for (size_t i = 0; i < len / 4; i++)
+		sum += (__u32)(i * mul + add);
+	return sum;
+}
+
+static __u64 sum_of(const void *p, size_t len)
+{
+	const __u32 *w = p;
+	__u64 sum = 0;
+
+	for (size_t i = 0; i < len / 4; i++)
+		sum += w[i];
+	return sum;
+}
+
+/* 1 + the highest online host NUMA node, or -1. */
+static int host_nodes(void)
+{
+	char buf[256], *s, *end;
+	long n, max = -1;
+	FILE *f;
+
+	f = fopen("/sys/devices/system/node/online", "r");
+	if (!f)
+		return -1;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = '\0';
+	fclose(f);
+	for (s = buf; *s; s = end) {
+		n = strtol(s, &end, 10);
+		if (end == s) {
+			end = s + 1;
+			continue;
+		}
+		if (n > max)
+			max = n;
+	}
+	return max + 1;
+}
+
+/* A kernel parameter's value is false (0, n, N, off, false)? */
+static int param_false(const char *v)
+{
+	return *v == '0' || *v == 'n' || *v == 'N' || *v == 'f' ||
+	       !strncmp(v, "off", 3);
+}
+
+/*
+ * Whether gmem_npu_sim.faultable is on: from sysfs if the driver shows its
+ * parameter there, else from the kernel command line (default on).
+ */
+static int expect_faultable(void)
+{
+	static const char param[] = "gmem_npu_sim.faultable=";
+	char buf[4096], *p;
+	FILE *f;
+
+	f = fopen("/sys/module/gmem_npu_sim/parameters/faultable", "r");
+	if (f) {
+		if (!fgets(buf, sizeof(buf), f))
+			buf[0] = '\0';
+		fclose(f);
+		return !param_false(buf);
+	}
+	f = fopen("/proc/cmdline", "r");
+	if (!f)
+		return 1;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = '\0';
+	fclose(f);
+	p = strstr(buf, param);
+	return !p || !param_false(p + sizeof(param) - 1);
+}
+
+FIXTURE(npu)
+{
+	size_t page;
+	size_t len;		/* of the test buffers: NPAGES pages */
+	long long npages;	/* NPAGES, signed like the counter deltas */
+	int fd[2];		/* /dev/gmem_npu0, /dev/gmem_npu1 (-1: none) */
+	struct gmem_npu_info info[2];
+	struct gmem_npu_stats start[2];	/* when the test started */
+	int faultable;
+};
+
+FIXTURE_SETUP(npu)
+{
+	self->page = sysconf(_SC_PAGESIZE);
+	self->len = NPAGES * self->page;
+	self->npages = NPAGES;
+	self->fd[0] = -1;
+	self->fd[1] = -1;
+	if (access(npu_path[0], F_OK))
+		SKIP(return, "no %s (gmem_npu_sim not loaded, or no ivshmem device)",
+		     npu_path[0]);
+	for (int i = 0; i < 2; i++) {
+		self->fd[i] = open(npu_path[i], O_RDWR | O_CLOEXEC);
+		if (i == 1 && self->fd[i] < 0 && errno == ENOENT)
+			break;
+		ASSERT_LE(0, self->fd[i])
+			TH_LOG("open %s: %s", npu_path[i], strerror(errno));
+		ASSERT_EQ(0, ioctl(self->fd[i], GMEM_NPU_IOC_INFO, &self->info[i]));
+		ASSERT_EQ(0, npu_stats(self->fd[i], &self->start[i]));
+	}
+	self->faultable = !!(self->info[0].flags & GMEM_NPU_INFO_FAULTABLE);
+}
+
+FIXTURE_TEARDOWN(npu)
+{
+	for (int i = 0; i < 2; i++)
+		if (self->fd[i] >= 0)
+			close(self->fd[i]);
+}
+
+/* Both NPUs' resident pages are back where they were at @start. */
+static void expect_resident(struct __test_metadata *_metadata, const int fd[2],
+			    const struct gmem_npu_stats start[2])
+{
+	for (int i = 0; i < 2; i++) {
+		if (fd[i] < 0)
+			continue;
+		ASSERT_EQ((long long)start[i].resident_pages, npu_resident(fd[i]))
+			TH_LOG("npu%d", i);
+	}
+}
+
+/* The NPUs are device nodes of their own, with 4 KiB pages. */
+TEST_F(npu, info)
+{
+	int nodes = host_nodes();
+	struct gmem_npu_info again;
+
+	ASSERT_LT(0, nodes);
+	for (int i = 0; i < 2; i++) {
+		struct gmem_npu_info *info = &self->info[i];
+
+		if (self->fd[i] < 0)
+			continue;
+		TH_LOG("npu%d: hnid %u, %llu MiB, flags %#x", i, info->hnid,
+		       (unsigned long long)info->dram_size >> 20, info->flags);
+		/* Not a host NUMA node. */
+		ASSERT_LE(nodes, (long long)info->hnid);
+		ASSERT_EQ(NPU_PAGE_SIZE, info->page_size);
+		ASSERT_LT(0, info->dram_size);
+		ASSERT_EQ(0, info->dram_size % info->page_size);
+		ASSERT_EQ(info->dram_size / info->page_size, self->start[i].dram_pages);
+		ASSERT_LE(self->start[i].resident_pages, self->start[i].dram_pages);
+		ASSERT_EQ(0, info->flags & ~GMEM_NPU_INFO_FAULTABLE);
+		ASSERT_EQ(expect_faultable(), !!(info->flags & GMEM_NPU_INFO_FAULTABLE));
+		ASSERT_EQ(0, info->reserved);
+	}
+	if (self->fd[1] >= 0)
+		ASSERT_NE(self->info[0].hnid, self->info[1].hnid);
+	/* Attaching changes nothing of it. */
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	ASSERT_EQ(0, ioctl(self->fd[0], GMEM_NPU_IOC_INFO, &again));
+	ASSERT_EQ(0, memcmp(&again, &self->info[0], sizeof(again)));
+}
+
+/* The NPU reads what the CPU wrote; the pages move to it and back. */
+TEST_F(npu, cpu_writes_npu_sums)
+{
+	size_t len = 1 << 20;
+	long long pages = len / self->page;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	__u64 sum;
+	void *p;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	fill_words(p, len, 2654435761u, 12345);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, npu_sum(self->fd[0], p, len, &sum));
+	ASSERT_EQ(sum_words(len, 2654435761u, 12345), sum);
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_LE(pages, d.to_dev);
+	ASSERT_EQ(0, d.zero_fills);
+	ASSERT_EQ(pages, d.resident);
+	ASSERT_LT(0, d.faults);
+	/* The CPU reads them back: they come home intact. */
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(-1, check_words(p, len, 2654435761u, 12345));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(pages, d.to_host);
+	ASSERT_EQ(-pages, d.resident);
+	ASSERT_EQ(0, munmap(p, len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/* The CPU reads what the NPU wrote (FILL32, ADD32 with u32 wrap-around). */
+TEST_F(npu, npu_fill_and_add)
+{
+	long long n = self->npages;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	void *a, *b, *c;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	a = mmap_peer_shared(NULL, self->len, 0);
+	b = mmap_peer_shared(NULL, self->len, 0);
+	c = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, a);
+	ASSERT_NE(MAP_FAILED, b);
+	ASSERT_NE(MAP_FAILED, c);
+
+	/* Untouched pages are zero-filled in NPU DRAM, nothing is copied. */
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, npu_fill(self->fd[0], a, self->len, 0x12345678));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(n, d.zero_fills);
+	ASSERT_EQ(0, d.to_dev);
+	ASSERT_EQ(n, d.resident);
+
+	/* c = a + b: b moves to the NPU, c is new there. */
+	fill_words(b, self->len, 1, 0xf0000000);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, npu_add(self->fd[0], c, a, b, self->len));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(n, d.zero_fills);
+	ASSERT_EQ(n, d.to_dev);
+	ASSERT_EQ(2 * n, d.resident);
+
+	/* The CPU reads a and c: they come home. */
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(-1, check_words(c, self->len, 1, 0x12345678 + 0xf0000000));
+	ASSERT_EQ(-1, check_words(a, self->len, 0, 0x12345678));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(2 * n, d.to_host);
+	ASSERT_EQ(-2 * n, d.resident);
+	ASSERT_EQ(0, d.zero_fills);
+	/* b was only read by the NPU: intact. */
+	ASSERT_EQ(-1, check_words(b, self->len, 1, 0xf0000000));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(3 * n, d.to_host);
+
+	ASSERT_EQ(0, munmap(a, self->len));
+	ASSERT_EQ(0, munmap(b, self->len));
+	ASSERT_EQ(0, munmap(c, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/* Memory nobody wrote reads as zeros on both sides, and copies as zeros. */
+TEST_F(npu, untouched_memory_is_zero)
+{
+	long long n = self->npages;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	void *a, *b, *c, *e;
+	__u64 sum;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	a = mmap_peer_shared(NULL, self->len, 0);
+	b = mmap_peer_shared(NULL, self->len, 0);
+	c = mmap_peer_shared(NULL, self->len, 0);
+	e = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, a);
+	ASSERT_NE(MAP_FAILED, b);
+	ASSERT_NE(MAP_FAILED, c);
+	ASSERT_NE(MAP_FAILED, e);
+
+	/* The NPU first. */
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, npu_sum(self->fd[0], a, self->len, &sum));
+	ASSERT_EQ(0, sum);
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(n, d.zero_fills);
+	ASSERT_EQ(0, d.to_dev);
+	ASSERT_EQ(n, d.resident);
+
+	/* The CPU first. */
+	ASSERT_EQ(-1, check_words(b, self->len, 0, 0));
+
+	/* The NPU copies the CPU's zeros into memory nobody touched. */
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, npu_copy(self->fd[0], c, b, self->len));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(n, d.to_dev);
+	ASSERT_EQ(n, d.zero_fills);
+	ASSERT_EQ(-1, check_words(c, self->len, 0, 0));
+
+	/* ... and data over its own zeros. */
+	fill_words(e, self->len, 7, 3);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, npu_copy(self->fd[0], a, e, self->len));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(n, d.to_dev);
+	ASSERT_EQ(0, d.zero_fills);
+	ASSERT_EQ(-1, check_words(a, self->len, 7, 3));
+	ASSERT_EQ(-1, check_words(e, self->len, 7, 3));
+
+	ASSERT_EQ(0, munmap(a, self->len));
+	ASSERT_EQ(0, munmap(b, self->len));
+	ASSERT_EQ(0, munmap(c, self->len));
+	ASSERT_EQ(0, munmap(e, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/*
+ * The CPU and both NPUs take turns on the same buffers; an NPU reads what
+ * the other one wrote (the pages move from NPU to NPU).
+ */
+TEST_F(npu, two_npus_take_turns)
+{
+	size_t half = self->len / 2, words = self->len / 4;
+	long long n = self->npages;
+	struct gmem_npu_stats s0, s1;
+	struct npu_delta d0, d1;
+	__u32 *x, *y, *want_x, *want_y;
+	__u64 sum;
+
+	if (self->fd[1] < 0)
+		SKIP(return, "no %s", npu_path[1]);
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	ASSERT_EQ(0, npu_attach(self->fd[1]));
+	x = mmap_peer_shared(NULL, self->len, 0);
+	y = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, x);
+	ASSERT_NE(MAP_FAILED, y);
+	want_x = malloc(self->len);
+	want_y = malloc(self->len);
+	ASSERT_NE(NULL, want_x);
+	ASSERT_NE(NULL, want_y);
+
+	/* The CPU writes x and y. */
+	fill_words(x, self->len, 1, 0);
+	fill_words(y, self->len, 3, 1);
+
+	/* npu0: x += y, in place. */
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s0));
+	ASSERT_EQ(0, npu_add(self->fd[0], x, x, y, self->len));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s0, &d0));
+	ASSERT_EQ(2 * n, d0.to_dev);
+	ASSERT_EQ(0, d0.zero_fills);
+	ASSERT_EQ(2 * n, d0.resident);
+	for (size_t i = 0; i < words; i++)
+		want_x[i] = 4 * i + 1;
+
+	/* npu1 sums x: npu0's writes move over to npu1. */
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s0));
+	ASSERT_EQ(0, npu_stats(self->fd[1], &s1));
+	ASSERT_EQ(0, npu_sum(self->fd[1], x, self->len, &sum));
+	ASSERT_EQ(sum_of(want_x, self->len), sum);
+	ASSERT_EQ(0, npu_delta(self->fd[1], &s1, &d1));
+	ASSERT_LE(n, d1.to_dev);
+	ASSERT_EQ(0, d1.zero_fills);
+	ASSERT_EQ(n, d1.resident);
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s0, &d0));
+	ASSERT_EQ(-n, d0.resident);
+
+	/* npu1 fills the first half of y, then y = x + y. */
+	ASSERT_EQ(0, npu_fill(self->fd[1], y, half, 7));
+	ASSERT_EQ(0, npu_add(self->fd[1], y, x, y, self->len));
+	for (size_t i = 0; i < words; i++)
+		want_y[i] = want_x[i] + (i < words / 2 ? 7 : 3 * i + 1);
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s0, &d0));
+	ASSERT_EQ(-2 * n, d0.resident);
+	ASSERT_EQ(0, npu_delta(self->fd[1], &s1, &d1));
+	ASSERT_EQ(2 * n, d1.resident);
+	ASSERT_EQ(0, d1.zero_fills);
+
+	/* npu0 sums y: npu1's writes move back to npu0. */
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s0));
+	ASSERT_EQ(0, npu_sum(self->fd[0], y, self->len, &sum));
+	ASSERT_EQ(sum_of(want_y, self->len), sum);
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s0, &d0));
+	ASSERT_LE(n, d0.to_dev);
+	ASSERT_EQ(n, d0.resident);
+
+	/* The CPU sees everything. */
+	ASSERT_EQ(0, memcmp(want_x, x, self->len));
+	ASSERT_EQ(0, memcmp(want_y, y, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+
+	ASSERT_EQ(0, munmap(x, self->len));
+	ASSERT_EQ(0, munmap(y, self->len));
+	free(want_x);
+	free(want_y);
+}
+
+/*
+ * munmap of pages that live on the NPU frees them there and removes the
+ * NPU's mappings: new memory at the same address is zeros for everyone.
+ */
+TEST_F(npu, munmap_while_on_npu)
+{
+	long long n = self->npages;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	void *p, *q;
+	__u64 sum;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	ASSERT_EQ(0, npu_fill(self->fd[0], p, self->len, 0xdeadbeef));
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, munmap(p, self->len));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(-n, d.resident);
+	ASSERT_LT(0, d.tlb_invalidations);
+	ASSERT_EQ(0, d.to_host);
+	expect_resident(_metadata, self->fd, self->start);
+
+	q = mmap_peer_shared(p, self->len, MAP_FIXED_NOREPLACE);
+	ASSERT_EQ(p, q);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, npu_sum(self->fd[0], q, self->len, &sum));
+	ASSERT_EQ(0, sum);
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(n, d.zero_fills);
+	ASSERT_EQ(0, d.to_dev);
+	ASSERT_EQ(-1, check_words(q, self->len, 0, 0));
+	ASSERT_EQ(0, munmap(q, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/* munmap of the middle of a range on the NPU: exactly those pages go. */
+TEST_F(npu, partial_munmap_while_on_npu)
+{
+	size_t quarter = self->len / 4;
+	long long n = self->npages;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	char *p;
+	__u64 sum;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	ASSERT_EQ(0, npu_fill(self->fd[0], p, self->len, 0x01020304));
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, munmap(p + quarter, 2 * quarter));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(-n / 2, d.resident);
+	/* What is left is still on the NPU, intact. */
+	ASSERT_EQ(0, npu_sum(self->fd[0], p, quarter, &sum));
+	ASSERT_EQ(sum_words(quarter, 0, 0x01020304), sum);
+	ASSERT_EQ(0, npu_sum(self->fd[0], p + 3 * quarter, quarter, &sum));
+	ASSERT_EQ(sum_words(quarter, 0, 0x01020304), sum);
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(0, d.zero_fills);
+	ASSERT_EQ(0, d.to_dev);
+	/* The hole is a hole for the NPU too. */
+	ASSERT_EQ(EFAULT, npu_sum(self->fd[0], p + quarter, 4, &sum));
+	ASSERT_EQ(-1, check_words(p, quarter, 0, 0x01020304));
+	ASSERT_EQ(-1, check_words(p + 3 * quarter, quarter, 0, 0x01020304));
+	ASSERT_EQ(0, munmap(p, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/* madvise(MADV_DONTNEED) drops the NPU's pages: zeros on both sides after. */
+TEST_F(npu, dontneed_while_on_npu)
+{
+	long long n = self->npages;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	void *p;
+	__u64 sum;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	ASSERT_EQ(0, npu_fill(self->fd[0], p, self->len, 0x5555aaaa));
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, madvise(p, self->len, MADV_DONTNEED));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(-n, d.resident);
+	ASSERT_EQ(0, d.to_host);
+	ASSERT_EQ(0, npu_sum(self->fd[0], p, self->len, &sum));
+	ASSERT_EQ(0, sum);
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(n, d.zero_fills);
+	ASSERT_EQ(-1, check_words(p, self->len, 0, 0));
+	ASSERT_EQ(0, munmap(p, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/* mprotect keeps the pages on the NPU; it reads them read-only, then the CPU. */
+TEST_F(npu, mprotect_keeps_npu_pages)
+{
+	long long n = self->npages;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	void *p;
+	__u64 sum;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	ASSERT_EQ(0, npu_fill(self->fd[0], p, self->len, 0x0badcafe));
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, mprotect(p, self->len, PROT_READ));
+	ASSERT_EQ(0, npu_sum(self->fd[0], p, self->len, &sum));
+	ASSERT_EQ(sum_words(self->len, 0, 0x0badcafe), sum);
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(0, d.resident);
+	ASSERT_EQ(0, d.to_host);
+	ASSERT_EQ(0, d.to_dev);
+	ASSERT_EQ(0, d.zero_fills);
+	ASSERT_EQ(0, mprotect(p, self->len, PROT_READ | PROT_WRITE));
+	ASSERT_EQ(-1, check_words(p, self->len, 0, 0x0badcafe));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(n, d.to_host);
+	ASSERT_EQ(0, munmap(p, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/* mremap moves the range, not the pages: they stay on the NPU. */
+TEST_F(npu, mremap_keeps_npu_pages)
+{
+	long long n = self->npages;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	void *p, *q, *target;
+	__u64 sum;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	target = mmap(NULL, self->len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, target);
+	ASSERT_EQ(0, npu_fill(self->fd[0], p, self->len, 0x600df00d));
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	q = mremap(p, self->len, self->len, MREMAP_MAYMOVE | MREMAP_FIXED, target);
+	ASSERT_EQ(target, q);
+	ASSERT_EQ(0, npu_sum(self->fd[0], q, self->len, &sum));
+	ASSERT_EQ(sum_words(self->len, 0, 0x600df00d), sum);
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(0, d.resident);
+	ASSERT_EQ(0, d.to_host);
+	ASSERT_EQ(0, d.to_dev);
+	ASSERT_EQ(0, d.zero_fills);
+	/* Nothing is left at the old address, for the NPU either. */
+	ASSERT_EQ(EFAULT, npu_sum(self->fd[0], p, self->len, &sum));
+	ASSERT_EQ(-1, check_words(q, self->len, 0, 0x600df00d));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(n, d.to_host);
+	ASSERT_EQ(0, munmap(q, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/* A process that exits with pages on the NPU leaves nothing there. */
+TEST_F(npu, exit_frees_npu_pages)
+{
+	long long before = self->start[0].resident_pages;
+	size_t len = self->len;
+	int status;
+	pid_t pid;
+
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (!pid) {
+		int fd = open(npu_path[0], O_RDWR);
+		void *p = mmap_peer_shared(NULL, len, 0);
+
+		if (fd < 0 || p == MAP_FAILED)
+			_exit(1);
+		if (npu_attach(fd) || npu_fill(fd, p, len, 3))
+			_exit(2);
+		if (npu_resident(fd) != before + NPAGES)
+			_exit(3);
+		/* No munmap, no close. */
+		_exit(0);
+	}
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFEXITED(status));
+	ASSERT_EQ(0, WEXITSTATUS(status));
+	ASSERT_EQ(before, npu_resident(self->fd[0]));
+}
+
+/*
+ * The same when the attached file outlives the process (another process
+ * holds it): the pages go with the address space, not with the file.
+ */
+TEST_F(npu, exit_with_file_still_open)
+{
+	long long before = self->start[0].resident_pages;
+	size_t len = self->len;
+	int status, fd;
+	pid_t pid;
+	__u64 sum;
+	void *p;
+
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (!pid) {
+		p = mmap_peer_shared(NULL, len, 0);
+		if (p == MAP_FAILED)
+			_exit(1);
+		/* The parent's file, which the parent never attached. */
+		if (npu_attach(self->fd[0]) || npu_fill(self->fd[0], p, len, 3))
+			_exit(2);
+		if (npu_resident(self->fd[0]) != before + NPAGES)
+			_exit(3);
+		_exit(0);
+	}
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFEXITED(status));
+	ASSERT_EQ(0, WEXITSTATUS(status));
+	ASSERT_EQ(before, npu_resident(self->fd[0]));
+
+	/* The NPU still works for others (the old file goes at teardown). */
+	fd = open(npu_path[0], O_RDWR);
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, npu_attach(fd));
+	p = mmap_peer_shared(NULL, len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	fill_words(p, len, 1, 1);
+	ASSERT_EQ(0, npu_sum(fd, p, len, &sum));
+	ASSERT_EQ(sum_words(len, 1, 1), sum);
+	ASSERT_EQ(0, munmap(p, len));
+	ASSERT_EQ(before, npu_resident(fd));
+	close(fd);
+}
+
+/*
+ * fork with data on the NPU: the child sees it (with the CPU and with an NPU
+ * of its own), the parent keeps it.
+ */
+TEST_F(npu, fork_with_npu_data)
+{
+	const __u32 value = 0x5a5a0001;
+	long long n = self->npages;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	int status;
+	pid_t pid;
+	__u64 sum;
+	void *p;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	ASSERT_EQ(0, npu_fill(self->fd[0], p, self->len, value));
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (!pid) {
+		int fd;
+
+		if (check_words(p, self->len, 0, value) != -1)
+			_exit(1);
+		/* The child's address space is attached to no NPU. */
+		fd = open(npu_path[0], O_RDWR);
+		if (fd < 0 || npu_attach(fd))
+			_exit(2);
+		if (npu_sum(fd, p, self->len, &sum) ||
+		    sum != sum_words(self->len, 0, value))
+			_exit(3);
+		_exit(0);
+	}
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFEXITED(status));
+	ASSERT_EQ(0, WEXITSTATUS(status))
+		TH_LOG("the child's check %d failed", WEXITSTATUS(status));
+	/* fork brought the parent's pages home first (Documentation/mm/gmem.rst). */
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(n, d.to_host);
+	expect_resident(_metadata, self->fd, self->start);
+	/* The parent still has its data, for the NPU and for the CPU. */
+	ASSERT_EQ(0, npu_sum(self->fd[0], p, self->len, &sum));
+	ASSERT_EQ(sum_words(self->len, 0, value), sum);
+	ASSERT_EQ(-1, check_words(p, self->len, 0, value));
+	ASSERT_EQ(0, munmap(p, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/* After fork, what the parent's NPU writes does not reach the child. */
+TEST_F(npu, fork_then_npu_writes_stay_private)
+{
+	int status, pipefd[2];
+	pid_t pid;
+	void *p;
+	char c;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	fill_words(p, self->len, 1, 0);
+	ASSERT_EQ(0, pipe(pipefd));
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (!pid) {
+		if (read(pipefd[0], &c, 1) != 1)
+			_exit(1);
+		_exit(check_words(p, self->len, 1, 0) == -1 ? 0 : 2);
+	}
+	/* The pages the parent shares with the child go to the NPU. */
+	ASSERT_EQ(0, npu_fill(self->fd[0], p, self->len, 0xffffffff));
+	ASSERT_EQ(1, write(pipefd[1], "x", 1));
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFEXITED(status));
+	ASSERT_EQ(0, WEXITSTATUS(status));
+	ASSERT_EQ(-1, check_words(p, self->len, 0, 0xffffffff));
+	ASSERT_EQ(0, munmap(p, self->len));
+	close(pipefd[0]);
+	close(pipefd[1]);
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/* Jobs may start anywhere 4-byte aligned, and cover parts of pages. */
+TEST_F(npu, sub_page_jobs)
+{
+	size_t len = 2 * self->page;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	char *p, *want;
+	__u64 sum;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	want = calloc(1, len);
+	ASSERT_NE(NULL, want);
+
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, npu_fill(self->fd[0], p + 100, 40, 0xabcdabcd));
+	fill_words(want + 100, 40, 0, 0xabcdabcd);
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(1, d.zero_fills);
+	ASSERT_EQ(1, d.resident);
+	/* Across the page boundary: the second page joins. */
+	ASSERT_EQ(0, npu_fill(self->fd[0], p + self->page - 8, 16, 0x11111111));
+	fill_words(want + self->page - 8, 16, 0, 0x11111111);
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(2, d.zero_fills);
+	ASSERT_EQ(2, d.resident);
+	ASSERT_EQ(0, npu_sum(self->fd[0], p + 96, 48, &sum));
+	ASSERT_EQ(sum_of(want + 96, 48), sum);
+	ASSERT_EQ(0, npu_sum(self->fd[0], p + self->page - 12, 24, &sum));
+	ASSERT_EQ(sum_of(want + self->page - 12, 24), sum);
+	/* One word. */
+	ASSERT_EQ(0, npu_sum(self->fd[0], p + len - 4, 4, &sum));
+	ASSERT_EQ(0, sum);
+	ASSERT_EQ(0, memcmp(want, p, len));
+	ASSERT_EQ(0, munmap(p, len));
+	free(want);
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/*
+ * The first touch of a page raises a fault into GMEM (or, not faultable, is
+ * prefaulted through it); a second job finds the pages where they are.
+ */
+TEST_F(npu, faults_counted)
+{
+	long long n = self->npages;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	void *p;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, npu_fill(self->fd[0], p, self->len, 1));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_LT(0, d.faults);
+	ASSERT_EQ(n, d.zero_fills);
+
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, npu_fill(self->fd[0], p, self->len, 2));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(0, d.zero_fills);
+	ASSERT_EQ(0, d.to_dev);
+	ASSERT_EQ(0, d.to_host);
+	ASSERT_EQ(0, d.resident);
+	/* A faultable NPU kept its mappings; a prefaulting one counts again. */
+	if (self->faultable)
+		ASSERT_EQ(0, d.faults);
+	ASSERT_EQ(-1, check_words(p, self->len, 0, 2));
+	ASSERT_EQ(0, munmap(p, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/* RUN on a file that is not attached. */
+TEST_F(npu, run_before_attach)
+{
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	__u64 sum;
+	void *p;
+
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	fill_words(p, self->len, 1, 0);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(EINVAL, npu_sum(self->fd[0], p, self->len, &sum));
+	ASSERT_EQ(EINVAL, npu_fill(self->fd[0], p, self->len, 0));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(0, d.to_dev);
+	ASSERT_EQ(0, d.zero_fills);
+	ASSERT_EQ(-1, check_words(p, self->len, 1, 0));
+	/* Attached, the same job works. */
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	ASSERT_EQ(0, npu_sum(self->fd[0], p, self->len, &sum));
+	ASSERT_EQ(sum_words(self->len, 1, 0), sum);
+	ASSERT_EQ(0, munmap(p, self->len));
+}
+
+/* One attach per file; the process may attach to several NPUs. */
+TEST_F(npu, attach_twice)
+{
+	__u64 sum;
+	void *p;
+
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	fill_words(p, self->len, 1, 0);
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	ASSERT_EQ(EBUSY, npu_attach(self->fd[0]));
+	if (self->fd[1] >= 0)
+		ASSERT_EQ(0, npu_attach(self->fd[1]));
+	/* Still attached, once. */
+	ASSERT_EQ(0, npu_sum(self->fd[0], p, self->len, &sum));
+	ASSERT_EQ(sum_words(self->len, 1, 0), sum);
+	ASSERT_EQ(EBUSY, npu_attach(self->fd[0]));
+	ASSERT_EQ(0, munmap(p, self->len));
+}
+
+/*
+ * Malformed jobs, with addresses as offsets into a buffer of NPAGES pages
+ * (every field a valid address, so that only the flaw shown is wrong).
+ */
+static const struct bad_job {
+	__u32 op;
+	__u32 flags;
+	unsigned long dst;
+	unsigned long src0;
+	unsigned long src1;
+	__u64 len;
+} bad_jobs[] = {
+	/* length zero, or not a multiple of 4 */
+	{ .op = GMEM_NPU_OP_SUM32, .len = 0 },
+	{ .op = GMEM_NPU_OP_SUM32, .len = 2 },
+	{ .op = GMEM_NPU_OP_SUM32, .len = NPAGES * NPU_PAGE_SIZE - 1 },
+	{ .op = GMEM_NPU_OP_FILL32, .len = 0 },
+	{ .op = GMEM_NPU_OP_FILL32, .len = 5 },
+	{ .op = GMEM_NPU_OP_COPY, .src0 = NPU_PAGE_SIZE, .len = 6 },
+	{ .op = GMEM_NPU_OP_ADD32, .len = 3 },
+	/* an address that is not 4-byte aligned */
+	{ .op = GMEM_NPU_OP_SUM32, .src0 = 1, .len = 4 },
+	{ .op = GMEM_NPU_OP_SUM32, .src0 = 2, .len = 8 },
+	{ .op = GMEM_NPU_OP_FILL32, .dst = 2, .len = 4 },
+	{ .op = GMEM_NPU_OP_COPY, .dst = 3, .src0 = NPU_PAGE_SIZE, .len = 4 },
+	{ .op = GMEM_NPU_OP_COPY, .src0 = NPU_PAGE_SIZE + 1, .len = 4 },
+	{ .op = GMEM_NPU_OP_ADD32, .dst = 1, .len = 4 },
+	{ .op = GMEM_NPU_OP_ADD32, .src0 = 2, .len = 4 },
+	{ .op = GMEM_NPU_OP_ADD32, .src1 = 3, .len = 4 },
+	/* an unknown operation */
+	{ .op = 0, .len = 4 },
+	{ .op = GMEM_NPU_OP_SUM32 + 1, .len = 4 },
+	{ .op = 0xffffffff, .len = 4 },
+	/* flags */
+	{ .op = GMEM_NPU_OP_SUM32, .flags = 1, .len = 4 },
+	{ .op = GMEM_NPU_OP_FILL32, .flags = 0x80000000, .len = 4 },
+};
+
+/* Malformed jobs are refused before anything moves. */
+TEST_F(npu, bad_jobs_einval)
+{
+	struct gmem_npu_job job;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	unsigned long a;
+	__u64 sum;
+	void *p;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	fill_words(p, self->len, 1, 0);
+	a = (unsigned long)p;
+
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	for (size_t i = 0; i < ARRAY_SIZE(bad_jobs); i++) {
+		const struct bad_job *bad = &bad_jobs[i];
+
+		memset(&job, 0, sizeof(job));
+		job.op = bad->op;
+		job.flags = bad->flags;
+		job.dst = a + bad->dst;
+		job.src0 = a + bad->src0;
+		job.src1 = a + bad->src1;
+		job.len = bad->len;
+		EXPECT_EQ(EINVAL, npu_job(self->fd[0], &job)) TH_LOG("bad job %zu", i);
+	}
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(0, d.to_dev);
+	ASSERT_EQ(0, d.zero_fills);
+	ASSERT_EQ(0, d.resident);
+	ASSERT_EQ(-1, check_words(p, self->len, 1, 0));
+	/* The NPU still works. */
+	ASSERT_EQ(0, npu_sum(self->fd[0], p, self->len, &sum));
+	ASSERT_EQ(sum_words(self->len, 1, 0), sum);
+	ASSERT_EQ(0, munmap(p, self->len));
+}
+
+/*
+ * Addresses outside MAP_PEER_SHARED memory: EFAULT, no write there, and the
+ * NPU goes on working.
+ */
+TEST_F(npu, bad_addresses_efault)
+{
+	size_t last_word = self->len / 4 - 1;
+	struct gmem_npu_job job;
+	char *g, *hole, *plain;
+	__u32 *last;
+	__u64 sum;
+	int ret;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	/* g, then one unmapped page. */
+	g = mmap_peer_shared(NULL, self->len + self->page, 0);
+	ASSERT_NE(MAP_FAILED, g);
+	hole = g + self->len;
+	ASSERT_EQ(0, munmap(hole, self->page));
+	fill_words(g, self->len, 5, 1);
+	plain = mmap(NULL, self->len, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, plain);
+	fill_words(plain, self->len, 0, 0x77);
+
+	/* Ordinary memory. */
+	EXPECT_EQ(EFAULT, npu_sum(self->fd[0], plain, self->len, &sum));
+	EXPECT_EQ(EFAULT, npu_fill(self->fd[0], plain, self->len, 0));
+	EXPECT_EQ(EFAULT, npu_copy(self->fd[0], plain, g, self->len));
+	EXPECT_EQ(EFAULT, npu_add(self->fd[0], plain, g, g, self->len));
+	EXPECT_EQ(EFAULT, npu_add(self->fd[0], g, g, plain, 4));
+	ASSERT_EQ(-1, check_words(plain, self->len, 0, 0x77));
+	/* Nothing mapped. */
+	EXPECT_EQ(EFAULT, npu_sum(self->fd[0], hole, 4, &sum));
+	EXPECT_EQ(EFAULT, npu_fill(self->fd[0], hole, self->page, 0));
+	EXPECT_EQ(EFAULT, npu_sum(self->fd[0], NULL, 4, &sum));
+	EXPECT_EQ(EFAULT, npu_sum(self->fd[0], (void *)0xffff888000000000UL, 4, &sum));
+	/* A job that runs off the end of g, into the hole... */
+	EXPECT_EQ(EFAULT, npu_sum(self->fd[0], hole - self->page, 2 * self->page, &sum));
+	/* ... or into ordinary memory. */
+	ASSERT_EQ(hole, mmap(hole, self->page, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0));
+	EXPECT_EQ(EFAULT, npu_sum(self->fd[0], hole - self->page, 2 * self->page, &sum));
+	EXPECT_EQ(EFAULT, npu_fill(self->fd[0], hole - 4, 8, 0));
+	/* That one may have written g's last word before it stopped. */
+	last = (__u32 *)hole - 1;
+	ASSERT_TRUE(*last == 0 || *last == (__u32)(last_word * 5 + 1));
+	*last = last_word * 5 + 1;
+	/* An end beyond the address space. */
+	memset(&job, 0, sizeof(job));
+	job.op = GMEM_NPU_OP_SUM32;
+	job.src0 = (unsigned long)g;
+	job.len = -4ULL;
+	ret = npu_job(self->fd[0], &job);
+	EXPECT_TRUE(ret == EINVAL || ret == EFAULT) TH_LOG("errno %d", ret);
+
+	/* g is intact and the NPU still works on it. */
+	ASSERT_EQ(0, npu_sum(self->fd[0], g, self->len, &sum));
+	ASSERT_EQ(sum_words(self->len, 5, 1), sum);
+	ASSERT_EQ(-1, check_words(g, self->len, 5, 1));
+	ASSERT_EQ(0, npu_fill(self->fd[0], g, self->len, 42));
+	ASSERT_EQ(-1, check_words(g, self->len, 0, 42));
+	ASSERT_EQ(-1, check_words(plain, self->len, 0, 0x77));
+	ASSERT_EQ(0, munmap(g, self->len + self->page));
+	ASSERT_EQ(0, munmap(plain, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+TEST_HARNESS_MAIN
