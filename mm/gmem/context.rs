@@ -140,12 +140,13 @@ impl Context {
         if let Some(mm) = self.mm.mmget_not_zero() {
             let _lock = mm.mmap_read_lock();
             let mut home = KVec::new();
-            this.lpt.for_each_device_page(0, usize::MAX / PAGE_SIZE + 1, |vpn, page| {
-                if page.dev == self.dev.id {
-                    // Best effort: a page that cannot be brought home is released below.
-                    let _ = home.push(vpn * PAGE_SIZE, GFP_KERNEL);
-                }
-            });
+            this.lpt
+                .for_each_device_page(0, usize::MAX / PAGE_SIZE + 1, |vpn, page| {
+                    if page.dev == self.dev.id {
+                        // Best effort: a page that cannot be brought home is released below.
+                        let _ = home.push(vpn * PAGE_SIZE, GFP_KERNEL);
+                    }
+                });
             for addr in home {
                 // SAFETY: the mmap lock is held and `mm` has a user.
                 let _ = unsafe { cpu_fault_in(mm.as_raw(), addr) };
@@ -197,7 +198,13 @@ impl DeviceOps for Context {
         };
         // SAFETY: as for `copy_to_host`; `pmap` is this context's page table.
         to_result(unsafe {
-            peer_unmap(self.raw_dev(), self.pmap, va as c_ulong, page.pfn, dst.as_ptr())
+            peer_unmap(
+                self.raw_dev(),
+                self.pmap,
+                va as c_ulong,
+                page.pfn,
+                dst.as_ptr(),
+            )
         })?;
         Stats::inc(&self.dev.stats.migrations_to_host);
         self.free(page);
@@ -292,7 +299,12 @@ fn attach(this: &AddressSpace, dev: Arc<Device>) -> Result<Arc<Context>> {
         Some(alloc) => {
             // SAFETY: `pmap` was just created for this context.
             let r = to_result(unsafe {
-                alloc(dev.as_raw(), pmap, low as c_ulong, (task_size - low) as c_ulong)
+                alloc(
+                    dev.as_raw(),
+                    pmap,
+                    low as c_ulong,
+                    (task_size - low) as c_ulong,
+                )
             });
             va_range = (low, task_size - low);
             r

@@ -239,7 +239,12 @@ pub unsafe extern "C" fn gm_dev_create(
     let node = unsafe { bindings::gm_sysfs_add_node(raw.cast(), c_int::from(id)) };
     // The sysfs figures are informative: a device works without them.
     // SAFETY: `raw` is live (we hold the reference we are about to return).
-    unsafe { (*raw).sysfs.store(from_err_ptr(node).unwrap_or(core::ptr::null_mut()), Ordering::Release) };
+    unsafe {
+        (*raw).sysfs.store(
+            from_err_ptr(node).unwrap_or(core::ptr::null_mut()),
+            Ordering::Release,
+        )
+    };
     raw.cast()
 }
 
@@ -253,7 +258,9 @@ pub unsafe extern "C" fn gm_dev_create(
 #[export]
 pub unsafe extern "C" fn gm_dev_destroy(dev: *mut bindings::gm_dev) {
     // SAFETY: `dev` is live until the reference is dropped below.
-    let node = unsafe { device_ref(dev) }.sysfs.swap(core::ptr::null_mut(), Ordering::AcqRel);
+    let node = unsafe { device_ref(dev) }
+        .sysfs
+        .swap(core::ptr::null_mut(), Ordering::AcqRel);
     if !node.is_null() {
         // SAFETY: `node` came from `gm_sysfs_add_node()`; once this returns no sysfs reader
         // uses the device any more.

@@ -14,7 +14,9 @@
 
 use kernel::{
     alloc::KVec,
-    gpu::buddy::{AllocatedBlocks, GpuBuddy, GpuBuddyAllocFlags, GpuBuddyAllocMode, GpuBuddyParams},
+    gpu::buddy::{
+        AllocatedBlocks, GpuBuddy, GpuBuddyAllocFlags, GpuBuddyAllocMode, GpuBuddyParams,
+    },
     new_spinlock,
     page::PAGE_SIZE,
     prelude::*,
@@ -140,7 +142,11 @@ impl DeviceMemory {
                 let chunk_pages = self.chunk_pages;
                 // Fill partly used chunks first, so that chunks empty out and can go back.
                 let partly = |c: &Chunk| c.free > 0 && c.free < chunk_pages;
-                let slot = match chunks.slots.iter().position(|s| s.as_ref().is_some_and(partly)) {
+                let slot = match chunks
+                    .slots
+                    .iter()
+                    .position(|s| s.as_ref().is_some_and(partly))
+                {
                     Some(i) => Some(i),
                     None => chunks
                         .slots

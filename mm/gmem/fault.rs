@@ -252,7 +252,14 @@ fn unclaim(this: &AddressSpace, vpn: usize, now: Residency) {
 
 /// Records device page `pfn`, now mapped at `va`, as where page `vpn` lives.  `false` if an
 /// invalidation ran since `seq`: the device mapping is removed again and the fault retried.
-fn complete(this: &AddressSpace, ctx: &Context, vpn: usize, va: usize, pfn: u64, seq: c_ulong) -> bool {
+fn complete(
+    this: &AddressSpace,
+    ctx: &Context,
+    vpn: usize,
+    va: usize,
+    pfn: u64,
+    seq: c_ulong,
+) -> bool {
     let page = DevicePage {
         dev: ctx.dev.id,
         pfn,

@@ -132,7 +132,7 @@ void *gm_sysfs_add_node(struct gm_dev *dev, int hnid)
 
 	if (!gm_kobj)
 		return ERR_PTR(-ENODEV);
-	node = kzalloc(sizeof(*node), GFP_KERNEL);
+	node = kzalloc_obj(*node, GFP_KERNEL);
 	if (!node)
 		return ERR_PTR(-ENOMEM);
 	node->dev = dev;

@@ -666,7 +666,12 @@ impl<T: GmMmu> Context<T> {
         // SAFETY: by the type invariant the context is live; `&self` excludes the detach in
         // `drop`.
         to_result(unsafe {
-            bindings::gm_dev_fault_range(self.raw.as_ptr(), start as c_ulong, len as c_ulong, access.0)
+            bindings::gm_dev_fault_range(
+                self.raw.as_ptr(),
+                start as c_ulong,
+                len as c_ulong,
+                access.0,
+            )
         })
     }
 }

@@ -140,7 +140,8 @@ impl MiscDevice for NpuFile {
     fn open(_file: &File, misc: &MiscDeviceRegistration<Self>) -> Result<Pin<KBox<Self>>> {
         // SAFETY: every registration of `NpuFile` is the `misc` field of an `NpuDriverData`,
         // alive while its misc device can be opened.
-        let data = unsafe { &*kernel::container_of!(core::ptr::from_ref(misc), NpuDriverData, misc) };
+        let data =
+            unsafe { &*kernel::container_of!(core::ptr::from_ref(misc), NpuDriverData, misc) };
         KBox::try_pin_init(
             try_pin_init!(NpuFile {
                 npu: data.npu.clone(),
@@ -338,7 +339,11 @@ fn execute(npu: &Npu, ctx: &gmem::Context<NpuMmu>, job: &Job) -> Result<u64> {
             )?,
             GMEM_NPU_OP_ADD32 => mmu.access(
                 pmap,
-                [(at(job.src0), false), (at(job.src1), false), (at(job.dst), true)],
+                [
+                    (at(job.src0), false),
+                    (at(job.src1), false),
+                    (at(job.dst), true),
+                ],
                 |[s0, s1, d]| {
                     mmu.read(s0, &mut a[..seg])?;
                     mmu.read(s1, &mut b[..seg])?;
@@ -390,7 +395,10 @@ kernel::pci_device_table!(
     PCI_TABLE,
     MODULE_PCI_TABLE,
     <NpuDriver as pci::Driver>::IdInfo,
-    [(pci::DeviceId::from_id(pci::Vendor::REDHAT_QUMRANET, 0x1110), ())]
+    [(
+        pci::DeviceId::from_id(pci::Vendor::REDHAT_QUMRANET, 0x1110),
+        ()
+    )]
 );
 
 impl pci::Driver for NpuDriver {
@@ -412,7 +420,7 @@ impl pci::Driver for NpuDriver {
             if size <= mmu::PT_BYTES {
                 return Err(ENODEV);
             }
-            let mmu = NpuMmu::new(bar.into_devres()?, size)?;
+            let mmu = NpuMmu::new(mmu::Dram::Bar(bar.into_devres()?), size)?;
             let faultable = *module_parameters::faultable.value() != 0;
             let caps = if faultable { Caps::FAULT } else { Caps::NONE };
             let gm = gmem::Device::new(mmu.clone(), caps, name)?;

@@ -7,6 +7,7 @@
 //! A page-table entry is a `u64`: bit 0 valid, bit 1 writable, bits 12..52 the DRAM address of
 //! the next-level table or, in the last level, of the data page.
 
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use kernel::{
     bindings,
     devres::Devres,
@@ -19,7 +20,6 @@ use kernel::{
     prelude::*,
     sync::{Arc, SpinLock},
 };
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// DRAM reserved for page tables: 1024 page-table pages.
 pub(crate) const PT_BYTES: u64 = 4 << 20;
@@ -74,10 +74,28 @@ pub(crate) struct Pmap {
     root: u64,
 }
 
+/// Where the NPU's DRAM is.
+pub(crate) enum Dram {
+    /// BAR 2 of the ivshmem device, until the device is unbound.
+    Bar(Devres<pci::Bar<'static>>),
+    /// Host memory standing in for DRAM, for the KUnit tests of the page table.
+    #[cfg(CONFIG_GMEM_KUNIT_TEST)]
+    Ram(Ram),
+}
+
+/// Host memory used as DRAM.
+#[cfg(CONFIG_GMEM_KUNIT_TEST)]
+pub(crate) struct Ram(KVVec<core::cell::UnsafeCell<u8>>);
+
+// SAFETY: like the BAR it stands for, the memory is only accessed through the I/O copy
+// functions, page-table entries under the hardware lock and data pages by their one owner.
+#[cfg(CONFIG_GMEM_KUNIT_TEST)]
+unsafe impl Sync for Ram {}
+
 /// The NPU's MMU and DRAM.
 #[pin_data]
 pub(crate) struct NpuMmu {
-    dram: Devres<pci::Bar<'static>>,
+    dram: Dram,
     pub(crate) dram_size: u64,
     #[pin]
     hw: SpinLock<Hw>,
@@ -94,7 +112,7 @@ pub(crate) enum Translation {
 }
 
 impl NpuMmu {
-    pub(crate) fn new(dram: Devres<pci::Bar<'static>>, dram_size: u64) -> Result<Arc<Self>> {
+    pub(crate) fn new(dram: Dram, dram_size: u64) -> Result<Arc<Self>> {
         let pt_pages = (PT_BYTES / PAGE_SIZE as u64) as usize;
         let mut pt_owner = KVec::with_capacity(pt_pages, GFP_KERNEL)?;
         for _ in 0..pt_pages {
@@ -118,8 +136,14 @@ impl NpuMmu {
 
     /// Runs `f` with the DRAM's kernel mapping; `ENODEV` once the device is unbound.
     fn with_dram<R>(&self, f: impl FnOnce(*mut u8) -> Result<R>) -> Result<R> {
-        let bar = self.dram.try_access().ok_or(ENODEV)?;
-        f(bar.addr() as *mut u8)
+        match &self.dram {
+            Dram::Bar(bar) => {
+                let bar = bar.try_access().ok_or(ENODEV)?;
+                f(bar.addr() as *mut u8)
+            }
+            #[cfg(CONFIG_GMEM_KUNIT_TEST)]
+            Dram::Ram(ram) => f(ram.0.as_ptr().cast_mut().cast()),
+        }
     }
 
     /// The I/O address of DRAM byte `pa`, checked against the DRAM size for `len` bytes.
@@ -187,7 +211,13 @@ impl NpuMmu {
 
     /// Translates `va` for an access through `pmap`: from the TLB, or by walking the page
     /// table (and filling the TLB).  Runs under the hardware lock.
-    fn translate_locked(&self, hw: &mut Hw, pmap: &Pmap, va: usize, write: bool) -> Result<Translation> {
+    fn translate_locked(
+        &self,
+        hw: &mut Hw,
+        pmap: &Pmap,
+        va: usize,
+        write: bool,
+    ) -> Result<Translation> {
         let vpn = va / PAGE_SIZE;
         let offset = (va % PAGE_SIZE) as u64;
         let hit = hw
@@ -319,7 +349,11 @@ impl GmMmu for NpuMmu {
             };
         }
         let write = if prot.writable() { PTE_WRITE } else { 0 };
-        self.write_pte(table, pt_index(va, 0), pfn * PAGE_SIZE as u64 | write | PTE_VALID)
+        self.write_pte(
+            table,
+            pt_index(va, 0),
+            pfn * PAGE_SIZE as u64 | write | PTE_VALID,
+        )
     }
 
     fn pmap_release(&self, pmap: &Pmap, va: usize, len: usize) {
@@ -355,5 +389,137 @@ impl GmMmu for NpuMmu {
         }
         drop(hw);
         self.tlb_invalidations.fetch_add(1, Relaxed);
+    }
+}
+
+#[cfg(CONFIG_GMEM_KUNIT_TEST)]
+#[kunit_tests(gmem_npu_sim_mmu)]
+mod tests {
+    use super::*;
+    use core::cell::UnsafeCell;
+
+    /// Page-table pages plus 16 data pages, in host memory.
+    fn npu() -> Result<Arc<NpuMmu>> {
+        let size = PT_BYTES as usize + 16 * PAGE_SIZE;
+        let mut ram = KVVec::with_capacity(size, GFP_KERNEL)?;
+        for b in &mut ram.spare_capacity_mut()[..size] {
+            b.write(UnsafeCell::new(0xa5));
+        }
+        // SAFETY: the first `size` elements were just initialised.
+        unsafe { ram.inc_len(size) };
+        NpuMmu::new(Dram::Ram(Ram(ram)), size as u64)
+    }
+
+    const DATA: u64 = PT_BYTES / PAGE_SIZE as u64;
+    const VA: usize = 0x7f12_3456_7000;
+
+    fn translate(npu: &NpuMmu, pmap: &Pmap, va: usize, write: bool) -> Option<u64> {
+        match npu.access(pmap, [(va, write)], |[pa]| Ok(pa)) {
+            Ok(Ok(pa)) => Some(pa),
+            _ => None,
+        }
+    }
+
+    fn pt_pages(npu: &NpuMmu) -> usize {
+        npu.hw.lock().pt_owner.iter().filter(|o| **o != 0).count()
+    }
+
+    #[test]
+    fn enter_translate_release() -> Result {
+        let npu = npu()?;
+        let pmap = npu.pmap_create()?;
+        assert_eq!(translate(&npu, &pmap, VA, false), None);
+        npu.pmap_enter(&pmap, VA, DATA + 3, Prot::WRITE)?;
+        let page = (DATA + 3) * PAGE_SIZE as u64;
+        assert_eq!(translate(&npu, &pmap, VA + 0x10, true), Some(page + 0x10));
+        // Root, and one table page for each of the three lower levels.
+        assert_eq!(pt_pages(&npu), 4);
+        npu.pmap_release(&pmap, VA, PAGE_SIZE);
+        // The TLB still holds the translation until it is invalidated: that is why GMEM
+        // invalidates after every release.
+        assert_eq!(translate(&npu, &pmap, VA, false), Some(page));
+        npu.tlb_invl(&pmap, VA, PAGE_SIZE);
+        assert_eq!(translate(&npu, &pmap, VA, false), None);
+        assert_eq!(npu.tlb_invalidations.load(Relaxed), 1);
+        npu.pmap_destroy(pmap);
+        assert_eq!(pt_pages(&npu), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn read_only_mapping_faults_on_write() -> Result {
+        let npu = npu()?;
+        let pmap = npu.pmap_create()?;
+        npu.pmap_enter(&pmap, VA, DATA, Prot::READ)?;
+        assert!(translate(&npu, &pmap, VA, false).is_some());
+        assert_eq!(translate(&npu, &pmap, VA, true), None);
+        // Upgrading the mapping (after an invalidation, as GMEM does) allows the write.
+        npu.pmap_enter(&pmap, VA, DATA, Prot::WRITE)?;
+        npu.tlb_invl(&pmap, VA, PAGE_SIZE);
+        assert!(translate(&npu, &pmap, VA, true).is_some());
+        npu.pmap_destroy(pmap);
+        Ok(())
+    }
+
+    #[test]
+    fn page_tables_are_separate() -> Result {
+        let npu = npu()?;
+        let (a, b) = (npu.pmap_create()?, npu.pmap_create()?);
+        npu.pmap_enter(&a, VA, DATA + 1, Prot::WRITE)?;
+        npu.pmap_enter(&b, VA, DATA + 2, Prot::WRITE)?;
+        let page = |pfn: u64| Some(pfn * PAGE_SIZE as u64);
+        assert_eq!(translate(&npu, &a, VA, false), page(DATA + 1));
+        assert_eq!(translate(&npu, &b, VA, false), page(DATA + 2));
+        npu.tlb_invl(&a, 0, usize::MAX);
+        npu.pmap_destroy(a);
+        assert_eq!(translate(&npu, &b, VA, false), page(DATA + 2));
+        npu.pmap_destroy(b);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_mappings_are_refused() -> Result {
+        let npu = npu()?;
+        let pmap = npu.pmap_create()?;
+        assert_eq!(
+            npu.pmap_enter(&pmap, 1 << VA_BITS, DATA, Prot::READ),
+            Err(EINVAL)
+        );
+        assert_eq!(
+            npu.pmap_enter(&pmap, VA, DATA + 16, Prot::READ),
+            Err(EINVAL)
+        );
+        assert_eq!(
+            npu.peer_va_alloc_fixed(&pmap, 1 << VA_BITS, PAGE_SIZE),
+            Err(ERANGE)
+        );
+        assert_eq!(npu.peer_va_alloc_fixed(&pmap, PAGE_SIZE, 1 << 56), Ok(()));
+        npu.pmap_destroy(pmap);
+        Ok(())
+    }
+
+    #[test]
+    fn pages_copy_in_and_out() -> Result {
+        let npu = npu()?;
+        let host = Page::alloc_page(GFP_KERNEL)?;
+        let pattern = [0x3cu8; 64];
+        for offset in (0..PAGE_SIZE).step_by(pattern.len()) {
+            // SAFETY: `pattern` is valid for reads of its length.
+            unsafe { host.write_raw(pattern.as_ptr(), offset, pattern.len())? };
+        }
+        npu.prepare_page(DATA + 5, Some(&host))?;
+        let mut word = [0u8; 4];
+        npu.read((DATA + 5) * PAGE_SIZE as u64 + 100, &mut word)?;
+        assert_eq!(word, [0x3c; 4]);
+        // Zero-fill, then copy out over the host page.
+        npu.prepare_page(DATA + 5, None)?;
+        npu.copy_to_host(DATA + 5, &host)?;
+        let mut back = [0xffu8; 64];
+        // SAFETY: `back` is valid for writes of its length.
+        unsafe { host.read_raw(back.as_mut_ptr(), PAGE_SIZE - 64, 64)? };
+        assert_eq!(back, [0u8; 64]);
+        // Outside the DRAM.
+        assert_eq!(npu.prepare_page(DATA + 16, None), Err(EFAULT));
+        Ok(())
     }
 }
