@@ -11,6 +11,7 @@
 //! VMA that is not peer-shared, the one at the lower address decides the
 //! error (`ENOMEM` or `EINVAL`).
 
+use crate::address_space::{cpu_fault_in, AddressSpace};
 use kernel::{
     bindings, current,
     ffi::{c_int, c_long},
@@ -111,10 +112,29 @@ impl Request {
             Ok(())
         })?;
         match self.advice {
-            // No device can hold a page yet: every page of a peer-shared
-            // range is in host memory, which is where a prefetch to a host
-            // node leaves it.
-            Advice::Prefetch => Ok(()),
+            // To a host node: device-resident pages are faulted back into
+            // the CPU page table, which copies them home.  Host pages stay
+            // where they are (host nodes are one tier here).
+            Advice::Prefetch => {
+                // SAFETY: `mm` has a user and its mmap lock is held.
+                let Some(this) = (unsafe { AddressSpace::of(mm.as_raw()) }) else {
+                    return Ok(());
+                };
+                let mut home = KVec::new();
+                let (first, last) = (self.start / PAGE_SIZE, self.end / PAGE_SIZE);
+                let mut pushed = Ok(());
+                this.lpt.for_each_device_page(first, last, |vpn, _| {
+                    if pushed.is_ok() {
+                        pushed = home.push(vpn * PAGE_SIZE, GFP_KERNEL).map_err(Error::from);
+                    }
+                });
+                pushed?;
+                for addr in home {
+                    // SAFETY: as above.
+                    unsafe { cpu_fault_in(mm.as_raw(), addr) }?;
+                }
+                Ok(())
+            }
             // Host memory is dropped like madvise(MADV_DONTNEED) does it,
             // under the mmap read lock; the next access reads zeros.  Host
             // nodes are one tier here: a host hnid drops every host page.

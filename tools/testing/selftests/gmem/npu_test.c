@@ -568,6 +568,36 @@ TEST_F(npu, munmap_while_on_npu)
 	expect_resident(_metadata, self->fd, self->start);
 }
 
+/*
+ * hmadvise(MADV_PREFETCH) to host node 0 brings the NPU's pages home before
+ * it returns: the CPU then reads them without a migration in the fault path.
+ */
+TEST_F(npu, prefetch_to_host_brings_pages_home)
+{
+	long long n = self->npages;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	void *p;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	ASSERT_EQ(0, npu_fill(self->fd[0], p, self->len, 0x5a5a5a5a));
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, hmadvise(0, (unsigned long)p, self->len, MADV_PREFETCH));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(n, d.to_host);
+	ASSERT_EQ(-n, d.resident);
+	/* Already home: reading moves nothing, and a second prefetch neither. */
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(-1, check_words(p, self->len, 0, 0x5a5a5a5a));
+	ASSERT_EQ(0, hmadvise(0, (unsigned long)p, self->len, MADV_PREFETCH));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(0, d.to_host);
+	ASSERT_EQ(0, munmap(p, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
 /* munmap of the middle of a range on the NPU: exactly those pages go. */
 TEST_F(npu, partial_munmap_while_on_npu)
 {
