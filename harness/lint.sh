@@ -6,7 +6,7 @@
 #     new C files (kernel style), no error or warning but those justified in
 #     harness/lint-allow.txt;
 #   - rustfmt (the tree's .rustfmt.toml) on the GMEM Rust files;
-#   - clippy on the GMEM crate (make CLIPPY=1), no warning;
+#   - clippy on the GMEM crate and the NPU sample (make CLIPPY=1), no warning;
 #   - a `// SAFETY:` comment right above every `unsafe` block.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -68,12 +68,14 @@ done | while IFS= read -r line; do echo "lint: $line"; done | tee /tmp/gmem-lint
 [ -s /tmp/gmem-lint-safety.$$ ] && fail=1
 rm -f /tmp/gmem-lint-safety.$$
 
-# clippy: rebuild the GMEM crate with CLIPPY=1 (touching its root forces it).
-touch "$GMEM_SRC/mm/gmem/gmem.rs"
-clippy=$(make -s -C "$GMEM_SRC" O="$GMEM_OBJ" "${GMEM_MAKE_ARGS[@]}" CLIPPY=1 mm/gmem/ 2>&1 |
-	grep -E '^(warning|error)' || true)
-[ -z "$clippy" ] || report "clippy: $clippy"
-echo "lint: clippy: mm/gmem"
+# clippy: rebuild the GMEM crates with CLIPPY=1 (touching a root forces it).
+for crate in mm/gmem/gmem.rs samples/rust/gmem_npu_sim/gmem_npu_sim.rs; do
+	touch "$GMEM_SRC/$crate"
+	clippy=$(make -s -C "$GMEM_SRC" O="$GMEM_OBJ" "${GMEM_MAKE_ARGS[@]}" CLIPPY=1 \
+		"${crate%/*}/" 2>&1 | grep -E '^(warning|error)' -A4 || true)
+	[ -z "$clippy" ] || report "clippy: $clippy"
+	echo "lint: clippy: ${crate%/*}"
+done
 
 if [ "$fail" = 0 ]; then
 	echo "lint: clean"

@@ -257,7 +257,7 @@ pub unsafe extern "C" fn gm_as_create() -> *mut bindings::gm_as {
     }
     // SAFETY: current keeps its mm alive.
     match unsafe { AddressSpace::of(mm) } {
-        Some(this) => (this as *const AddressSpace).cast_mut().cast(),
+        Some(this) => core::ptr::from_ref(this).cast_mut().cast(),
         None => ENOMEM.to_ptr(),
     }
 }
@@ -291,9 +291,9 @@ fn attach(this: &AddressSpace, dev: Arc<Device>) -> Result<Arc<Context>> {
     to_result(unsafe { create(dev.as_raw(), &mut pmap) })?;
     // The whole user address range of the process: any of it may become peer-shared.
     // SAFETY: `mm` is the live mm of current (the caller's safety requirement).
-    let task_size = unsafe { (*this.mm()).__bindgen_anon_1.task_size } as usize;
+    let task_size = unsafe { (*this.mm()).__bindgen_anon_1.task_size };
     // SAFETY: reading a sysctl value.
-    let low = (unsafe { bindings::mmap_min_addr } as usize).max(PAGE_SIZE);
+    let low = unsafe { bindings::mmap_min_addr }.max(PAGE_SIZE);
     let mut va_range = (0, 0);
     let reserved = match mmu.peer_va_alloc_fixed {
         Some(alloc) => {
@@ -374,7 +374,7 @@ pub unsafe extern "C" fn gm_dev_fault_range(
 ) -> c_int {
     // SAFETY: `ctx` is live by the safety requirements.
     let ctx = unsafe { &*ctx.cast_const().cast::<Context>() };
-    match dev_fault(ctx, start as usize, len as usize, access) {
+    match dev_fault(ctx, start, len, access) {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
     }

@@ -93,7 +93,7 @@ impl Device {
 
     /// `self` as the C handle the driver holds.
     pub(crate) fn as_raw(&self) -> *mut bindings::gm_dev {
-        (self as *const Self).cast_mut().cast()
+        core::ptr::from_ref(self).cast_mut().cast()
     }
 
     /// The device's memory, once registered.

@@ -278,6 +278,10 @@ impl<T: GmMmu> MmuVtable<T> {
         }
     }
 
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn peer_va_alloc_fixed(
         dev: *mut bindings::gm_dev,
         pmap: *mut c_void,
@@ -286,9 +290,13 @@ impl<T: GmMmu> MmuVtable<T> {
     ) -> c_int {
         // SAFETY: GMEM passes a live device and page table of this vtable.
         let (data, pmap) = unsafe { (Self::data(dev), Self::pmap(pmap)) };
-        Self::ret(data.peer_va_alloc_fixed(pmap, va as usize, len as usize))
+        Self::ret(data.peer_va_alloc_fixed(pmap, va, len))
     }
 
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn peer_va_free(
         dev: *mut bindings::gm_dev,
         pmap: *mut c_void,
@@ -297,9 +305,13 @@ impl<T: GmMmu> MmuVtable<T> {
     ) {
         // SAFETY: GMEM passes a live device and page table of this vtable.
         let (data, pmap) = unsafe { (Self::data(dev), Self::pmap(pmap)) };
-        data.peer_va_free(pmap, va as usize, len as usize);
+        data.peer_va_free(pmap, va, len);
     }
 
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn alloc_page(dev: *mut bindings::gm_dev, pfn: *mut u64) -> c_int {
         // SAFETY: GMEM passes a live device of this vtable.
         match unsafe { Self::data(dev) }.alloc_page() {
@@ -312,11 +324,19 @@ impl<T: GmMmu> MmuVtable<T> {
         }
     }
 
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn free_page(dev: *mut bindings::gm_dev, pfn: u64) {
         // SAFETY: GMEM passes a live device of this vtable.
         unsafe { Self::data(dev) }.free_page(pfn);
     }
 
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn prepare_page(
         dev: *mut bindings::gm_dev,
         pfn: u64,
@@ -327,6 +347,10 @@ impl<T: GmMmu> MmuVtable<T> {
         Self::ret(data.prepare_page(pfn, src.as_deref()))
     }
 
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn copy_to_host(
         dev: *mut bindings::gm_dev,
         pfn: u64,
@@ -340,6 +364,10 @@ impl<T: GmMmu> MmuVtable<T> {
         }
     }
 
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn pmap_create(dev: *mut bindings::gm_dev, pmap: *mut *mut c_void) -> c_int {
         // SAFETY: GMEM passes a live device of this vtable.
         let data = unsafe { Self::data(dev) };
@@ -356,12 +384,20 @@ impl<T: GmMmu> MmuVtable<T> {
         }
     }
 
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn pmap_destroy(dev: *mut bindings::gm_dev, pmap: *mut c_void) {
         // SAFETY: GMEM destroys each page table of this vtable once, after its last use.
         let (data, pmap) = unsafe { (Self::data(dev), KBox::<T::Pmap>::from_foreign(pmap)) };
         data.pmap_destroy(KBox::into_inner(pmap));
     }
 
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn pmap_enter(
         dev: *mut bindings::gm_dev,
         pmap: *mut c_void,
@@ -371,9 +407,13 @@ impl<T: GmMmu> MmuVtable<T> {
     ) -> c_int {
         // SAFETY: GMEM passes a live device and page table of this vtable.
         let (data, pmap) = unsafe { (Self::data(dev), Self::pmap(pmap)) };
-        Self::ret(data.pmap_enter(pmap, va as usize, pfn, Prot(prot)))
+        Self::ret(data.pmap_enter(pmap, va, pfn, Prot(prot)))
     }
 
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn pmap_release(
         dev: *mut bindings::gm_dev,
         pmap: *mut c_void,
@@ -382,9 +422,13 @@ impl<T: GmMmu> MmuVtable<T> {
     ) {
         // SAFETY: GMEM passes a live device and page table of this vtable.
         let (data, pmap) = unsafe { (Self::data(dev), Self::pmap(pmap)) };
-        data.pmap_release(pmap, va as usize, len as usize);
+        data.pmap_release(pmap, va, len);
     }
 
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn pmap_protect(
         dev: *mut bindings::gm_dev,
         pmap: *mut c_void,
@@ -394,9 +438,13 @@ impl<T: GmMmu> MmuVtable<T> {
     ) -> c_int {
         // SAFETY: GMEM passes a live device and page table of this vtable.
         let (data, pmap) = unsafe { (Self::data(dev), Self::pmap(pmap)) };
-        Self::ret(data.pmap_protect(pmap, va as usize, len as usize, Prot(prot)))
+        Self::ret(data.pmap_protect(pmap, va, len, Prot(prot)))
     }
 
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn tlb_invl(
         dev: *mut bindings::gm_dev,
         pmap: *mut c_void,
@@ -405,9 +453,13 @@ impl<T: GmMmu> MmuVtable<T> {
     ) {
         // SAFETY: GMEM passes a live device and page table of this vtable.
         let (data, pmap) = unsafe { (Self::data(dev), Self::pmap(pmap)) };
-        data.tlb_invl(pmap, va as usize, len as usize);
+        data.tlb_invl(pmap, va, len);
     }
 
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn tlb_invl_coalesced(
         dev: *mut bindings::gm_dev,
         pmap: *mut c_void,
@@ -425,6 +477,10 @@ impl<T: GmMmu> MmuVtable<T> {
         data.tlb_invl_coalesced(pmap, ranges);
     }
 
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn peer_map(
         dev: *mut bindings::gm_dev,
         pmap: *mut c_void,
@@ -435,9 +491,13 @@ impl<T: GmMmu> MmuVtable<T> {
     ) -> c_int {
         // SAFETY: GMEM passes a live device, page table and page (or NULL).
         let (data, pmap, src) = unsafe { (Self::data(dev), Self::pmap(pmap), Self::page(src)) };
-        Self::ret(data.peer_map(pmap, va as usize, pfn, src.as_deref(), Prot(prot)))
+        Self::ret(data.peer_map(pmap, va, pfn, src.as_deref(), Prot(prot)))
     }
 
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn peer_unmap(
         dev: *mut bindings::gm_dev,
         pmap: *mut c_void,
@@ -447,9 +507,13 @@ impl<T: GmMmu> MmuVtable<T> {
     ) -> c_int {
         // SAFETY: GMEM passes a live device, page table and page (or NULL).
         let (data, pmap, dst) = unsafe { (Self::data(dev), Self::pmap(pmap), Self::page(dst)) };
-        Self::ret(data.peer_unmap(pmap, va as usize, pfn, dst.as_deref()))
+        Self::ret(data.peer_unmap(pmap, va, pfn, dst.as_deref()))
     }
 
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn release(dev: *mut bindings::gm_dev) {
         // SAFETY: the private data is `Arc::into_raw` of an `Arc<T>`; this is its last use.
         drop(unsafe { Arc::from_raw(bindings::gm_dev_priv(dev).cast::<T>()) });

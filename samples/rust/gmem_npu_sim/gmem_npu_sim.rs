@@ -138,10 +138,10 @@ impl MiscDevice for NpuFile {
     type Ptr = Pin<KBox<Self>>;
 
     fn open(_file: &File, misc: &MiscDeviceRegistration<Self>) -> Result<Pin<KBox<Self>>> {
+        let misc = core::ptr::from_ref(misc);
         // SAFETY: every registration of `NpuFile` is the `misc` field of an `NpuDriverData`,
         // alive while its misc device can be opened.
-        let data =
-            unsafe { &*kernel::container_of!(core::ptr::from_ref(misc), NpuDriverData, misc) };
+        let data = unsafe { &*kernel::container_of!(misc, NpuDriverData, misc) };
         KBox::try_pin_init(
             try_pin_init!(NpuFile {
                 npu: data.npu.clone(),

@@ -352,7 +352,7 @@ impl GmMmu for NpuMmu {
         self.write_pte(
             table,
             pt_index(va, 0),
-            pfn * PAGE_SIZE as u64 | write | PTE_VALID,
+            (pfn * PAGE_SIZE as u64) | write | PTE_VALID,
         )
     }
 
