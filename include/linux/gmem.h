@@ -151,6 +151,7 @@ struct gm_mmu {
  * @evictions: pages moved out to make room
  * @resident_pages: device pages in use now
  * @dram_pages: device pages GMEM manages
+ * @limit_pages: how many of them GMEM may use (sysfs limit)
  */
 struct gm_dev_stats {
 	u64 faults;
@@ -160,6 +161,7 @@ struct gm_dev_stats {
 	u64 evictions;
 	u64 resident_pages;
 	u64 dram_pages;
+	u64 limit_pages;
 };
 
 #ifdef CONFIG_GMEM
@@ -173,6 +175,7 @@ int gm_dev_hnid(const struct gm_dev *dev);
 void gm_dev_get_stats(const struct gm_dev *dev, struct gm_dev_stats *stats);
 const char *gm_dev_name(const struct gm_dev *dev);
 unsigned int gm_dev_caps(const struct gm_dev *dev);
+int gm_dev_set_limit(struct gm_dev *dev, u64 bytes);
 struct gm_as *gm_as_create(void);
 struct gm_context *gm_as_attach(struct gm_as *as, struct gm_dev *dev);
 void gm_context_detach(struct gm_context *ctx);

@@ -28,7 +28,7 @@
 use crate::{
     device::DeviceList,
     fault::{cpu_fault_begin, cpu_fault_end, Begin},
-    lpt::{LogicalPageTable, MappingBox, Residency},
+    lpt::{LogicalPageTable, MappingBox, ParkedPage, Residency},
 };
 use core::{
     fmt,
@@ -70,6 +70,8 @@ pub(crate) struct AddressSpace {
     /// Created by fork: pages the logical page table does not know may be host pages that the
     /// parent touched.
     inherited: bool,
+    /// Moves under way that do not hold the mm (evictions); drop waits for them.
+    moving: AtomicUsize,
 }
 
 // SAFETY: `mm` is only an identity and is dereferenced only by paths of that mm, which keep it
@@ -95,6 +97,7 @@ impl AddressSpace {
                 registered: AtomicBool::new(false),
                 mm,
                 inherited,
+                moving: AtomicUsize::new(0),
             }),
             GFP_KERNEL_ACCOUNT,
         )?;
@@ -182,6 +185,41 @@ impl AddressSpace {
         self.mm
     }
 
+    /// Claims page `vpn` for a move by a path that holds neither the mm nor the address space
+    /// (eviction), if it is `expect` and not busy: the entry becomes busy and nowhere, and the
+    /// address space stays until [`AddressSpace::move_done`].
+    pub(crate) fn begin_move(&self, vpn: usize, expect: Residency) -> bool {
+        let mut guard = self.lpt.lock();
+        match guard.get_mut(vpn) {
+            Some(m) if !m.busy() && m.residency() == expect => {
+                m.set_busy(true);
+                m.set(Residency::Nowhere);
+                self.moving.fetch_add(1, Ordering::AcqRel);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records where a page claimed by [`AddressSpace::begin_move`] lives now.  `false` if its
+    /// entry was dropped meanwhile: then the caller still owns `now`.
+    pub(crate) fn end_move(&self, vpn: usize, now: Residency) -> bool {
+        let mut guard = self.lpt.lock();
+        match guard.get_mut(vpn) {
+            Some(m) if m.busy() => {
+                m.set(now);
+                m.set_busy(false);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends a move from [`AddressSpace::begin_move`]; the caller does not use `self` again.
+    pub(crate) fn move_done(&self) {
+        self.moving.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// Whether the address space was created by fork (see the field).
     pub(crate) fn inherited(&self) -> bool {
         self.inherited
@@ -203,14 +241,19 @@ impl AddressSpace {
         unsafe { core::ptr::read_volatile(&raw const (*self.notifier.get()).invalidate_seq) != seq }
     }
 
-    /// Gives every device page in `start..end` (addresses) back to its device and drops the
-    /// entries `select` picks.
+    /// Drops the entries in `start..end` (addresses) that `select` picks: device pages go back
+    /// to their device, parked pages are freed.
     fn drop_range(&self, start: usize, end: usize, select: impl FnMut(Residency) -> bool) {
         self.lpt.erase_range(
             start / PAGE_SIZE,
             end.div_ceil(PAGE_SIZE),
             select,
-            |vpn, page| self.devices.release(vpn * PAGE_SIZE, page),
+            |vpn, r| match r {
+                Residency::Device(page) => self.devices.release(vpn * PAGE_SIZE, page),
+                // SAFETY: the entry that owned the parked page is gone; we own it now.
+                Residency::Parked(raw) => drop(unsafe { ParkedPage::from_raw(raw) }),
+                _ => {}
+            },
         );
     }
 
@@ -237,6 +280,11 @@ impl PinnedDrop for AddressSpace {
         // Exit already dropped everything through MMU_NOTIFY_RELEASE; this catches an address
         // space that never saw its mm's exit (a fork that failed half-way).
         self.drop_range(0, usize::MAX, |_| true);
+        // An eviction that claimed one of our pages finishes (finding its entry gone) before
+        // the address space may go.
+        while self.moving.load(Ordering::Acquire) != 0 {
+            kernel::time::delay::fsleep(kernel::time::Delta::from_micros(10));
+        }
         // Contexts outlive their address space when their driver still holds them.
         for device in self.devices.take_all() {
             device.address_space_gone();
@@ -303,9 +351,9 @@ unsafe extern "C" fn invalidate(
     match range.event {
         bindings::mmu_notifier_event_MMU_NOTIFY_UNMAP
         | bindings::mmu_notifier_event_MMU_NOTIFY_RELEASE => this.drop_range(start, end, |_| true),
-        bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR => {
-            this.drop_range(start, end, |r| matches!(r, Residency::Device(_)))
-        }
+        bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR => this.drop_range(start, end, |r| {
+            matches!(r, Residency::Device(_) | Residency::Parked(_))
+        }),
         bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_VMA
         | bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_PAGE => this.lpt.for_each_device_page(
             start / PAGE_SIZE,
@@ -402,7 +450,7 @@ pub unsafe extern "C" fn gm_as_fork(
     let mut result = Ok(());
     parent
         .lpt
-        .for_each_device_page(0, usize::MAX / PAGE_SIZE + 1, |vpn, _| {
+        .for_each_away_page(0, usize::MAX / PAGE_SIZE + 1, |vpn| {
             if result.is_err() {
                 return;
             }

@@ -158,9 +158,11 @@ impl Context {
             0,
             usize::MAX / PAGE_SIZE + 1,
             |r| matches!(r, Residency::Device(p) if p.dev == id),
-            |vpn, page| {
-                self.unmap(vpn * PAGE_SIZE, page);
-                self.free(page);
+            |vpn, r| {
+                if let Residency::Device(page) = r {
+                    self.unmap(vpn * PAGE_SIZE, page);
+                    self.free(page);
+                }
             },
         );
         this.devices.detach(id);
@@ -213,6 +215,10 @@ impl DeviceOps for Context {
 
     fn address_space_gone(&self) {
         *self.attached.lock() = None;
+    }
+
+    fn prefetch(&self, start: usize, end: usize) -> Result {
+        dev_fault(self, start, end - start, bindings::GM_ACCESS_READ)
     }
 }
 

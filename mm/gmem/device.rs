@@ -28,7 +28,7 @@ use kernel::{
     error::from_err_ptr,
     ffi::{c_char, c_int, c_uint, c_void},
     new_spinlock,
-    page::Page,
+    page::{Page, PAGE_SIZE},
     prelude::*,
     str::{CStr, CString},
     sync::{Arc, SetOnce, SpinLock},
@@ -41,6 +41,17 @@ static HNIDS: AtomicU64 = AtomicU64::new(0);
 fn first_hnid() -> u32 {
     // SAFETY: `nr_node_ids` is set during early boot and never changes afterwards.
     unsafe { bindings::nr_node_ids }
+}
+
+/// Whether `hnid` is the node id of a registered device.
+pub(crate) fn hnid_registered(hnid: c_int) -> bool {
+    let Some(bit) = u32::try_from(hnid)
+        .ok()
+        .and_then(|n| n.checked_sub(first_hnid()))
+    else {
+        return false;
+    };
+    bit < 64 && HNIDS.load(Ordering::Acquire) & (1 << bit) != 0
 }
 
 /// Counters of what GMEM did with a device's memory (see `struct gm_dev_stats`).
@@ -110,7 +121,18 @@ impl Device {
                 kernel::error::to_result(unsafe { alloc(self.as_raw(), &mut pfn) })?;
                 pfn
             }
-            None => self.memory().ok_or(ENOMEM)?.alloc()?,
+            None => {
+                let memory = self.memory().ok_or(ENOMEM)?;
+                loop {
+                    match memory.alloc() {
+                        Err(e) if e == ENOMEM => {
+                            // Full: make room, a reserve for the faults that follow too.
+                            crate::evict::evict(self, crate::evict::EVICT_BATCH)?;
+                        }
+                        r => break r?,
+                    }
+                }
+            }
         };
         Stats::inc(&self.stats.resident);
         Ok(pfn)
@@ -326,6 +348,24 @@ pub unsafe extern "C" fn gm_dev_name(dev: *const bindings::gm_dev) -> *const c_c
     unsafe { device_ref(dev) }.name.as_char_ptr()
 }
 
+/// Sets how many bytes of its memory the device may use (sysfs `limit`); more than it has
+/// means all of it.  Pages above a lowered limit are evicted as the device allocates.
+///
+/// # Safety
+///
+/// `dev` is a live device handle.
+#[export]
+pub unsafe extern "C" fn gm_dev_set_limit(dev: *mut bindings::gm_dev, bytes: u64) -> c_int {
+    // SAFETY: `dev` is live by the safety requirements.
+    match unsafe { device_ref(dev) }.memory() {
+        Some(memory) => {
+            memory.set_limit(bytes / PAGE_SIZE as u64);
+            0
+        }
+        None => ENODEV.to_errno(),
+    }
+}
+
 /// The device's capabilities (`GM_DEV_CAP_*`).
 ///
 /// # Safety
@@ -359,6 +399,7 @@ pub unsafe extern "C" fn gm_dev_get_stats(
         evictions: get(&s.evictions),
         resident_pages: get(&s.resident),
         dram_pages: dev.memory().map_or(0, |m| m.usage().pages),
+        limit_pages: dev.memory().map_or(0, |m| m.limit()),
     };
     // SAFETY: `stats` is writable by the safety requirements.
     unsafe { stats.write(out) };
@@ -394,6 +435,12 @@ pub(crate) trait DeviceOps: Send + Sync {
     /// The address space the device is attached to is going away (its process exited); every
     /// page of the device in it was released already.
     fn address_space_gone(&self) {}
+
+    /// Makes `start..end` resident on the device (`hmadvise(MADV_PREFETCH)`).  Called without
+    /// the mmap lock.
+    fn prefetch(&self, _start: usize, _end: usize) -> Result {
+        Err(EINVAL)
+    }
 }
 
 /// The devices attached to one address space.

@@ -10,10 +10,13 @@
 //! bit under a spinlock; chunks that became empty go back to the buddy allocator from the
 //! allocation path, which may sleep.
 //!
-//! The per-page cost is one bit; nothing like a `struct page` exists for device memory.
+//! Each page also has a 16-byte [`Owner`]: the address space and page that hold it (the
+//! reverse map eviction needs) and a referenced bit for the clock that picks what to evict.
+//! Nothing like a `struct page` exists for device memory.
 
+use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{
-    alloc::KVec,
+    alloc::{KVVec, KVec},
     gpu::buddy::{
         AllocatedBlocks, GpuBuddy, GpuBuddyAllocFlags, GpuBuddyAllocMode, GpuBuddyParams,
     },
@@ -83,6 +86,8 @@ pub(crate) struct DeviceMemory {
     base_pfn: u64,
     pages: u64,
     chunk_pages: usize,
+    /// At most this many pages are used (an administrator may lower it).
+    limit: AtomicU64,
     #[pin]
     chunks: SpinLock<Chunks>,
 }
@@ -90,6 +95,32 @@ pub(crate) struct DeviceMemory {
 struct Chunks {
     slots: KVec<Option<Chunk>>,
     used: u64,
+    /// One per page: who holds it.
+    owners: KVVec<Owner>,
+    /// The eviction clock's hand (a page index).
+    hand: usize,
+}
+
+/// Set in [`Owner::flags`] when the page was mapped since the clock last passed.
+const REFERENCED: u64 = 1 << 63;
+/// Set while the page is being evicted.
+const EVICTING: u64 = 1 << 62;
+const VPN_MASK: u64 = EVICTING - 1;
+
+/// The reverse map of one device page.
+#[derive(Clone, Copy, Default)]
+struct Owner {
+    /// The address space holding the page (as an address), 0 if none does.
+    space: usize,
+    /// The virtual page number, and `REFERENCED` / `EVICTING`.
+    flags: u64,
+}
+
+/// A page the eviction clock picked: its owner and where the owner maps it.
+pub(crate) struct Victim {
+    pub(crate) space: usize,
+    pub(crate) vpn: usize,
+    pub(crate) pfn: u64,
 }
 
 impl DeviceMemory {
@@ -120,6 +151,8 @@ impl DeviceMemory {
         for _ in 0..nr_chunks {
             slots.push(None, GFP_KERNEL)?;
         }
+        let owners = KVVec::from_elem(Owner::default(), pages as usize, GFP_KERNEL)?;
+        let limit = AtomicU64::new(pages);
         KBox::pin_init(
             // INVARIANT: one empty slot per chunk; the buddy allocator gave nothing out yet.
             pin_init!(Self {
@@ -127,7 +160,11 @@ impl DeviceMemory {
                 base_pfn: base / page,
                 pages,
                 chunk_pages,
-                chunks <- new_spinlock!(Chunks { slots, used: 0 }, "gmem_device_memory"),
+                limit,
+                chunks <- new_spinlock!(
+                    Chunks { slots, used: 0, owners, hand: 0 },
+                    "gmem_device_memory"
+                ),
             }),
             GFP_KERNEL,
         )
@@ -139,6 +176,9 @@ impl DeviceMemory {
             let mut empty = KVec::new();
             {
                 let mut chunks = self.chunks.lock();
+                if chunks.used >= self.limit.load(Ordering::Relaxed) {
+                    return Err(ENOMEM);
+                }
                 let chunk_pages = self.chunk_pages;
                 // Fill partly used chunks first, so that chunks empty out and can go back.
                 let partly = |c: &Chunk| c.free > 0 && c.free < chunk_pages;
@@ -219,11 +259,7 @@ impl DeviceMemory {
 
     /// Frees a device page.  Never sleeps: called from MMU notifier callbacks.
     pub(crate) fn free(&self, pfn: u64) {
-        let Some(index) = pfn
-            .checked_sub(self.base_pfn)
-            .filter(|&i| i < self.pages)
-            .map(|i| i as usize)
-        else {
+        let Some(index) = self.index(pfn) else {
             kernel::warn_on!(true);
             return;
         };
@@ -246,6 +282,79 @@ impl DeviceMemory {
         // INVARIANT: one set bit was cleared.
         chunk.free += 1;
         chunks.used -= 1;
+        chunks.owners[index] = Owner::default();
+    }
+
+    /// The page index of `pfn`, if it is one of ours.
+    fn index(&self, pfn: u64) -> Option<usize> {
+        pfn.checked_sub(self.base_pfn)
+            .filter(|&i| i < self.pages)
+            .map(|i| i as usize)
+    }
+
+    /// Records that address space `space` maps page `pfn` at `vpn`.
+    pub(crate) fn set_owner(&self, pfn: u64, space: usize, vpn: usize) {
+        if let Some(i) = self.index(pfn) {
+            self.chunks.lock().owners[i] = Owner {
+                space,
+                flags: (vpn as u64 & VPN_MASK) | REFERENCED,
+            };
+        }
+    }
+
+    /// Marks page `pfn` as used again (mapped by its device).
+    pub(crate) fn touch(&self, pfn: u64) {
+        if let Some(i) = self.index(pfn) {
+            self.chunks.lock().owners[i].flags |= REFERENCED;
+        }
+    }
+
+    /// Picks a page to evict with a clock: a page mapped since the hand last passed it gets a
+    /// second chance.  `claim(victim)` runs under the lock and takes the page from its owner
+    /// (false if it cannot: the page is moving).  `None` if no page could be claimed in two
+    /// turns of the clock.
+    pub(crate) fn pick_victim(&self, mut claim: impl FnMut(&Victim) -> bool) -> Option<Victim> {
+        let mut chunks = self.chunks.lock();
+        let pages = chunks.owners.len();
+        for _ in 0..2 * pages {
+            let i = chunks.hand;
+            chunks.hand = (i + 1) % pages;
+            let owner = &mut chunks.owners[i];
+            if owner.space == 0 || owner.flags & EVICTING != 0 {
+                continue;
+            }
+            if owner.flags & REFERENCED != 0 {
+                owner.flags &= !REFERENCED;
+                continue;
+            }
+            let victim = Victim {
+                space: owner.space,
+                vpn: (owner.flags & VPN_MASK) as usize,
+                pfn: self.base_pfn + i as u64,
+            };
+            if claim(&victim) {
+                owner.flags |= EVICTING;
+                return Some(victim);
+            }
+        }
+        None
+    }
+
+    /// Gives up the eviction of page `pfn` (it stays where it is).
+    pub(crate) fn unpick(&self, pfn: u64) {
+        if let Some(i) = self.index(pfn) {
+            self.chunks.lock().owners[i].flags &= !EVICTING;
+        }
+    }
+
+    /// Lowers (or raises, up to the memory's size) how many pages may be used.
+    pub(crate) fn set_limit(&self, pages: u64) {
+        self.limit.store(pages.min(self.pages), Ordering::Relaxed);
+    }
+
+    /// The page limit.
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
     }
 
     /// How much memory there is and how much is in use.
@@ -323,6 +432,53 @@ mod tests {
         assert_eq!(mem.buddy_avail(), 4 * MIB);
         assert_eq!(mem.usage().used, (per_chunk + 2) as u64);
         mem.free(again);
+        Ok(())
+    }
+
+    #[test]
+    fn limit_refuses_allocations() -> Result {
+        let mem = DeviceMemory::new(0, 4 * MIB)?;
+        mem.set_limit(2);
+        let a = mem.alloc()?;
+        let b = mem.alloc()?;
+        assert_eq!(mem.alloc(), Err(ENOMEM));
+        mem.free(a);
+        let c = mem.alloc()?;
+        mem.set_limit(u64::MAX);
+        assert_eq!(mem.limit(), mem.usage().pages);
+        mem.free(b);
+        mem.free(c);
+        Ok(())
+    }
+
+    #[test]
+    fn clock_gives_referenced_pages_a_second_chance() -> Result {
+        let mem = DeviceMemory::new(0, 4 * MIB)?;
+        let pfns = [mem.alloc()?, mem.alloc()?, mem.alloc()?];
+        for (vpn, pfn) in pfns.iter().enumerate() {
+            mem.set_owner(*pfn, 0x1000, 100 + vpn);
+        }
+        // Every page was just mapped: the first turn clears the bits, then the first page in
+        // clock order goes; an unowned (free) page is never picked.
+        let first = mem.pick_victim(|_| true).ok_or(EINVAL)?;
+        assert_eq!(first.space, 0x1000);
+        // A page being evicted is not picked again; touching a page protects it for a turn.
+        mem.touch(pfns[1]);
+        mem.touch(pfns[2]);
+        let second = mem.pick_victim(|v| v.pfn != first.pfn).ok_or(EINVAL)?;
+        assert!(second.pfn != first.pfn);
+        // A claim that fails leaves the page alone.
+        let mut asked = 0;
+        let none = mem.pick_victim(|_| {
+            asked += 1;
+            false
+        });
+        assert!(none.is_none() && asked > 0);
+        // Freed pages leave the reverse map.
+        for pfn in pfns {
+            mem.free(pfn);
+        }
+        assert!(mem.pick_victim(|_| true).is_none());
         Ok(())
     }
 

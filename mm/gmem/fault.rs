@@ -37,7 +37,7 @@ use crate::{
     address_space::AddressSpace,
     context::Context,
     device::{DeviceList, Stats},
-    lpt::{DevicePage, GmMapping, LogicalPageTable, Residency},
+    lpt::{DevicePage, GmMapping, LogicalPageTable, ParkedPage, Residency},
 };
 use core::ptr::NonNull;
 use kernel::{
@@ -82,6 +82,14 @@ pub(crate) fn cpu_fault_begin(
                             m.set(Residency::Nowhere);
                             Some(page)
                         }
+                        Residency::Parked(raw) => {
+                            m.set(Residency::Nowhere);
+                            drop(guard);
+                            // SAFETY: the entry gave up the parked page; it is ours.
+                            let parked = unsafe { ParkedPage::from_raw(raw) };
+                            copy_page(&parked.page(), dst)?;
+                            return Ok(Begin::Proceed);
+                        }
                         _ => None,
                     }
                 }
@@ -119,6 +127,20 @@ pub(crate) fn cpu_fault_begin(
             }
         };
     }
+}
+
+/// Copies host page `src` into host page `dst`.
+pub(crate) fn copy_page(src: &Page, dst: &Page) -> Result {
+    let mut buf = [0u8; 256];
+    for offset in (0..PAGE_SIZE).step_by(buf.len()) {
+        // SAFETY: `buf` is valid for writes and reads of its length; the offsets are within
+        // the pages.
+        unsafe {
+            src.read_raw(buf.as_mut_ptr(), offset, buf.len())?;
+            dst.write_raw(buf.as_ptr(), offset, buf.len())?;
+        }
+    }
+    Ok(())
 }
 
 /// Stops the device's access to `page`, copies it into `dst` and frees it.
@@ -171,6 +193,10 @@ pub(crate) fn dev_fault(ctx: &Context, start: usize, len: usize, access: c_uint)
             let prot = bindings::GM_PROT_READ | if writable { bindings::GM_PROT_WRITE } else { 0 };
             let vma_end = vma.end().min(end);
             while va < vma_end {
+                // A long prefetch stops for a signal; restarting it redoes what is left.
+                if kernel::current!().signal_pending() {
+                    return Err(ERESTARTSYS);
+                }
                 fault_page(this, mm, ctx, vma, va, prot)?;
                 Stats::inc(&ctx.dev.stats.faults);
                 va += PAGE_SIZE;
@@ -239,14 +265,17 @@ fn claim(this: &AddressSpace, vpn: usize, seen: Option<Residency>) -> Result<boo
     }
 }
 
-/// Gives up a claim, recording where the page lives now.
-fn unclaim(this: &AddressSpace, vpn: usize, now: Residency) {
+/// Gives up a claim, recording where the page lives now.  `false` if the entry went meanwhile
+/// (the range was unmapped): then nothing recorded `now`.
+fn unclaim(this: &AddressSpace, vpn: usize, now: Residency) -> bool {
     let mut guard = this.lpt.lock();
-    if let Some(m) = guard.get_mut(vpn) {
-        if m.busy() {
+    match guard.get_mut(vpn) {
+        Some(m) if m.busy() => {
             m.set(now);
             m.set_busy(false);
+            true
         }
+        _ => false,
     }
 }
 
@@ -264,6 +293,9 @@ fn complete(
         dev: ctx.dev.id,
         pfn,
     };
+    if let Some(memory) = ctx.dev.memory() {
+        memory.set_owner(pfn, core::ptr::from_ref(this) as usize, vpn);
+    }
     let mut guard = this.lpt.lock();
     let Some(m) = guard.get_mut(vpn) else {
         // Unmapped meanwhile: nobody else knows the page.
@@ -311,6 +343,9 @@ fn fault_page(
             Some(Residency::Device(page)) if page.dev == ctx.dev.id => {
                 let seq = this.read_begin();
                 ctx.map(va, page.pfn, prot)?;
+                if let Some(memory) = ctx.dev.memory() {
+                    memory.touch(page.pfn);
+                }
                 let guard = this.lpt.lock();
                 let same = guard
                     .get(vpn)
@@ -320,6 +355,29 @@ fn fault_page(
                 }
                 drop(guard);
                 ctx.unmap_va(va, PAGE_SIZE);
+            }
+            Some(Residency::Parked(raw)) => {
+                let pfn = ctx.dev.alloc_page()?;
+                if !claim(this, vpn, seen)? {
+                    ctx.dev.free_page(pfn);
+                    continue;
+                }
+                // SAFETY: the claim took the parked page out of the entry: it is ours.
+                let parked = unsafe { ParkedPage::from_raw(raw) };
+                let seq = this.read_begin();
+                if let Err(e) = ctx.place(va, pfn, Some(&parked.page()), prot) {
+                    ctx.dev.free_page(pfn);
+                    let raw = parked.into_raw();
+                    if !unclaim(this, vpn, Residency::Parked(raw)) {
+                        // SAFETY: nobody recorded it: still ours.
+                        drop(unsafe { ParkedPage::from_raw(raw) });
+                    }
+                    return Err(e);
+                }
+                drop(parked);
+                if complete(this, ctx, vpn, va, pfn, seq) {
+                    return Ok(());
+                }
             }
             Some(Residency::Device(page)) => {
                 // A page can only live on an attached device.

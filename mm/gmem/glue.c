@@ -93,7 +93,53 @@ static ssize_t resident_show(struct kobject *kobj,
 			  gm_node_stats(kobj).resident_pages << PAGE_SHIFT);
 }
 
+/* Bytes of device memory not holding pages now (within the limit). */
+static ssize_t free_show(struct kobject *kobj, struct kobj_attribute *attr,
+			 char *buf)
+{
+	struct gm_dev_stats s = gm_node_stats(kobj);
+	u64 used = min(s.resident_pages, s.limit_pages);
+
+	return sysfs_emit(buf, "%llu\n", (s.limit_pages - used) << PAGE_SHIFT);
+}
+
+/* Pages moved to host memory to make room. */
+static ssize_t evictions_show(struct kobject *kobj,
+			      struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%llu\n", gm_node_stats(kobj).evictions);
+}
+
+/*
+ * Bytes of device memory GMEM may use.  Writing a lower value makes the
+ * device evict down to it as it allocates: a way to oversubscribe a device
+ * on purpose (tests) or to leave memory to something else.
+ */
+static ssize_t limit_show(struct kobject *kobj, struct kobj_attribute *attr,
+			  char *buf)
+{
+	return sysfs_emit(buf, "%llu\n",
+			  gm_node_stats(kobj).limit_pages << PAGE_SHIFT);
+}
+
+static ssize_t limit_store(struct kobject *kobj, struct kobj_attribute *attr,
+			   const char *buf, size_t count)
+{
+	u64 bytes;
+	int err;
+
+	err = kstrtou64(buf, 0, &bytes);
+	if (err)
+		return err;
+	err = gm_dev_set_limit(container_of(kobj, struct gm_node, kobj)->dev,
+			       bytes);
+	return err ? err : count;
+}
+
 static struct kobj_attribute gm_name_attr = __ATTR_RO(name);
+static struct kobj_attribute gm_free_attr = __ATTR_RO(free);
+static struct kobj_attribute gm_evictions_attr = __ATTR_RO(evictions);
+static struct kobj_attribute gm_limit_attr = __ATTR_RW(limit);
 static struct kobj_attribute gm_faultable_attr = __ATTR_RO(faultable);
 static struct kobj_attribute gm_size_attr = __ATTR_RO(size);
 static struct kobj_attribute gm_resident_attr = __ATTR_RO(resident);
@@ -103,6 +149,9 @@ static struct attribute *gm_node_attrs[] = {
 	&gm_faultable_attr.attr,
 	&gm_size_attr.attr,
 	&gm_resident_attr.attr,
+	&gm_free_attr.attr,
+	&gm_evictions_attr.attr,
+	&gm_limit_attr.attr,
 	NULL,
 };
 ATTRIBUTE_GROUPS(gm_node);

@@ -48,6 +48,7 @@ pub mod address_space;
 pub mod context;
 pub mod device;
 mod devmem;
+mod evict;
 mod fault;
 pub mod hmadvise;
 mod lpt;

@@ -11,7 +11,11 @@
 //! VMA that is not peer-shared, the one at the lower address decides the
 //! error (`ENOMEM` or `EINVAL`).
 
-use crate::address_space::{cpu_fault_in, AddressSpace};
+use crate::{
+    address_space::{cpu_fault_in, AddressSpace},
+    device::hnid_registered,
+    lpt::{DeviceId, Residency},
+};
 use kernel::{
     bindings, current,
     ffi::{c_int, c_long},
@@ -111,37 +115,109 @@ impl Request {
             }
             Ok(())
         })?;
-        match self.advice {
-            // To a host node: device-resident pages are faulted back into
-            // the CPU page table, which copies them home.  Host pages stay
-            // where they are (host nodes are one tier here).
-            Advice::Prefetch => {
-                // SAFETY: `mm` has a user and its mmap lock is held.
-                let Some(this) = (unsafe { AddressSpace::of(mm.as_raw()) }) else {
+        // SAFETY: `mm` has a user and its mmap lock is held.
+        let this = unsafe { AddressSpace::of(mm.as_raw()) };
+        // A device node must be attached to this process.
+        let device = match self.target {
+            Target::Node(n) if !host_node_online(n) => {
+                let id = DeviceId::try_from(n).map_err(|_| EINVAL)?;
+                Some(this.and_then(|this| this.devices.get(id)).ok_or(EINVAL)?)
+            }
+            _ => None,
+        };
+        let (first, last) = (self.start / PAGE_SIZE, self.end / PAGE_SIZE);
+        match (self.advice, device) {
+            // To a device: the device faults the whole range in, without the lock (a device
+            // fault takes it itself).  Pages beyond what the device may hold push earlier
+            // ones out: the end of the range stays on the device.
+            (Advice::Prefetch, Some(device)) => {
+                drop(mmap);
+                device.prefetch(self.start, self.end)
+            }
+            // To a host node: device-resident and parked pages are faulted back into the
+            // CPU page table, which copies them home.  Host pages stay where they are (host
+            // nodes are one tier here).
+            (Advice::Prefetch, None) => {
+                let Some(this) = this else {
                     return Ok(());
                 };
                 let mut home = KVec::new();
-                let (first, last) = (self.start / PAGE_SIZE, self.end / PAGE_SIZE);
                 let mut pushed = Ok(());
-                this.lpt.for_each_device_page(first, last, |vpn, _| {
+                this.lpt.for_each_away_page(first, last, |vpn| {
                     if pushed.is_ok() {
                         pushed = home.push(vpn * PAGE_SIZE, GFP_KERNEL).map_err(Error::from);
                     }
                 });
                 pushed?;
                 for addr in home {
+                    if kernel::current!().signal_pending() {
+                        return Err(ERESTARTSYS);
+                    }
                     // SAFETY: as above.
                     unsafe { cpu_fault_in(mm.as_raw(), addr) }?;
                 }
                 Ok(())
             }
-            // Host memory is dropped like madvise(MADV_DONTNEED) does it,
-            // under the mmap read lock; the next access reads zeros.  Host
-            // nodes are one tier here: a host hnid drops every host page.
-            Advice::DontNeed => self.for_each_vma(&mmap, |vma, start, end| {
-                vma.zap_vma_range(start, end - start);
+            // On one device: its pages of the range go back to its allocator at once.
+            (Advice::DontNeed, Some(device)) => {
+                if let Some(this) = this {
+                    let id = device.id();
+                    this.lpt.erase_range(
+                        first,
+                        last,
+                        |r| matches!(r, Residency::Device(p) if p.dev == id),
+                        |vpn, r| {
+                            if let Residency::Device(page) = r {
+                                device.unmap(vpn * PAGE_SIZE, page);
+                                device.free(page);
+                            }
+                        },
+                    );
+                }
                 Ok(())
-            }),
+            }
+            // Everywhere: like madvise(MADV_DONTNEED) under the mmap read lock; the MMU
+            // notifier drops device and parked pages of the range too.
+            (Advice::DontNeed, None) if self.target == Target::All => {
+                self.for_each_vma(&mmap, |vma, start, end| {
+                    vma.zap_vma_range(start, end - start);
+                    Ok(())
+                })
+            }
+            // In host memory: every page except those on a device (parked pages are host
+            // memory).  Runs between device pages are zapped.
+            (Advice::DontNeed, None) => {
+                let mut skip = KVec::new();
+                let mut pushed = Ok(());
+                if let Some(this) = this {
+                    this.lpt.for_each_device_page(first, last, |vpn, _| {
+                        if pushed.is_ok() {
+                            pushed = skip.push(vpn * PAGE_SIZE, GFP_KERNEL).map_err(Error::from);
+                        }
+                    });
+                }
+                pushed?;
+                let mut skip = skip.into_iter().peekable();
+                self.for_each_vma(&mmap, |vma, start, end| {
+                    let mut at = start;
+                    while at < end {
+                        let stop = match skip.peek() {
+                            Some(&s) if s < end => s,
+                            _ => end,
+                        };
+                        if stop > at {
+                            vma.zap_vma_range(at, stop - at);
+                        }
+                        at = stop;
+                        if at < end {
+                            // A device page: keep it.
+                            skip.next();
+                            at += PAGE_SIZE;
+                        }
+                    }
+                    Ok(())
+                })
+            }
         }
     }
 
@@ -173,7 +249,8 @@ fn host_node_online(nid: c_int) -> bool {
 }
 
 fn hmadvise(hnid: c_int, start: usize, len: usize, advice: c_int) -> Result {
-    let Some(request) = Request::parse(hnid, start, len, advice, host_node_online)? else {
+    let valid = |n| host_node_online(n) || hnid_registered(n);
+    let Some(request) = Request::parse(hnid, start, len, advice, valid)? else {
         return Ok(());
     };
     let task = current!();

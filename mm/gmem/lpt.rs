@@ -22,6 +22,7 @@ use kernel::{
     alloc::flags::GFP_KERNEL_ACCOUNT,
     bindings, c_str,
     ffi::c_void,
+    page::{BorrowedPage, Page},
     prelude::*,
     types::ForeignOwnable,
     xarray::{AllocKind, Guard, XArray},
@@ -46,11 +47,64 @@ pub(crate) enum Residency {
     Host,
     /// On a device; the CPU page table does not map it.
     Device(DevicePage),
+    /// Evicted from a device into a host page that the entry owns (a [`ParkedPage`], as
+    /// returned by [`ParkedPage::into_raw`]); the CPU page table does not map it.
+    Parked(u64),
 }
+
+/// A host page holding the data of a page evicted from a device, owned by its entry in the
+/// logical page table until the page is mapped again (by the CPU or a device) or dropped.
+///
+/// # Invariants
+///
+/// `0` is a page of order 0 that this object owns.
+pub(crate) struct ParkedPage(NonNull<bindings::page>);
+
+impl ParkedPage {
+    /// Parks `page`.
+    pub(crate) fn new(page: Page) -> Self {
+        let page = ManuallyDrop::new(page);
+        // INVARIANT: the page is ours from now on; `Page` would have freed it.
+        // SAFETY: `Page::as_ptr` is never NULL.
+        Self(unsafe { NonNull::new_unchecked(page.as_ptr()) })
+    }
+
+    /// The entry's representation.
+    pub(crate) fn into_raw(self) -> u64 {
+        ManuallyDrop::new(self).0.as_ptr() as u64
+    }
+
+    /// Takes back a page from [`ParkedPage::into_raw`].
+    ///
+    /// # Safety
+    ///
+    /// `raw` came from `into_raw` and is taken back once.
+    pub(crate) unsafe fn from_raw(raw: u64) -> Self {
+        // SAFETY: by the safety requirements `raw` is a non-NULL page pointer we own.
+        Self(unsafe { NonNull::new_unchecked(raw as usize as *mut bindings::page) })
+    }
+
+    /// The page.
+    pub(crate) fn page(&self) -> BorrowedPage<'_> {
+        // SAFETY: by the type invariant the page is ours while `self` lives.
+        unsafe { BorrowedPage::from_raw(self.0) }
+    }
+}
+
+impl Drop for ParkedPage {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant the page is ours; order 0.
+        unsafe { bindings::__free_pages(self.0.as_ptr(), 0) };
+    }
+}
+
+// SAFETY: a page may be freed from any thread.
+unsafe impl Send for ParkedPage {}
 
 const STATE_NOWHERE: u8 = 0;
 const STATE_HOST: u8 = 1;
 const STATE_DEVICE: u8 = 2;
+const STATE_PARKED: u8 = 3;
 
 /// Set while a fault or migration owns the entry: the page is moving.
 const FLAG_BUSY: u8 = 1 << 0;
@@ -59,7 +113,8 @@ const FLAG_BUSY: u8 = 1 << 0;
 ///
 /// # Invariants
 ///
-/// `state` is one of `STATE_*`; `pfn` and `dev` are meaningful only for `STATE_DEVICE`.
+/// `state` is one of `STATE_*`; `pfn` and `dev` are meaningful only for `STATE_DEVICE`, `pfn`
+/// (the parked page) for `STATE_PARKED`.
 #[repr(C)]
 pub(crate) struct GmMapping {
     pfn: u64,
@@ -98,6 +153,7 @@ impl GmMapping {
                 dev: self.dev,
                 pfn: self.pfn,
             }),
+            STATE_PARKED => Residency::Parked(self.pfn),
             _ => Residency::Nowhere,
         }
     }
@@ -112,6 +168,10 @@ impl GmMapping {
                 self.state = STATE_DEVICE;
                 self.dev = page.dev;
                 self.pfn = page.pfn;
+            }
+            Residency::Parked(raw) => {
+                self.state = STATE_PARKED;
+                self.pfn = raw;
             }
         }
     }
@@ -306,14 +366,14 @@ impl LogicalPageTable {
 
     /// Walks the entries of pages `start..end` in address order, `WALK_BATCH` at a time.
     ///
-    /// `visit(guard, vpn, residency)` runs under the lock and may change the table; a device
-    /// page it returns is handed to `after(vpn, page)` once the lock is dropped.
+    /// `visit(guard, vpn, residency)` runs under the lock and may change the table; what it
+    /// returns is handed to `after(vpn, residency)` once the lock is dropped.
     fn walk(
         &self,
         start: usize,
         end: usize,
-        mut visit: impl FnMut(&mut Guard<'_, MappingBox>, usize, Residency) -> Option<DevicePage>,
-        mut after: impl FnMut(usize, DevicePage),
+        mut visit: impl FnMut(&mut Guard<'_, MappingBox>, usize, Residency) -> Option<Residency>,
+        mut after: impl FnMut(usize, Residency),
     ) {
         let mut next = start;
         while next < end {
@@ -344,15 +404,16 @@ impl LogicalPageTable {
 
     /// Stops tracking the pages `start..end` for which `select` is true.
     ///
-    /// `released(vpn, page)` is called, without the lock, for every device page whose entry was
-    /// removed: the caller now owns that device page.  Busy entries are removed too; their
-    /// owner finds them gone and keeps what it moved.  Returns the number of entries removed.
+    /// `released(vpn, residency)` is called, without the lock, for every device or parked page
+    /// whose entry was removed: the caller now owns that page.  Busy entries are removed too;
+    /// their owner finds them gone and keeps what it moved.  Returns the number of entries
+    /// removed.
     pub(crate) fn erase_range(
         &self,
         start: usize,
         end: usize,
         mut select: impl FnMut(Residency) -> bool,
-        released: impl FnMut(usize, DevicePage),
+        released: impl FnMut(usize, Residency),
     ) -> usize {
         let mut removed = 0;
         self.walk(
@@ -366,7 +427,7 @@ impl LogicalPageTable {
                 self.account(-1);
                 removed += 1;
                 match residency {
-                    Residency::Device(page) => Some(page),
+                    Residency::Device(_) | Residency::Parked(_) => Some(residency),
                     _ => None,
                 }
             },
@@ -375,21 +436,39 @@ impl LogicalPageTable {
         removed
     }
 
+    /// Calls `f(vpn)`, without the lock, for every page in `start..end` that the CPU page table
+    /// cannot map as it is: device-resident or parked.
+    pub(crate) fn for_each_away_page(&self, start: usize, end: usize, mut f: impl FnMut(usize)) {
+        self.walk(
+            start,
+            end,
+            |_, _, residency| match residency {
+                Residency::Device(_) | Residency::Parked(_) => Some(residency),
+                _ => None,
+            },
+            |vpn, _| f(vpn),
+        );
+    }
+
     /// Calls `f(vpn, page)`, without the lock, for every device-resident page in `start..end`.
     pub(crate) fn for_each_device_page(
         &self,
         start: usize,
         end: usize,
-        f: impl FnMut(usize, DevicePage),
+        mut f: impl FnMut(usize, DevicePage),
     ) {
         self.walk(
             start,
             end,
             |_, _, residency| match residency {
-                Residency::Device(page) => Some(page),
+                Residency::Device(_) => Some(residency),
                 _ => None,
             },
-            f,
+            |vpn, r| {
+                if let Residency::Device(page) = r {
+                    f(vpn, page)
+                }
+            },
         );
     }
 
@@ -445,7 +524,19 @@ impl LogicalPageTable {
             return Err(e);
         }
         // Phase 2: the old entries go.  Their device pages now belong to the new entries.
-        self.erase_range(from, end, |_| true, moved);
+        let mut moved = moved;
+        // Parked pages moved with their entries; the device still maps device pages at the old
+        // address.
+        self.erase_range(
+            from,
+            end,
+            |_| true,
+            |vpn, r| {
+                if let Residency::Device(page) = r {
+                    moved(vpn, page)
+                }
+            },
+        );
         Ok(())
     }
 }
@@ -513,8 +604,10 @@ mod tests {
             0,
             100,
             |_| true,
-            |vpn, p| {
-                let _ = released.push((vpn, p.pfn), GFP_KERNEL);
+            |vpn, r| {
+                if let Residency::Device(p) = r {
+                    let _ = released.push((vpn, p.pfn), GFP_KERNEL);
+                }
             },
         );
         assert_eq!(n, 2);

@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/wait.h>
+#include <time.h>
 
 #include "../kselftest_harness.h"
 #include "gmem_util.h"
@@ -1149,3 +1150,259 @@ TEST_F(npu, bad_addresses_efault)
 }
 
 TEST_HARNESS_MAIN
+
+/* Oversubscription: buffers larger than what the NPU may use. */
+
+#define OVERSUB_LIMIT	(4UL << 20)	/* the NPU's memory, lowered for the test */
+#define OVERSUB_CHUNK	(1UL << 20)	/* one job; fits even a prefaulting NPU */
+
+static int limit_path(const struct gmem_npu_info *info, char *path, size_t n)
+{
+	return snprintf(path, n, "/sys/kernel/mm/gmem/node%u/limit", info->hnid);
+}
+
+static int write_ull(const char *path, unsigned long long v)
+{
+	FILE *f = fopen(path, "w");
+	int ret;
+
+	if (!f)
+		return -1;
+	ret = fprintf(f, "%llu\n", v) < 0;
+	return fclose(f) || ret ? -1 : 0;
+}
+
+static int read_ull(const char *path, unsigned long long *v)
+{
+	FILE *f = fopen(path, "r");
+	int ret;
+
+	if (!f)
+		return -1;
+	ret = fscanf(f, "%llu", v) != 1;
+	return fclose(f) || ret ? -1 : 0;
+}
+
+/*
+ * A buffer of @len bytes on NPU @fd with room for OVERSUB_LIMIT: the NPU
+ * fills it, the CPU checks it, the CPU rewrites it, the NPU doubles it in
+ * place, the CPU checks that, and the NPU sums it.  Returns 0 if every byte
+ * was right, the step that failed otherwise.
+ */
+static int oversubscribe(int fd, size_t len, __u32 seed)
+{
+	__u64 sum, total = 0;
+	__u32 *w;
+
+	w = mmap_peer_shared(NULL, len, 0);
+	if (w == MAP_FAILED)
+		return 1;
+	for (size_t off = 0; off < len; off += OVERSUB_CHUNK)
+		if (npu_fill(fd, (char *)w + off, OVERSUB_CHUNK,
+			     seed + off / OVERSUB_CHUNK))
+			return 2;
+	for (size_t i = 0; i < len / 4; i++)
+		if (w[i] != seed + i * 4 / OVERSUB_CHUNK)
+			return 3;
+	fill_words(w, len, 1, seed);
+	for (size_t off = 0; off < len; off += OVERSUB_CHUNK) {
+		void *p = (char *)w + off;
+
+		if (npu_add(fd, p, p, p, OVERSUB_CHUNK))
+			return 4;
+	}
+	if (check_words(w, len, 2, 2 * seed) != -1)
+		return 5;
+	for (size_t off = 0; off < len; off += OVERSUB_CHUNK) {
+		if (npu_sum(fd, (char *)w + off, OVERSUB_CHUNK, &sum))
+			return 6;
+		total += sum;
+	}
+	if (total != sum_words(len, 2, 2 * seed))
+		return 7;
+	return munmap(w, len) ? 8 : 0;
+}
+
+/* A buffer three times the NPU's memory, from the NPU and the CPU. */
+TEST_F(npu, oversubscribed_buffer)
+{
+	size_t len = 3 * OVERSUB_LIMIT;
+	unsigned long long limit;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	struct timespec t0, t1;
+	char path[128];
+	int ret;
+
+	limit_path(&self->info[0], path, sizeof(path));
+	ASSERT_EQ(0, read_ull(path, &limit));
+	ASSERT_EQ(self->info[0].dram_size, limit);
+	ASSERT_EQ(0, write_ull(path, OVERSUB_LIMIT));
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ret = oversubscribe(self->fd[0], len, 0x1000);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	ASSERT_EQ(0, write_ull(path, limit));
+	ASSERT_EQ(0, ret);
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_LT(self->start[0].evictions, s.evictions);
+	TH_LOG("%zu MiB through %lu MiB of NPU memory: %llu evictions, %.2f s",
+	       len >> 20, OVERSUB_LIMIT >> 20,
+	       s.evictions - self->start[0].evictions,
+	       (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/* Two processes oversubscribing the same NPU at once, each with its data. */
+TEST_F(npu, two_processes_oversubscribe)
+{
+	unsigned long long limit;
+	pid_t pid[2];
+	char path[128];
+	int status;
+
+	limit_path(&self->info[0], path, sizeof(path));
+	ASSERT_EQ(0, read_ull(path, &limit));
+	ASSERT_EQ(0, write_ull(path, OVERSUB_LIMIT));
+	for (int i = 0; i < 2; i++) {
+		pid[i] = fork();
+		ASSERT_LE(0, pid[i]);
+		if (!pid[i]) {
+			int fd = open(npu_path[0], O_RDWR | O_CLOEXEC);
+
+			if (fd < 0 || npu_attach(fd))
+				_exit(20);
+			_exit(oversubscribe(fd, 2 * OVERSUB_LIMIT,
+					    0x100000 * (i + 1)));
+		}
+	}
+	for (int i = 0; i < 2; i++) {
+		ASSERT_EQ(pid[i], waitpid(pid[i], &status, 0));
+		EXPECT_TRUE(WIFEXITED(status));
+		EXPECT_EQ(0, WEXITSTATUS(status));
+	}
+	ASSERT_EQ(0, write_ull(path, limit));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/* hmadvise(MADV_PREFETCH) to the NPU: the next job takes no fault. */
+TEST_F(npu, prefetch_to_npu)
+{
+	long long n = self->npages;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	__u64 sum;
+	void *p;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	fill_words(p, self->len / 2, 3, 1);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, hmadvise(self->info[0].hnid, (unsigned long)p, self->len,
+			      MADV_PREFETCH));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	/* The half the CPU wrote moved; the other half was zero-filled there. */
+	ASSERT_EQ(n / 2, d.to_dev);
+	ASSERT_EQ(n - n / 2, d.zero_fills);
+	ASSERT_EQ(n, d.resident);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, npu_sum(self->fd[0], p, self->len, &sum));
+	ASSERT_EQ(sum_words(self->len / 2, 3, 1), sum);
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(0, d.to_dev);
+	ASSERT_EQ(0, d.zero_fills);
+	/* A prefaulting NPU still asks GMEM for each job's pages. */
+	if (self->faultable)
+		ASSERT_EQ(0, d.faults);
+	ASSERT_EQ(0, munmap(p, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/* hmadvise(MADV_DONTNEED) on the NPU's node: its pages go, zeros remain. */
+TEST_F(npu, dontneed_on_npu_node)
+{
+	long long n = self->npages;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	__u64 sum;
+	void *p;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	ASSERT_EQ(0, npu_fill(self->fd[0], p, self->len, 0x77));
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, hmadvise(self->info[0].hnid, (unsigned long)p, self->len,
+			      MADV_DONTNEED));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(-n, d.resident);
+	ASSERT_EQ(0, d.to_host);
+	ASSERT_EQ(0, npu_sum(self->fd[0], p, self->len, &sum));
+	ASSERT_EQ(0, sum);
+	ASSERT_EQ(0, hmadvise(self->info[0].hnid, (unsigned long)p, self->len,
+			      MADV_DONTNEED));
+	ASSERT_EQ(-1, check_words(p, self->len, 0, 0));
+	ASSERT_EQ(0, munmap(p, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/* MADV_DONTNEED on a host node drops host pages and keeps the NPU's. */
+TEST_F(npu, dontneed_on_host_keeps_npu_pages)
+{
+	size_t half = self->len / 2;
+	long long n = self->npages;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	__u64 sum;
+	char *p;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	ASSERT_EQ(0, npu_fill(self->fd[0], p, half, 5));
+	fill_words(p + half, half, 1, 9);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, hmadvise(0, (unsigned long)p, self->len, MADV_DONTNEED));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(0, d.resident);
+	ASSERT_EQ(-1, check_words(p + half, half, 0, 0));
+	ASSERT_EQ(0, npu_sum(self->fd[0], p, half, &sum));
+	ASSERT_EQ(5ULL * (n / 2) * (self->page / 4), sum);
+	ASSERT_EQ(0, munmap(p, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/* hmadvise on a device node the process is not attached to, or no device. */
+TEST_F(npu, hmadvise_device_errors)
+{
+	void *p;
+
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	for (int advice = 0; advice < 2; advice++) {
+		int a = advice ? MADV_DONTNEED : MADV_PREFETCH;
+
+		errno = 0;
+		EXPECT_EQ(-1, hmadvise(self->info[0].hnid, (unsigned long)p,
+				       self->len, a));
+		EXPECT_EQ(EINVAL, errno);
+		errno = 0;
+		EXPECT_EQ(-1, hmadvise(self->info[0].hnid + 64, (unsigned long)p,
+				       self->len, a));
+		EXPECT_EQ(EINVAL, errno);
+	}
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	EXPECT_EQ(0, hmadvise(self->info[0].hnid, (unsigned long)p, self->len,
+			      MADV_PREFETCH));
+	if (self->fd[1] >= 0) {
+		errno = 0;
+		EXPECT_EQ(-1, hmadvise(self->info[1].hnid, (unsigned long)p,
+				       self->len, MADV_PREFETCH));
+		EXPECT_EQ(EINVAL, errno);
+	}
+	ASSERT_EQ(0, munmap(p, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
