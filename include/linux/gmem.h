@@ -180,6 +180,10 @@ struct gm_as *gm_as_create(void);
 struct gm_context *gm_as_attach(struct gm_as *as, struct gm_dev *dev);
 void gm_context_detach(struct gm_context *ctx);
 void *gm_context_pmap(const struct gm_context *ctx);
+int gm_context_hold(struct gm_context *ctx, unsigned long start,
+		    unsigned long len);
+void gm_context_unhold(struct gm_context *ctx, unsigned long start,
+		       unsigned long len);
 int gm_dev_fault_range(struct gm_context *ctx, unsigned long start,
 		       unsigned long len, unsigned int access);
 

@@ -244,12 +244,13 @@ impl AddressSpace {
     /// Drops the entries in `start..end` (addresses) that `select` picks: device pages go back
     /// to their device, parked pages are freed.
     fn drop_range(&self, start: usize, end: usize, select: impl FnMut(Residency) -> bool) {
+        let mut batch = self.devices.batch();
         self.lpt.erase_range(
             start / PAGE_SIZE,
             end.div_ceil(PAGE_SIZE),
             select,
             |vpn, r| match r {
-                Residency::Device(page) => self.devices.release(vpn * PAGE_SIZE, page),
+                Residency::Device(page) => batch.push(vpn * PAGE_SIZE, page),
                 // SAFETY: the entry that owned the parked page is gone; we own it now.
                 Residency::Parked(raw) => drop(unsafe { ParkedPage::from_raw(raw) }),
                 _ => {}
@@ -514,6 +515,8 @@ pub unsafe extern "C" fn gm_as_mremap(
         |vpn, page| {
             if let Some(device) = this.devices.get(page.dev) {
                 device.unmap(vpn * PAGE_SIZE, page);
+                // Eviction finds the page at its new address.
+                device.moved(page, this, vpn - old / PAGE_SIZE + new / PAGE_SIZE);
             }
         },
     );

@@ -32,10 +32,10 @@ use kernel::{
     error::to_result,
     ffi::{c_int, c_uint, c_ulong, c_void},
     mm::{Mm, MmWithUser},
-    new_mutex,
+    new_mutex, new_spinlock,
     page::{Page, PAGE_SIZE},
     prelude::*,
-    sync::{aref::ARef, Arc, Mutex},
+    sync::{aref::ARef, Arc, Mutex, SpinLock},
 };
 
 /// A device attached to an address space.
@@ -54,6 +54,9 @@ pub(crate) struct Context {
     va_range: (usize, usize),
     #[pin]
     attached: Mutex<Option<NonNull<AddressSpace>>>,
+    /// Ranges a running job holds (`gm_context_hold()`): never evicted.
+    #[pin]
+    holds: SpinLock<KVec<(usize, usize)>>,
 }
 
 // SAFETY: the driver's operations may be called from any thread (`struct gm_mmu`); the address
@@ -69,16 +72,19 @@ impl Context {
 
     /// Removes the device's mappings of `len` bytes at `va` and invalidates its TLB for them.
     pub(crate) fn unmap_va(&self, va: usize, len: usize) {
-        let mmu = self.dev.mmu();
-        // SAFETY: both operations are required (checked at `gm_dev_create()`); `pmap` is this
-        // context's page table.
-        unsafe {
-            if let Some(release) = mmu.pmap_release {
-                release(self.raw_dev(), self.pmap, va as c_ulong, len as c_ulong);
-            }
-            if let Some(invl) = mmu.tlb_invl {
-                invl(self.raw_dev(), self.pmap, va as c_ulong, len as c_ulong);
-            }
+        if let Some(release) = self.dev.mmu().pmap_release {
+            // SAFETY: `pmap_release` is required (checked at `gm_dev_create()`); `pmap` is this
+            // context's page table.
+            unsafe { release(self.raw_dev(), self.pmap, va as c_ulong, len as c_ulong) };
+        }
+        self.unmap_tlb(va, len);
+    }
+
+    /// Invalidates the device TLB for `len` bytes at `va`.
+    fn unmap_tlb(&self, va: usize, len: usize) {
+        if let Some(invl) = self.dev.mmu().tlb_invl {
+            // SAFETY: `tlb_invl` is required; `pmap` is this context's page table.
+            unsafe { invl(self.raw_dev(), self.pmap, va as c_ulong, len as c_ulong) };
         }
     }
 
@@ -213,6 +219,62 @@ impl DeviceOps for Context {
         Ok(())
     }
 
+    fn moved(&self, page: DevicePage, space: &AddressSpace, vpn: usize) {
+        if let Some(memory) = self.dev.memory() {
+            memory.set_owner(page.pfn, core::ptr::from_ref(space) as usize, vpn);
+        }
+    }
+
+    fn held(&self, va: usize) -> bool {
+        self.holds
+            .lock()
+            .iter()
+            .any(|&(start, len)| va >= start && va - start < len)
+    }
+
+    fn release_many(&self, pages: &[(usize, DevicePage)]) {
+        let mmu = self.dev.mmu();
+        if let Some(release) = mmu.pmap_release {
+            for &(va, _) in pages {
+                // SAFETY: `pmap_release` is required; `pmap` is this context's page table.
+                unsafe {
+                    release(
+                        self.raw_dev(),
+                        self.pmap,
+                        va as c_ulong,
+                        PAGE_SIZE as c_ulong,
+                    )
+                };
+            }
+        }
+        // Contiguous pages make one range; the device invalidates them all at once.
+        let mut ranges = [bindings::gm_va_range { start: 0, len: 0 }; 64];
+        let mut n = 0;
+        for &(va, _) in pages.iter().take(ranges.len()) {
+            if n > 0 && ranges[n - 1].start + ranges[n - 1].len == va {
+                ranges[n - 1].len += PAGE_SIZE;
+            } else {
+                ranges[n] = bindings::gm_va_range {
+                    start: va,
+                    len: PAGE_SIZE,
+                };
+                n += 1;
+            }
+        }
+        match mmu.tlb_invl_coalesced {
+            // SAFETY: `ranges[..n]` are valid ranges of this context's page table.
+            Some(invl) => unsafe { invl(self.raw_dev(), self.pmap, ranges.as_ptr(), n as c_uint) },
+            None => {
+                for r in &ranges[..n] {
+                    self.unmap_tlb(r.start, r.len);
+                }
+            }
+        }
+        for &(_, page) in pages {
+            self.free(page);
+        }
+    }
+
     fn address_space_gone(&self) {
         *self.attached.lock() = None;
     }
@@ -334,6 +396,7 @@ fn attach(this: &AddressSpace, dev: Arc<Device>) -> Result<Arc<Context>> {
             mm,
             va_range,
             attached <- new_mutex!(Some(NonNull::from(this)), "gmem_context"),
+            holds <- new_spinlock!(KVec::new(), "gmem_context_holds"),
         }),
         GFP_KERNEL,
     )?;
@@ -352,6 +415,46 @@ pub unsafe extern "C" fn gm_context_detach(ctx: *mut bindings::gm_context) {
     // SAFETY: `ctx` came from `Arc::into_raw` in `gm_as_attach()`; the caller gives it up.
     let ctx = unsafe { Arc::<Context>::from_raw(ctx.cast_const().cast()) };
     ctx.detach();
+}
+
+/// Keeps eviction away from `len` bytes at `start` until [`gm_context_unhold`]: what a driver
+/// does for the pages of a job while the job runs (a device that cannot fault must, after it
+/// made them resident).  Holds nest; `ENOMEM` if the hold cannot be recorded.
+///
+/// # Safety
+///
+/// `ctx` came from `gm_as_attach()` and is not detached.
+#[export]
+pub unsafe extern "C" fn gm_context_hold(
+    ctx: *mut bindings::gm_context,
+    start: c_ulong,
+    len: c_ulong,
+) -> c_int {
+    // SAFETY: `ctx` is live by the safety requirements.
+    let ctx = unsafe { &*ctx.cast_const().cast::<Context>() };
+    match ctx.holds.lock().push((start, len), GFP_ATOMIC) {
+        Ok(()) => 0,
+        Err(_) => ENOMEM.to_errno(),
+    }
+}
+
+/// Ends one hold of `len` bytes at `start` from [`gm_context_hold`].
+///
+/// # Safety
+///
+/// `ctx` came from `gm_as_attach()` and is not detached.
+#[export]
+pub unsafe extern "C" fn gm_context_unhold(
+    ctx: *mut bindings::gm_context,
+    start: c_ulong,
+    len: c_ulong,
+) {
+    // SAFETY: `ctx` is live by the safety requirements.
+    let ctx = unsafe { &*ctx.cast_const().cast::<Context>() };
+    let mut holds = ctx.holds.lock();
+    if let Some(i) = holds.iter().position(|&h| h == (start, len)) {
+        let _ = holds.remove(i);
+    }
 }
 
 /// The device page table of a context: what `pmap_create` made for it.

@@ -436,6 +436,24 @@ pub(crate) trait DeviceOps: Send + Sync {
     /// page of the device in it was released already.
     fn address_space_gone(&self) {}
 
+    /// The page moved to virtual page `vpn` of `space` (mremap).
+    fn moved(&self, _page: DevicePage, _space: &crate::address_space::AddressSpace, _vpn: usize) {}
+
+    /// Whether the device is using the page at `va` right now (a job holds it): eviction
+    /// leaves it alone.
+    fn held(&self, _va: usize) -> bool {
+        false
+    }
+
+    /// Gives pages back: unmaps each at its address, invalidates the device TLB once for all of
+    /// them, frees them.  Called from MMU notifier callbacks: must not sleep for memory.
+    fn release_many(&self, pages: &[(usize, DevicePage)]) {
+        for &(va, page) in pages {
+            self.unmap(va, page);
+            self.free(page);
+        }
+    }
+
     /// Makes `start..end` resident on the device (`hmadvise(MADV_PREFETCH)`).  Called without
     /// the mmap lock.
     fn prefetch(&self, _start: usize, _end: usize) -> Result {
@@ -492,14 +510,57 @@ impl DeviceList {
         self.devices.lock().iter().find(|d| d.id() == id).cloned()
     }
 
-    /// Gives a device page back to its device: unmap it at `va`, then free it.
-    ///
-    /// A page of a device that is no longer attached was freed when the device detached.
-    pub(crate) fn release(&self, va: usize, page: DevicePage) {
-        if let Some(device) = self.get(page.dev) {
-            device.unmap(va, page);
-            device.free(page);
+    /// Gives device pages back to their devices, batched (see [`ReleaseBatch`]).
+    pub(crate) fn batch(&self) -> ReleaseBatch<'_> {
+        ReleaseBatch {
+            list: self,
+            pages: [(0, DevicePage { dev: 0, pfn: 0 }); RELEASE_BATCH],
+            count: 0,
         }
+    }
+}
+
+/// Device pages released together: one device TLB invalidation per device and batch.
+const RELEASE_BATCH: usize = 64;
+
+/// Device pages on their way back to their devices.  Pages are given back when the batch is
+/// full and when it is dropped.  A page of a device that is no longer attached was freed when
+/// the device detached.
+pub(crate) struct ReleaseBatch<'a> {
+    list: &'a DeviceList,
+    pages: [(usize, DevicePage); RELEASE_BATCH],
+    count: usize,
+}
+
+impl ReleaseBatch<'_> {
+    /// Adds device page `page`, mapped at `va`.
+    pub(crate) fn push(&mut self, va: usize, page: DevicePage) {
+        if self.count == RELEASE_BATCH {
+            self.flush();
+        }
+        self.pages[self.count] = (va, page);
+        self.count += 1;
+    }
+
+    fn flush(&mut self) {
+        let pages = &self.pages[..self.count];
+        let mut start = 0;
+        // One call per run of pages of one device (a range is almost always one device's).
+        while start < pages.len() {
+            let dev = pages[start].1.dev;
+            let len = pages[start..].iter().take_while(|p| p.1.dev == dev).count();
+            if let Some(device) = self.list.get(dev) {
+                device.release_many(&pages[start..start + len]);
+            }
+            start += len;
+        }
+        self.count = 0;
+    }
+}
+
+impl Drop for ReleaseBatch<'_> {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

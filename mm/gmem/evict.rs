@@ -7,8 +7,9 @@
 //! batch is the free reserve: the faults that follow find free pages without waiting.
 //!
 //! The victim is chosen by the clock of [`crate::devmem::DeviceMemory::pick_victim`]: a page
-//! mapped since the hand last passed gets a second chance, a page whose entry is busy (a fault
-//! or another move is using it) is never taken.  Eviction copies the page into a host page and
+//! mapped since the hand last passed gets a second chance; a page whose entry is busy (a fault
+//! or another move is using it) or that a running job holds (`gm_context_hold()`) is never
+//! taken.  Eviction copies the page into a host page and
 //! *parks* it in the logical page table ([`Residency::Parked`]): no mm lock is needed, so any
 //! path may evict pages of any process.  The next access from the CPU or a device moves the
 //! parked page where it is needed.
@@ -63,6 +64,9 @@ fn evict_one(dev: &Device) -> Result {
             let Some(ctx) = this.devices.get(dev.id) else {
                 return false;
             };
+            if ctx.held(v.vpn * PAGE_SIZE) {
+                return false;
+            }
             if !this.begin_move(v.vpn, Residency::Device(page)) {
                 return false;
             }

@@ -120,7 +120,7 @@ pub(crate) fn cpu_fault_begin(
                     // Unmapped meanwhile: nobody else knows the device page.
                     None => {
                         drop(guard);
-                        devices.release(va, page);
+                        devices.batch().push(va, page);
                     }
                 }
                 Err(e)

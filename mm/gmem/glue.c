@@ -29,6 +29,8 @@ EXPORT_SYMBOL_GPL(gm_as_create);
 EXPORT_SYMBOL_GPL(gm_as_attach);
 EXPORT_SYMBOL_GPL(gm_context_detach);
 EXPORT_SYMBOL_GPL(gm_context_pmap);
+EXPORT_SYMBOL_GPL(gm_context_hold);
+EXPORT_SYMBOL_GPL(gm_context_unhold);
 EXPORT_SYMBOL_GPL(gm_dev_fault_range);
 
 DEFINE_STATIC_KEY_FALSE(gm_enabled_key);

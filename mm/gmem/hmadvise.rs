@@ -162,14 +162,14 @@ impl Request {
             (Advice::DontNeed, Some(device)) => {
                 if let Some(this) = this {
                     let id = device.id();
+                    let mut batch = this.devices.batch();
                     this.lpt.erase_range(
                         first,
                         last,
                         |r| matches!(r, Residency::Device(p) if p.dev == id),
                         |vpn, r| {
                             if let Residency::Device(page) = r {
-                                device.unmap(vpn * PAGE_SIZE, page);
-                                device.free(page);
+                                batch.push(vpn * PAGE_SIZE, page);
                             }
                         },
                     );

@@ -724,6 +724,19 @@ impl<T: GmMmu> Context<T> {
         self.fault_range(page, crate::page::PAGE_SIZE, access)
     }
 
+    /// Keeps eviction away from `[start, start + len)` while the returned guard lives: what a
+    /// driver does for a job's pages while the job runs.  A device that cannot fault must hold
+    /// a job's pages from before it makes them resident until the job ends.
+    pub fn hold(&self, start: usize, len: usize) -> Result<Hold<'_, T>> {
+        // SAFETY: by the type invariant the context is live and `&self` excludes the detach.
+        to_result(unsafe { bindings::gm_context_hold(self.raw.as_ptr(), start, len) })?;
+        Ok(Hold {
+            ctx: self,
+            start,
+            len,
+        })
+    }
+
     /// [`Context::fault`] for every page of `[start, start + len)`, page aligned (`EINVAL`
     /// otherwise): what a driver of a device without fault support calls before a job.
     pub fn fault_range(&self, start: usize, len: usize, access: Access) -> Result {
@@ -744,5 +757,19 @@ impl<T: GmMmu> Drop for Context<T> {
     fn drop(&mut self) {
         // SAFETY: by the type invariant the reference is ours to give up.
         unsafe { bindings::gm_context_detach(self.raw.as_ptr()) };
+    }
+}
+
+/// A range of a [`Context`] that eviction leaves alone (see [`Context::hold`]).
+pub struct Hold<'a, T: GmMmu> {
+    ctx: &'a Context<T>,
+    start: usize,
+    len: usize,
+}
+
+impl<T: GmMmu> Drop for Hold<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: the context is live for `'a`; this ends the hold `Context::hold` made.
+        unsafe { bindings::gm_context_unhold(self.ctx.raw.as_ptr(), self.start, self.len) };
     }
 }

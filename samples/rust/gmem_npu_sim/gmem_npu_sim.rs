@@ -298,11 +298,14 @@ const STEP: usize = PAGE_SIZE;
 /// The engine: runs `job` through the NPU's MMU.  Returns the job's `value`.
 fn execute(npu: &Npu, ctx: &gmem::Context<NpuMmu>, job: &Job) -> Result<u64> {
     let len = job.len as usize;
+    let mut holds = KVec::new();
     if !npu.faultable {
-        // A device without fault support: everything must be resident before it starts.
+        // A device without fault support: everything must be resident before it starts, and
+        // stay so (held against eviction) until it ends.
         for (addr, write) in operands(job)? {
             let start = addr as usize & !(PAGE_SIZE - 1);
             let end = (addr as usize + len).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+            holds.push(ctx.hold(start, end - start)?, GFP_KERNEL)?;
             let access = if write { Access::WRITE } else { Access::READ };
             ctx.fault_range(start, end - start, access)?;
         }

@@ -12,7 +12,7 @@ use kernel::{
     bindings,
     devres::Devres,
     ffi::c_void,
-    gmem::{GmMmu, Prot},
+    gmem::{self, GmMmu, Prot},
     io::Io,
     new_spinlock,
     page::{Page, PAGE_SIZE},
@@ -377,6 +377,20 @@ impl GmMmu for NpuMmu {
             }
             at += PAGE_SIZE;
         }
+    }
+
+    fn tlb_invl_coalesced(&self, pmap: &Pmap, ranges: &[gmem::VaRange]) {
+        // One invalidation request for all the ranges, as a device with a range-based
+        // invalidation command would do it.
+        let mut hw = self.hw.lock();
+        for e in hw.tlb.iter_mut().filter(|e| e.asid == pmap.asid) {
+            let va = e.vpn * PAGE_SIZE;
+            if ranges.iter().any(|r| va >= r.start && va - r.start < r.len) {
+                e.valid = false;
+            }
+        }
+        drop(hw);
+        self.tlb_invalidations.fetch_add(1, Relaxed);
     }
 
     fn tlb_invl(&self, pmap: &Pmap, va: usize, len: usize) {
