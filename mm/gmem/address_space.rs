@@ -665,10 +665,11 @@ mod tests {
         ));
         assert_eq!(
             fake.take_ops(),
+            // Batched: every mapping goes before any page is freed.
             [
                 Op::Unmap(11 * PAGE_SIZE, 11),
-                Op::Free(11),
                 Op::Unmap(12 * PAGE_SIZE, 12),
+                Op::Free(11),
                 Op::Free(12)
             ]
         );

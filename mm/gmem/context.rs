@@ -232,7 +232,7 @@ impl DeviceOps for Context {
             .any(|&(start, len)| va >= start && va - start < len)
     }
 
-    fn release_many(&self, pages: &[(usize, DevicePage)]) {
+    fn unmap_many(&self, pages: &[(usize, DevicePage)]) {
         let mmu = self.dev.mmu();
         if let Some(release) = mmu.pmap_release {
             for &(va, _) in pages {
@@ -247,31 +247,33 @@ impl DeviceOps for Context {
                 };
             }
         }
-        // Contiguous pages make one range; the device invalidates them all at once.
-        let mut ranges = [bindings::gm_va_range { start: 0, len: 0 }; 64];
-        let mut n = 0;
-        for &(va, _) in pages.iter().take(ranges.len()) {
-            if n > 0 && ranges[n - 1].start + ranges[n - 1].len == va {
-                ranges[n - 1].len += PAGE_SIZE;
-            } else {
-                ranges[n] = bindings::gm_va_range {
-                    start: va,
-                    len: PAGE_SIZE,
-                };
-                n += 1;
-            }
-        }
-        match mmu.tlb_invl_coalesced {
-            // SAFETY: `ranges[..n]` are valid ranges of this context's page table.
-            Some(invl) => unsafe { invl(self.raw_dev(), self.pmap, ranges.as_ptr(), n as c_uint) },
-            None => {
-                for r in &ranges[..n] {
-                    self.unmap_tlb(r.start, r.len);
+        // Contiguous pages make one range; the device invalidates a batch's ranges at once.
+        const BATCH: usize = 64;
+        for batch in pages.chunks(BATCH) {
+            let mut ranges = [bindings::gm_va_range { start: 0, len: 0 }; BATCH];
+            let mut n = 0;
+            for &(va, _) in batch {
+                if n > 0 && ranges[n - 1].start + ranges[n - 1].len == va {
+                    ranges[n - 1].len += PAGE_SIZE;
+                } else {
+                    ranges[n] = bindings::gm_va_range {
+                        start: va,
+                        len: PAGE_SIZE,
+                    };
+                    n += 1;
                 }
             }
-        }
-        for &(_, page) in pages {
-            self.free(page);
+            match mmu.tlb_invl_coalesced {
+                // SAFETY: `ranges[..n]` are valid ranges of this context's page table.
+                Some(invl) => unsafe {
+                    invl(self.raw_dev(), self.pmap, ranges.as_ptr(), n as c_uint)
+                },
+                None => {
+                    for r in &ranges[..n] {
+                        self.unmap_tlb(r.start, r.len);
+                    }
+                }
+            }
         }
     }
 

@@ -445,11 +445,18 @@ pub(crate) trait DeviceOps: Send + Sync {
         false
     }
 
-    /// Gives pages back: unmaps each at its address, invalidates the device TLB once for all of
-    /// them, frees them.  Called from MMU notifier callbacks: must not sleep for memory.
-    fn release_many(&self, pages: &[(usize, DevicePage)]) {
+    /// Removes the device's mappings of `pages`, each at its address, with one device TLB
+    /// invalidation for all of them.  Must not sleep for memory (MMU notifier callbacks).
+    fn unmap_many(&self, pages: &[(usize, DevicePage)]) {
         for &(va, page) in pages {
             self.unmap(va, page);
+        }
+    }
+
+    /// Gives pages back: [`DeviceOps::unmap_many`], then frees them.
+    fn release_many(&self, pages: &[(usize, DevicePage)]) {
+        self.unmap_many(pages);
+        for &(_, page) in pages {
             self.free(page);
         }
     }

@@ -20,9 +20,11 @@
 use crate::{
     address_space::AddressSpace,
     device::{Device, DeviceOps, Stats},
+    devmem::Victim,
     lpt::{DevicePage, ParkedPage, Residency},
 };
 use kernel::{
+    alloc::KVec,
     page::{Page, PAGE_SIZE},
     prelude::*,
     sync::Arc,
@@ -31,28 +33,24 @@ use kernel::{
 /// Pages evicted at once when a device is full: the free reserve the next faults use.
 pub(crate) const EVICT_BATCH: usize = 16;
 
-/// Evicts up to `count` cold pages of `dev` to host memory.  Returns how many went; `ENOMEM`
-/// if none could.
-pub(crate) fn evict(dev: &Device, count: usize) -> Result<usize> {
-    let mut done = 0;
-    while done < count {
-        match evict_one(dev) {
-            Ok(()) => done += 1,
-            Err(e) if done == 0 => return Err(e),
-            Err(_) => break,
-        }
-    }
-    Ok(done)
+/// A page claimed for eviction.
+struct Claimed {
+    victim: Victim,
+    ctx: Arc<dyn DeviceOps>,
+    host: Page,
 }
 
-/// Evicts one page of `dev`.
-fn evict_one(dev: &Device) -> Result {
+/// Evicts up to `count` cold pages of `dev` to host memory, as one batch: the pages are
+/// claimed, their device mappings removed with one TLB invalidation per context, then copied
+/// out.  Returns how many went; `ENOMEM` if none could.
+pub(crate) fn evict(dev: &Device, count: usize) -> Result<usize> {
     let memory = dev.memory().ok_or(ENOMEM)?;
-    // Allocated before any lock: this may reclaim.
-    let host = Page::alloc_page(GFP_KERNEL)?;
-    let mut holder: Option<Arc<dyn DeviceOps>> = None;
-    let victim = memory
-        .pick_victim(|v| {
+    let mut batch = KVec::with_capacity(count, GFP_KERNEL)?;
+    while batch.len() < count {
+        // Allocated before any lock: this may reclaim.
+        let host = Page::alloc_page(GFP_KERNEL)?;
+        let mut holder: Option<Arc<dyn DeviceOps>> = None;
+        let Some(victim) = memory.pick_victim(|v| {
             // SAFETY: `v.space` holds an allocated page of this device: an address space
             // frees its device pages (taking the device memory lock, which we hold) before it
             // goes, and waits for evictions it is part of (`begin_move`).
@@ -64,31 +62,74 @@ fn evict_one(dev: &Device) -> Result {
             let Some(ctx) = this.devices.get(dev.id) else {
                 return false;
             };
-            if ctx.held(v.vpn * PAGE_SIZE) {
-                return false;
-            }
-            if !this.begin_move(v.vpn, Residency::Device(page)) {
+            if ctx.held(v.vpn * PAGE_SIZE) || !this.begin_move(v.vpn, Residency::Device(page)) {
                 return false;
             }
             holder = Some(ctx);
             true
-        })
-        .ok_or(ENOMEM)?;
-    let ctx = holder.ok_or(ENOMEM)?;
-    // SAFETY: as above; `begin_move` keeps the address space until `end_move`.
+        }) else {
+            break;
+        };
+        let Some(ctx) = holder else {
+            break;
+        };
+        // Cannot fail: the capacity is there.
+        batch.push(Claimed { victim, ctx, host }, GFP_KERNEL)?;
+    }
+    if batch.is_empty() {
+        return Err(ENOMEM);
+    }
+    // One TLB invalidation per run of pages of one context (usually the whole batch).
+    let mut start = 0;
+    while start < batch.len() {
+        let ctx = &batch[start].ctx;
+        let len = batch[start..]
+            .iter()
+            .take_while(|c| Arc::ptr_eq(&c.ctx, ctx))
+            .count();
+        let mut pages = KVec::with_capacity(len, GFP_KERNEL)?;
+        for c in &batch[start..start + len] {
+            let page = DevicePage {
+                dev: dev.id,
+                pfn: c.victim.pfn,
+            };
+            pages.push((c.victim.vpn * PAGE_SIZE, page), GFP_KERNEL)?;
+        }
+        ctx.unmap_many(&pages);
+        start += len;
+    }
+    let mut done = 0;
+    for c in batch {
+        if finish(dev, c).is_ok() {
+            done += 1;
+        }
+    }
+    if done == 0 {
+        return Err(ENOMEM);
+    }
+    Ok(done)
+}
+
+/// Copies a claimed, unmapped page out and parks it (or gives it back if the copy fails).
+fn finish(dev: &Device, c: Claimed) -> Result {
+    let Claimed { victim, ctx, host } = c;
+    // SAFETY: `begin_move` keeps the address space until `move_done` below.
     let this = unsafe { &*(victim.space as *const AddressSpace) };
     let page = DevicePage {
         dev: dev.id,
         pfn: victim.pfn,
     };
     let va = victim.vpn * PAGE_SIZE;
-    let (now, result) = match ctx.move_home(va, page, &host) {
+    let (now, result) = match ctx.copy_to_host(page, &host) {
         Ok(()) => {
+            ctx.free(page);
             Stats::inc(&dev.stats.evictions);
             (Residency::Parked(ParkedPage::new(host).into_raw()), Ok(()))
         }
         Err(e) => {
-            memory.unpick(victim.pfn);
+            if let Some(memory) = dev.memory() {
+                memory.unpick(victim.pfn);
+            }
             (Residency::Device(page), Err(e))
         }
     };

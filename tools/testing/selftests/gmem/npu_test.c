@@ -13,7 +13,9 @@
  * runs.
  */
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -1404,6 +1406,46 @@ TEST_F(npu, hmadvise_device_errors)
 		EXPECT_EQ(EINVAL, errno);
 	}
 	ASSERT_EQ(0, munmap(p, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+static void on_alarm(int sig)
+{
+}
+
+/*
+ * A long prefetch interrupted by signals (a handler without SA_RESTART:
+ * EINTR) keeps the range consistent, and calling again finishes it: the
+ * pages already moved stay moved.
+ */
+TEST_F(npu, prefetch_interrupted)
+{
+	struct itimerval every = { { 0, 2000 }, { 0, 2000 } }, off = { 0 };
+	struct sigaction sa = { .sa_handler = on_alarm };
+	size_t len = 2 * OVERSUB_CHUNK;
+	int eintr = 0;
+	long ret;
+	__u64 sum;
+	void *p;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	fill_words(p, len, 7, 3);
+	ASSERT_EQ(0, sigaction(SIGALRM, &sa, NULL));
+	ASSERT_EQ(0, setitimer(ITIMER_REAL, &every, NULL));
+	do {
+		ret = hmadvise(self->info[0].hnid, (unsigned long)p, len,
+			       MADV_PREFETCH);
+		eintr += ret == -1 && errno == EINTR;
+	} while (ret == -1 && errno == EINTR && eintr < 100000);
+	ASSERT_EQ(0, setitimer(ITIMER_REAL, &off, NULL));
+	ASSERT_EQ(0, ret);
+	TH_LOG("prefetch of %zu KiB interrupted %d times", len >> 10, eintr);
+	ASSERT_EQ(0, npu_sum(self->fd[0], p, len, &sum));
+	ASSERT_EQ(sum_words(len, 7, 3), sum);
+	ASSERT_EQ(-1, check_words(p, len, 7, 3));
+	ASSERT_EQ(0, munmap(p, len));
 	expect_resident(_metadata, self->fd, self->start);
 }
 
