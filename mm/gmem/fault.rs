@@ -162,6 +162,9 @@ pub(crate) fn cpu_fault_end(lpt: &LogicalPageTable, vpn: usize, installed: bool)
     }
 }
 
+/// Pages a device fault of a range does between two checks for a pending signal.
+const SIGNAL_CHECK: usize = 16;
+
 /// Makes `len` bytes at `start` resident on the context's device and mapped there.
 ///
 /// `EINVAL` for an unaligned or empty range or unknown `access` bits, `EFAULT` for an address
@@ -193,8 +196,11 @@ pub(crate) fn dev_fault(ctx: &Context, start: usize, len: usize, access: c_uint)
             let prot = bindings::GM_PROT_READ | if writable { bindings::GM_PROT_WRITE } else { 0 };
             let vma_end = vma.end().min(end);
             while va < vma_end {
-                // A long prefetch stops for a signal; restarting it redoes what is left.
-                if kernel::current!().signal_pending() {
+                // A long prefetch stops for a signal; restarting it redoes what is left.  It
+                // checks every `SIGNAL_CHECK` pages, after doing some: each call makes progress
+                // however often signals come.
+                let done = (va - start) / PAGE_SIZE;
+                if done > 0 && done % SIGNAL_CHECK == 0 && kernel::current!().signal_pending() {
                     return Err(ERESTARTSYS);
                 }
                 fault_page(this, mm, ctx, vma, va, prot)?;

@@ -149,8 +149,9 @@ impl Request {
                     }
                 });
                 pushed?;
-                for addr in home {
-                    if kernel::current!().signal_pending() {
+                for (i, addr) in home.into_iter().enumerate() {
+                    // After some progress, like a device prefetch (see `crate::fault`).
+                    if i > 0 && i % 16 == 0 && kernel::current!().signal_pending() {
                         return Err(ERESTARTSYS);
                     }
                     // SAFETY: as above.

@@ -1420,7 +1420,7 @@ static void on_alarm(int sig)
  */
 TEST_F(npu, prefetch_interrupted)
 {
-	struct itimerval every = { { 0, 2000 }, { 0, 2000 } }, off = { 0 };
+	struct itimerval every = { { 0, 10000 }, { 0, 10000 } }, off = { 0 };
 	struct sigaction sa = { .sa_handler = on_alarm };
 	size_t len = 2 * OVERSUB_CHUNK;
 	int eintr = 0;
