@@ -22,10 +22,11 @@ timeout 1800 "$here/vm-run" --append "kunit.filter_glob=gmem*" -- \
 	"$here/guest/run-tests.sh" "$out" "$GMEM_OBJ/kselftest/gmem" \
 	>"$out/console.log" 2>&1 || echo "check: the VM exited with status $?" >&2
 # The second boot: the NPU driver prefaults each job instead of faulting.
-# No KUnit at boot this time; results in $out/nofault (report.py reads them).
+# This boot's KUnit run is the doc examples of kernel::gmem (doctests); results
+# in $out/nofault (report.py reads them).
 echo "check: booting again with gmem_npu_sim.faultable=0 for npu_test" >&2
 mkdir -p "$out/nofault"
-timeout 900 "$here/vm-run" --append "kunit.enable=0" \
+timeout 900 "$here/vm-run" --append "kunit.filter_glob=rust_doctests_kernel.*gmem*" \
 	--append "gmem_npu_sim.faultable=0" -- \
 	"$here/guest/run-tests.sh" "$out/nofault" "$GMEM_OBJ/kselftest/gmem" npu_test \
 	>"$out/nofault/console.log" 2>&1 || echo "check: the VM exited with status $?" >&2

@@ -83,10 +83,11 @@ def kselftest(path, name):
 
 # Boots of make check besides the first: subdirectory of the results, and
 # the prefix of their test names.  Only kselftests run there (no KUnit).
-EXTRA_BOOTS = [("nofault", "nofault:")]
+# (directory, prefix of its kselftest names, prefix of its KUnit suites)
+EXTRA_BOOTS = [("nofault", "nofault:", "rust_doctests_kernel")]
 
 
-def boot(out, label, prefix, want_kunit):
+def boot(out, label, prefix, kunit_suites):
     """Results, splat lines and problems of one boot's results directory."""
     results, problems = [], []
     where = f" ({label} boot)" if label else ""
@@ -97,11 +98,10 @@ def boot(out, label, prefix, want_kunit):
     if os.path.exists(os.path.join(out, "dmesg")):
         with open(os.path.join(out, "dmesg"), errors="replace") as f:
             dmesg = f.readlines()
-    if want_kunit:
-        k = kunit(dmesg, "gmem")
-        if not k:
-            problems.append("no GMEM KUnit results in the kernel log")
-        results += k
+    k = kunit(dmesg, kunit_suites)
+    if not k:
+        problems.append(f"no {kunit_suites}* KUnit results in the kernel log{where}")
+    results += k
     tap = sorted(f for f in os.listdir(out) if f.endswith(".tap"))
     if not tap:
         problems.append(f"no GMEM kselftest ran{where}")
@@ -119,10 +119,10 @@ def boot(out, label, prefix, want_kunit):
 
 def main():
     out = sys.argv[1]
-    results, splats, problems = boot(out, "", "", True)
-    for sub, prefix in EXTRA_BOOTS:
+    results, splats, problems = boot(out, "", "", "gmem")
+    for sub, prefix, suites in EXTRA_BOOTS:
         if os.path.isdir(os.path.join(out, sub)):
-            r, s, p = boot(os.path.join(out, sub), sub, prefix, False)
+            r, s, p = boot(os.path.join(out, sub), sub, prefix, suites)
             results += r
             splats += s
             problems += p
