@@ -183,6 +183,7 @@ pub(crate) fn dev_fault(ctx: &Context, start: usize, len: usize, access: c_uint)
     ctx.with_address_space(|this, mm| {
         let guard = mm.mmap_read_lock();
         let mut va = start;
+        let mut moved = 0;
         while va < end {
             let vma = guard.vma_lookup(va).ok_or(EFAULT)?;
             let vm_flags = vma.flags();
@@ -197,13 +198,15 @@ pub(crate) fn dev_fault(ctx: &Context, start: usize, len: usize, access: c_uint)
             let vma_end = vma.end().min(end);
             while va < vma_end {
                 // A long prefetch stops for a signal; restarting it redoes what is left.  It
-                // checks every `SIGNAL_CHECK` pages, after doing some: each call makes progress
-                // however often signals come.
-                let done = (va - start) / PAGE_SIZE;
-                if done > 0 && done % SIGNAL_CHECK == 0 && kernel::current!().signal_pending() {
+                // checks once `SIGNAL_CHECK` pages moved: a restarted call, which first maps
+                // again what is there already, always makes progress however often signals
+                // come.
+                if moved >= SIGNAL_CHECK && kernel::current!().signal_pending() {
                     return Err(ERESTARTSYS);
                 }
-                fault_page(this, mm, ctx, vma, va, prot)?;
+                if fault_page(this, mm, ctx, vma, va, prot)? {
+                    moved += 1;
+                }
                 Stats::inc(&ctx.dev.stats.faults);
                 va += PAGE_SIZE;
             }
@@ -320,7 +323,8 @@ fn complete(
     true
 }
 
-/// Makes the page at `va` resident on the context's device and maps it with `prot`.
+/// Makes the page at `va` resident on the context's device and maps it with `prot`.  Returns
+/// whether a page moved (`false`: it was on the device already and is mapped again).
 fn fault_page(
     this: &AddressSpace,
     mm: &MmWithUser,
@@ -328,7 +332,7 @@ fn fault_page(
     vma: &VmaRef,
     va: usize,
     prot: c_uint,
-) -> Result {
+) -> Result<bool> {
     let vpn = va / PAGE_SIZE;
     loop {
         let seen = {
@@ -357,7 +361,7 @@ fn fault_page(
                     .get(vpn)
                     .is_some_and(|m| !m.busy() && m.residency() == Residency::Device(page));
                 if same && !this.changed(&guard, seq) {
-                    return Ok(());
+                    return Ok(false);
                 }
                 drop(guard);
                 ctx.unmap_va(va, PAGE_SIZE);
@@ -382,7 +386,7 @@ fn fault_page(
                 }
                 drop(parked);
                 if complete(this, ctx, vpn, va, pfn, seq) {
-                    return Ok(());
+                    return Ok(true);
                 }
             }
             Some(Residency::Device(page)) => {
@@ -406,7 +410,7 @@ fn fault_page(
                     return Err(e);
                 }
                 if complete(this, ctx, vpn, va, pfn, seq) {
-                    return Ok(());
+                    return Ok(true);
                 }
             }
             _ => {
@@ -443,7 +447,7 @@ fn fault_page(
                     return Err(e);
                 }
                 if complete(this, ctx, vpn, va, pfn, seq) {
-                    return Ok(());
+                    return Ok(true);
                 }
             }
         }

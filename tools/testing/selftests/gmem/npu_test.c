@@ -1422,7 +1422,7 @@ TEST_F(npu, prefetch_interrupted)
 {
 	struct itimerval every = { { 0, 10000 }, { 0, 10000 } }, off = { 0 };
 	struct sigaction sa = { .sa_handler = on_alarm };
-	size_t len = 2 * OVERSUB_CHUNK;
+	size_t len = OVERSUB_CHUNK;
 	int eintr = 0;
 	long ret;
 	__u64 sum;
