@@ -512,6 +512,19 @@ impl DeviceList {
         core::mem::take(&mut *self.devices.lock())
     }
 
+    /// The attached device `id`, if `pred` accepts it.  `pred` runs under the list's lock, so
+    /// a device it refuses is never the last reference dropped by the caller (dropping a
+    /// context may sleep).
+    pub(crate) fn get_if(
+        &self,
+        id: DeviceId,
+        pred: impl FnOnce(&dyn DeviceOps) -> bool,
+    ) -> Option<Arc<dyn DeviceOps>> {
+        let devices = self.devices.lock();
+        let device = devices.iter().find(|d| d.id() == id)?;
+        pred(&**device).then(|| device.clone())
+    }
+
     /// The attached device `id`.
     pub(crate) fn get(&self, id: DeviceId) -> Option<Arc<dyn DeviceOps>> {
         self.devices.lock().iter().find(|d| d.id() == id).cloned()

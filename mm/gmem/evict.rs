@@ -14,8 +14,9 @@
 //! path may evict pages of any process.  The next access from the CPU or a device moves the
 //! parked page where it is needed.
 //!
-//! Lock order: the device memory's spinlock, then the owner's logical page table lock, then
-//! its device list lock (all taken only to claim the victim).
+//! Lock order: the device memory's spinlock, then the owner's device list lock, then the
+//! context's hold list and the owner's logical page table lock (all taken only to claim the
+//! victim).
 
 use crate::{
     address_space::AddressSpace,
@@ -59,14 +60,10 @@ pub(crate) fn evict(dev: &Device, count: usize) -> Result<usize> {
                 dev: dev.id,
                 pfn: v.pfn,
             };
-            let Some(ctx) = this.devices.get(dev.id) else {
-                return false;
-            };
-            if ctx.held(v.vpn * PAGE_SIZE) || !this.begin_move(v.vpn, Residency::Device(page)) {
-                return false;
-            }
-            holder = Some(ctx);
-            true
+            holder = this.devices.get_if(dev.id, |ctx| {
+                !ctx.held(v.vpn * PAGE_SIZE) && this.begin_move(v.vpn, Residency::Device(page))
+            });
+            holder.is_some()
         }) else {
             break;
         };
