@@ -189,30 +189,15 @@ impl AddressSpace {
     /// (eviction), if it is `expect` and not busy: the entry becomes busy and nowhere, and the
     /// address space stays until [`AddressSpace::move_done`].
     pub(crate) fn begin_move(&self, vpn: usize, expect: Residency) -> bool {
-        let mut guard = self.lpt.lock();
-        match guard.get_mut(vpn) {
-            Some(m) if !m.busy() && m.residency() == expect => {
-                m.set_busy(true);
-                m.set(Residency::Nowhere);
-                self.moving.fetch_add(1, Ordering::AcqRel);
-                true
-            }
-            _ => false,
-        }
+        self.lpt.claim_if(vpn, expect, || {
+            self.moving.fetch_add(1, Ordering::AcqRel);
+        })
     }
 
     /// Records where a page claimed by [`AddressSpace::begin_move`] lives now.  `false` if its
     /// entry was dropped meanwhile: then the caller still owns `now`.
     pub(crate) fn end_move(&self, vpn: usize, now: Residency) -> bool {
-        let mut guard = self.lpt.lock();
-        match guard.get_mut(vpn) {
-            Some(m) if m.busy() => {
-                m.set(now);
-                m.set_busy(false);
-                true
-            }
-            _ => false,
-        }
+        self.lpt.end_claim(vpn, now)
     }
 
     /// Ends a move from [`AddressSpace::begin_move`]; the caller does not use `self` again.

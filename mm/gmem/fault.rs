@@ -263,29 +263,13 @@ fn claim(this: &AddressSpace, vpn: usize, seen: Option<Residency>) -> Result<boo
             Err(e) => Err(e),
         };
     };
-    let mut guard = this.lpt.lock();
-    match guard.get_mut(vpn) {
-        Some(m) if !m.busy() && m.residency() == seen => {
-            m.set_busy(true);
-            m.set(Residency::Nowhere);
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
+    Ok(this.lpt.claim_if(vpn, seen, || {}))
 }
 
 /// Gives up a claim, recording where the page lives now.  `false` if the entry went meanwhile
 /// (the range was unmapped): then nothing recorded `now`.
 fn unclaim(this: &AddressSpace, vpn: usize, now: Residency) -> bool {
-    let mut guard = this.lpt.lock();
-    match guard.get_mut(vpn) {
-        Some(m) if m.busy() => {
-            m.set(now);
-            m.set_busy(false);
-            true
-        }
-        _ => false,
-    }
+    this.lpt.end_claim(vpn, now)
 }
 
 /// Records device page `pfn`, now mapped at `va`, as where page `vpn` lives.  `false` if an

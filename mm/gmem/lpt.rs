@@ -328,6 +328,35 @@ impl LogicalPageTable {
         self.pages.lock()
     }
 
+    /// Claims page `vpn` for a move if its entry is `expect` and not busy: it becomes busy and
+    /// nowhere, and `claimed` runs under the lock.  `false` if someone else got there first.
+    pub(crate) fn claim_if(&self, vpn: usize, expect: Residency, claimed: impl FnOnce()) -> bool {
+        let mut guard = self.lock();
+        match guard.get_mut(vpn) {
+            Some(m) if !m.busy() && m.residency() == expect => {
+                m.set_busy(true);
+                m.set(Residency::Nowhere);
+                claimed();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends a claim, recording where the page lives now.  `false` if the entry went meanwhile
+    /// (the range was unmapped): then the caller still owns what `now` names.
+    pub(crate) fn end_claim(&self, vpn: usize, now: Residency) -> bool {
+        let mut guard = self.lock();
+        match guard.get_mut(vpn) {
+            Some(m) if m.busy() => {
+                m.set(now);
+                m.set_busy(false);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Number of pages tracked.
     pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
