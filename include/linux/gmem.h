@@ -55,6 +55,17 @@ struct gm_va_range {
 	unsigned long len;
 };
 
+/*
+ * One page of a batched move (peer_map, peer_unmap): device page @pfn and
+ * host page @page, which is the source of peer_map (NULL: zero-fill) and the
+ * destination of peer_unmap (NULL: no copy).  Entry i of a batch is for
+ * virtual address va + i * PAGE_SIZE.
+ */
+struct gm_move {
+	u64 pfn;
+	struct page *page;
+};
+
 /**
  * struct gm_mmu - the hardware-specific MMU operations of a device
  *
@@ -99,12 +110,21 @@ struct gm_va_range {
  * @tlb_invl_coalesced: the same for @nr ranges at once.  Optional (GMEM
  *	calls tlb_invl() for each range).
  *
- * Wrappers, for drivers that can batch a whole move in one device
- * operation; without them GMEM composes the basic operations:
- * @peer_map: prepare device page @pfn (which GMEM allocated) from @src, or
- *	zero it, and map it at @va with @prot, in one step.  Optional.
- * @peer_unmap: unmap @va, invalidate the TLB for it and copy device page
- *	@pfn to @dst (if @dst is not NULL); GMEM frees the page.  Optional.
+ * Wrappers, for drivers that can move a whole batch in one device operation
+ * (a DMA descriptor list, one page-table update, one TLB invalidation).
+ * GMEM moves up to 2 MiB (512 pages) at a time, always a run of consecutive
+ * virtual pages starting at @va, @moves[i] for @va + i * PAGE_SIZE.
+ * Without the wrappers GMEM composes the basic operations: prepare_page()
+ * and pmap_enter() per page, or one pmap_release() and one tlb_invl() for
+ * the run and copy_to_host() per page.
+ * @peer_map: fill each device page @moves[i].pfn (which GMEM allocated)
+ *	from @moves[i].page, or zero it if that is NULL, and map it with
+ *	@prot.  On an error some pages may be mapped: GMEM removes the whole
+ *	run's mappings (pmap_release, tlb_invl) and frees the pages.  Optional.
+ * @peer_unmap: remove the run's mappings, invalidate the TLB for the run
+ *	once, then copy each @moves[i].pfn into @moves[i].page (if not NULL).
+ *	GMEM frees the device pages afterwards.  On an error the mappings are
+ *	gone and GMEM keeps the device pages.  Optional.
  *
  * @release: the last reference to the device is gone: free @priv.  Optional.
  */
@@ -135,9 +155,10 @@ struct gm_mmu {
 				   unsigned int nr);
 
 	int (*peer_map)(struct gm_dev *dev, void *pmap, unsigned long va,
-			u64 pfn, struct page *src, unsigned int prot);
+			const struct gm_move *moves, unsigned int nr,
+			unsigned int prot);
 	int (*peer_unmap)(struct gm_dev *dev, void *pmap, unsigned long va,
-			  u64 pfn, struct page *dst);
+			  const struct gm_move *moves, unsigned int nr);
 
 	void (*release)(struct gm_dev *dev);
 };

@@ -88,7 +88,7 @@ static NOTIFIER_OPS: bindings::mmu_interval_notifier_ops = bindings::mmu_interva
 };
 
 impl AddressSpace {
-    fn new(mm: *mut bindings::mm_struct, inherited: bool) -> Result<Pin<KBox<Self>>> {
+    pub(crate) fn new(mm: *mut bindings::mm_struct, inherited: bool) -> Result<Pin<KBox<Self>>> {
         let this = KBox::pin_init(
             pin_init!(Self {
                 lpt <- LogicalPageTable::new(),

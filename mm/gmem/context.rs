@@ -97,26 +97,48 @@ impl Context {
 
     /// Fills device page `pfn` from `src` (zeroes if `None`) and maps it at `va`.
     pub(crate) fn place(&self, va: usize, pfn: u64, src: Option<&Page>, prot: c_uint) -> Result {
+        let page = src.map_or(core::ptr::null_mut(), |p| p.as_ptr());
+        self.place_run(va, &[bindings::gm_move { pfn, page }], prot)
+    }
+
+    /// Fills the device pages of `moves` from their host pages (zeroes where there is none)
+    /// and maps them at `va`, `va + PAGE_SIZE`, ...: one `peer_map` for the run, or
+    /// `prepare_page` and `pmap_enter` per page.  On an error no page of the run stays mapped.
+    pub(crate) fn place_run(&self, va: usize, moves: &[bindings::gm_move], prot: c_uint) -> Result {
         let mmu = self.dev.mmu();
-        let src_ptr = src.map_or(core::ptr::null_mut(), |p| p.as_ptr());
-        if let Some(peer_map) = mmu.peer_map {
-            // SAFETY: `pmap` is this context's page table; `src_ptr` is NULL or a page the
-            // caller holds for the duration of the call.
+        let placed = if let Some(peer_map) = mmu.peer_map {
+            // SAFETY: `pmap` is this context's page table; the pages of `moves` are held by
+            // the caller for the duration of the call.
             to_result(unsafe {
-                peer_map(self.raw_dev(), self.pmap, va as c_ulong, pfn, src_ptr, prot)
-            })?;
+                peer_map(
+                    self.raw_dev(),
+                    self.pmap,
+                    va as c_ulong,
+                    moves.as_ptr(),
+                    moves.len() as c_uint,
+                    prot,
+                )
+            })
         } else {
             let prepare = mmu.prepare_page.ok_or(EINVAL)?;
-            // SAFETY: as above.
-            to_result(unsafe { prepare(self.raw_dev(), pfn, src_ptr) })?;
-            self.map(va, pfn, prot)?;
+            moves.iter().enumerate().try_for_each(|(i, m)| {
+                // SAFETY: as above; `m.pfn` was allocated for this move.
+                to_result(unsafe { prepare(self.raw_dev(), m.pfn, m.page) })?;
+                self.map(va + i * PAGE_SIZE, m.pfn, prot)
+            })
+        };
+        if let Err(e) = placed {
+            self.unmap_va(va, moves.len() * PAGE_SIZE);
+            return Err(e);
         }
         let stats = &self.dev.stats;
-        Stats::inc(if src.is_some() {
-            &stats.migrations_to_dev
-        } else {
-            &stats.zero_fills
-        });
+        for m in moves {
+            Stats::inc(if m.page.is_null() {
+                &stats.zero_fills
+            } else {
+                &stats.migrations_to_dev
+            });
+        }
         Ok(())
     }
 
@@ -198,24 +220,43 @@ impl DeviceOps for Context {
     }
 
     fn move_home(&self, va: usize, page: DevicePage, dst: &Page) -> Result {
-        let Some(peer_unmap) = self.dev.mmu().peer_unmap else {
-            self.unmap(va, page);
-            self.copy_to_host(page, dst)?;
-            self.free(page);
-            return Ok(());
+        self.copy_run_home(va, &[(page, dst)])?;
+        self.free(page);
+        Ok(())
+    }
+
+    fn copy_run_home(&self, va: usize, run: &[(DevicePage, &Page)]) -> Result {
+        let mmu = self.dev.mmu();
+        let Some(peer_unmap) = mmu.peer_unmap else {
+            // One release and one invalidation for the run, then the copies: the device must
+            // not write after a copy, or the write is lost.
+            self.unmap_va(va, run.len() * PAGE_SIZE);
+            return run
+                .iter()
+                .try_for_each(|&(page, dst)| self.copy_to_host(page, dst));
         };
-        // SAFETY: as for `copy_to_host`; `pmap` is this context's page table.
+        let mut moves = KVec::with_capacity(run.len(), GFP_KERNEL)?;
+        for &(page, dst) in run {
+            moves.push(
+                bindings::gm_move {
+                    pfn: page.pfn,
+                    page: dst.as_ptr(),
+                },
+                GFP_KERNEL,
+            )?;
+        }
+        // SAFETY: `pmap` is this context's page table; the caller owns the device pages and
+        // holds the host pages.
         to_result(unsafe {
             peer_unmap(
                 self.raw_dev(),
                 self.pmap,
                 va as c_ulong,
-                page.pfn,
-                dst.as_ptr(),
+                moves.as_ptr(),
+                moves.len() as c_uint,
             )
         })?;
-        Stats::inc(&self.dev.stats.migrations_to_host);
-        self.free(page);
+        Stats::add(&self.dev.stats.migrations_to_host, run.len());
         Ok(())
     }
 

@@ -69,6 +69,10 @@ impl Stats {
     pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+
+    pub(crate) fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// A device registered with GMEM (`struct gm_dev`).
@@ -430,6 +434,18 @@ pub(crate) trait DeviceOps: Send + Sync {
         self.copy_to_host(page, dst)?;
         self.free(page);
         Ok(())
+    }
+
+    /// Moves the run of pages at `va`, `va + PAGE_SIZE`, ... home: stops the device's access
+    /// to all of them (one TLB invalidation where the device allows), then copies each into
+    /// its host page.  The device pages stay allocated; if this fails, the device's mappings
+    /// are gone but its pages are intact.
+    fn copy_run_home(&self, va: usize, run: &[(DevicePage, &Page)]) -> Result {
+        for (i, &(page, _)) in run.iter().enumerate() {
+            self.unmap(va + i * kernel::page::PAGE_SIZE, page);
+        }
+        run.iter()
+            .try_for_each(|&(page, dst)| self.copy_to_host(page, dst))
     }
 
     /// The address space the device is attached to is going away (its process exited); every

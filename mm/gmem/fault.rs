@@ -19,8 +19,10 @@
 //!
 //! # Device faults
 //!
-//! [`dev_fault`] is the other direction, for `gm_dev_fault()`: a device needs a page.  With the
-//! mmap lock held for reading, it claims the page's entry the same way and then either
+//! [`dev_fault`] is the other direction, for `gm_dev_fault()`: a device needs a page.  It
+//! moves a range in chunks of up to 2 MiB (`crate::migrate`); a page the chunk cannot take
+//! with the others goes through [`fault_page`].  With the mmap lock held for reading, that
+//! claims the page's entry the same way and then either
 //!
 //! - re-maps a page that is already on this device,
 //! - moves a page from another device here (through a host bounce page),
@@ -38,8 +40,8 @@ use crate::{
     context::Context,
     device::{DeviceList, Stats},
     lpt::{DevicePage, GmMapping, LogicalPageTable, ParkedPage, Residency},
+    migrate::{to_device, PinnedPage, CHUNK_PAGES},
 };
-use core::ptr::NonNull;
 use kernel::{
     bindings,
     ffi::{c_uint, c_ulong},
@@ -47,7 +49,7 @@ use kernel::{
         virt::{flags, VmaRef},
         MmWithUser,
     },
-    page::{BorrowedPage, Page, PAGE_SIZE},
+    page::{Page, PAGE_SIZE},
     prelude::*,
     time::{delay::fsleep, Delta},
 };
@@ -162,8 +164,11 @@ pub(crate) fn cpu_fault_end(lpt: &LogicalPageTable, vpn: usize, installed: bool)
     }
 }
 
-/// Pages a device fault of a range does between two checks for a pending signal.
+/// Pages a device fault of a range moves before it checks for a pending signal.
 const SIGNAL_CHECK: usize = 16;
+
+/// Bytes of a chunk (see `crate::migrate`).
+const CHUNK_BYTES: usize = CHUNK_PAGES * PAGE_SIZE;
 
 /// Makes `len` bytes at `start` resident on the context's device and mapped there.
 ///
@@ -204,58 +209,23 @@ pub(crate) fn dev_fault(ctx: &Context, start: usize, len: usize, access: c_uint)
                 if moved >= SIGNAL_CHECK && kernel::current!().signal_pending() {
                     return Err(ERESTARTSYS);
                 }
-                if fault_page(this, mm, ctx, vma, va, prot)? {
-                    moved += 1;
-                }
-                Stats::inc(&ctx.dev.stats.faults);
-                va += PAGE_SIZE;
+                // A chunk ends at a 2 MiB boundary (or the VMA's end).
+                let chunk_end = (va / CHUNK_BYTES + 1)
+                    .checked_mul(CHUNK_BYTES)
+                    .map_or(vma_end, |e| e.min(vma_end));
+                let n = (chunk_end - va) / PAGE_SIZE;
+                moved += to_device(this, mm, ctx, vma, va, n, prot)?;
+                Stats::add(&ctx.dev.stats.faults, n);
+                va = chunk_end;
             }
         }
         Ok(())
     })
 }
 
-/// A host page pinned with `pin_user_pages_remote()`, unpinned on drop.
-struct PinnedPage(BorrowedPage<'static>);
-
-impl PinnedPage {
-    /// Pins the host page mapped at `va`.  Without `fault`, a page that is not present (not yet
-    /// touched, or swapped out) gives `None`; with it, the page is faulted in first.
-    fn get(mm: &MmWithUser, va: usize, fault: bool) -> Result<Option<Self>> {
-        let mut page: *mut bindings::page = core::ptr::null_mut();
-        let flags = if fault { 0 } else { bindings::FOLL_NOFAULT };
-        // SAFETY: the caller holds the mmap lock (it has a VMA of `mm`); `page` has room for
-        // the one page asked for; a NULL `locked` means the lock is never dropped.
-        let n = unsafe {
-            bindings::pin_user_pages_remote(
-                mm.as_raw(),
-                va as c_ulong,
-                1,
-                flags as c_uint,
-                &mut page,
-                core::ptr::null_mut(),
-            )
-        };
-        match NonNull::new(page) {
-            // SAFETY: the page is pinned until `drop` unpins it.
-            Some(page) if n == 1 => Ok(Some(Self(unsafe { BorrowedPage::from_raw(page) }))),
-            _ if fault && n < 0 => Err(Error::from_errno(n as i32)),
-            _ if fault => Err(EFAULT),
-            _ => Ok(None),
-        }
-    }
-}
-
-impl Drop for PinnedPage {
-    fn drop(&mut self) {
-        // SAFETY: the page was pinned once by `get`.
-        unsafe { bindings::unpin_user_page(self.0.as_ptr()) };
-    }
-}
-
 /// Claims the entry of `vpn` for a move, if it still is what the caller `seen`: it becomes
 /// busy and nowhere.  `false` if someone else got there first.
-fn claim(this: &AddressSpace, vpn: usize, seen: Option<Residency>) -> Result<bool> {
+pub(crate) fn claim(this: &AddressSpace, vpn: usize, seen: Option<Residency>) -> Result<bool> {
     let Some(seen) = seen else {
         return match this.lpt.insert_mapping(vpn, GmMapping::claimed()) {
             Ok(()) => Ok(true),
@@ -268,7 +238,7 @@ fn claim(this: &AddressSpace, vpn: usize, seen: Option<Residency>) -> Result<boo
 
 /// Gives up a claim, recording where the page lives now.  `false` if the entry went meanwhile
 /// (the range was unmapped): then nothing recorded `now`.
-fn unclaim(this: &AddressSpace, vpn: usize, now: Residency) -> bool {
+pub(crate) fn unclaim(this: &AddressSpace, vpn: usize, now: Residency) -> bool {
     this.lpt.end_claim(vpn, now)
 }
 
@@ -309,7 +279,7 @@ fn complete(
 
 /// Makes the page at `va` resident on the context's device and maps it with `prot`.  Returns
 /// whether a page moved (`false`: it was on the device already and is mapped again).
-fn fault_page(
+pub(crate) fn fault_page(
     this: &AddressSpace,
     mm: &MmWithUser,
     ctx: &Context,
@@ -423,7 +393,7 @@ fn fault_page(
                     vma.zap_vma_range(va, PAGE_SIZE);
                 }
                 let seq = this.read_begin();
-                let placed = ctx.place(va, pfn, host.as_ref().map(|p| &*p.0), prot);
+                let placed = ctx.place(va, pfn, host.as_ref().map(PinnedPage::page), prot);
                 drop(host);
                 if let Err(e) = placed {
                     ctx.dev.free_page(pfn);

@@ -52,6 +52,7 @@ mod evict;
 mod fault;
 pub mod hmadvise;
 mod lpt;
+mod migrate;
 
 /// Prefix of this crate's log lines (`module!` would define it for a module).
 const __LOG_PREFIX: &[u8] = b"gmem\0";

@@ -15,6 +15,7 @@ use crate::{
     address_space::{cpu_fault_in, AddressSpace},
     device::hnid_registered,
     lpt::{DeviceId, Residency},
+    migrate::park_home,
 };
 use kernel::{
     bindings, current,
@@ -141,6 +142,9 @@ impl Request {
                 let Some(this) = this else {
                     return Ok(());
                 };
+                // Device pages are copied out a run at a time and parked, then everything
+                // parked is faulted into the CPU page table.
+                park_home(this, first, last)?;
                 let mut home = KVec::new();
                 let mut pushed = Ok(());
                 this.lpt.for_each_away_page(first, last, |vpn| {

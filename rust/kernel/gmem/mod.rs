@@ -143,6 +143,36 @@ impl Caps {
 /// A range of device virtual addresses.
 pub type VaRange = bindings::gm_va_range;
 
+/// One page of a batched move ([`GmMmu::peer_map`], [`GmMmu::peer_unmap`]): a device page and
+/// the host page it is filled from or copied into.
+///
+/// # Invariants
+///
+/// The host page is NULL or a page that stays valid for `'a`.
+#[repr(transparent)]
+pub struct Move<'a>(bindings::gm_move, PhantomData<&'a Page>);
+
+impl<'a> Move<'a> {
+    /// A move of device page `pfn` from or to `page`.
+    pub fn new(pfn: u64, page: Option<&'a Page>) -> Self {
+        let page = page.map_or(core::ptr::null_mut(), |p| p.as_ptr());
+        // INVARIANT: `page` is NULL or borrowed for `'a`.
+        Self(bindings::gm_move { pfn, page }, PhantomData)
+    }
+
+    /// The device page.
+    pub fn pfn(&self) -> u64 {
+        self.0.pfn
+    }
+
+    /// The host page: the source of [`GmMmu::peer_map`] (`None`: fill with zeroes), the
+    /// destination of [`GmMmu::peer_unmap`] (`None`: no copy).
+    pub fn page(&self) -> Option<BorrowedPage<'a>> {
+        // SAFETY: by the type invariant the page is valid for `'a`.
+        NonNull::new(self.0.page).map(|p| unsafe { BorrowedPage::from_raw(p) })
+    }
+}
+
 /// The hardware-specific MMU operations of a device.
 ///
 /// GMEM calls them with no spinlock held; they may sleep, except that `pmap_release`,
@@ -217,21 +247,17 @@ pub trait GmMmu: Send + Sync + Sized + 'static {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
-    /// Prepares device page `pfn` from `src` (or zeroes it) and maps it at `va`, in one step.
-    fn peer_map(
-        &self,
-        _pmap: &Self::Pmap,
-        _va: usize,
-        _pfn: u64,
-        _src: Option<&Page>,
-        _prot: Prot,
-    ) -> Result {
+    /// Fills the device pages of `moves` (from their host pages, or with zeroes) and maps
+    /// them at `va`, `va + PAGE_SIZE`, ... with `prot`, in one device operation.  GMEM moves up
+    /// to 512 pages at a time.  On an error GMEM removes the whole run's mappings.
+    fn peer_map(&self, _pmap: &Self::Pmap, _va: usize, _moves: &[Move<'_>], _prot: Prot) -> Result {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
-    /// Unmaps `va`, invalidates the TLB for it and copies device page `pfn` into `dst`, in one
-    /// step; GMEM frees the page.
-    fn peer_unmap(&self, _pmap: &Self::Pmap, _va: usize, _pfn: u64, _dst: Option<&Page>) -> Result {
+    /// Removes the mappings of the run of `moves.len()` pages at `va`, invalidates the TLB
+    /// for the run once, then copies each device page into its host page (if it has one).
+    /// GMEM frees the device pages afterwards.
+    fn peer_unmap(&self, _pmap: &Self::Pmap, _va: usize, _moves: &[Move<'_>]) -> Result {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 }
@@ -269,6 +295,20 @@ impl<T: GmMmu> MmuVtable<T> {
     unsafe fn page<'a>(page: *mut bindings::page) -> Option<BorrowedPage<'a>> {
         // SAFETY: by the safety requirements.
         NonNull::new(page).map(|p| unsafe { BorrowedPage::from_raw(p) })
+    }
+
+    /// The `nr` moves at `moves`.
+    ///
+    /// # Safety
+    ///
+    /// `moves` points to `nr` valid `struct gm_move` whose pages GMEM holds for `'a`.
+    unsafe fn moves<'a>(moves: *const bindings::gm_move, nr: c_uint) -> &'a [Move<'a>] {
+        if nr == 0 {
+            return &[];
+        }
+        // SAFETY: by the safety requirements; `Move` is a transparent `gm_move` whose
+        // invariant the requirements give.
+        unsafe { core::slice::from_raw_parts(moves.cast::<Move<'a>>(), nr as usize) }
     }
 
     fn ret(r: Result) -> c_int {
@@ -485,13 +525,15 @@ impl<T: GmMmu> MmuVtable<T> {
         dev: *mut bindings::gm_dev,
         pmap: *mut c_void,
         va: c_ulong,
-        pfn: u64,
-        src: *mut bindings::page,
+        moves: *const bindings::gm_move,
+        nr: c_uint,
         prot: c_uint,
     ) -> c_int {
-        // SAFETY: GMEM passes a live device, page table and page (or NULL).
-        let (data, pmap, src) = unsafe { (Self::data(dev), Self::pmap(pmap), Self::page(src)) };
-        Self::ret(data.peer_map(pmap, va, pfn, src.as_deref(), Prot(prot)))
+        // SAFETY: GMEM passes a live device and page table.
+        let (data, pmap) = unsafe { (Self::data(dev), Self::pmap(pmap)) };
+        // SAFETY: GMEM passes `nr` moves whose pages it holds for the call.
+        let moves = unsafe { Self::moves(moves, nr) };
+        Self::ret(data.peer_map(pmap, va, moves, Prot(prot)))
     }
 
     /// # Safety
@@ -502,12 +544,14 @@ impl<T: GmMmu> MmuVtable<T> {
         dev: *mut bindings::gm_dev,
         pmap: *mut c_void,
         va: c_ulong,
-        pfn: u64,
-        dst: *mut bindings::page,
+        moves: *const bindings::gm_move,
+        nr: c_uint,
     ) -> c_int {
-        // SAFETY: GMEM passes a live device, page table and page (or NULL).
-        let (data, pmap, dst) = unsafe { (Self::data(dev), Self::pmap(pmap), Self::page(dst)) };
-        Self::ret(data.peer_unmap(pmap, va, pfn, dst.as_deref()))
+        // SAFETY: GMEM passes a live device and page table.
+        let (data, pmap) = unsafe { (Self::data(dev), Self::pmap(pmap)) };
+        // SAFETY: GMEM passes `nr` moves whose pages it holds for the call.
+        let moves = unsafe { Self::moves(moves, nr) };
+        Self::ret(data.peer_unmap(pmap, va, moves))
     }
 
     /// # Safety

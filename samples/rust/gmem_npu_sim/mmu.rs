@@ -31,8 +31,6 @@ const PTE_ADDR: u64 = ((1 << 52) - 1) & !0xfff;
 /// The NPU's virtual address width.
 const VA_BITS: u32 = 48;
 const TLB_ENTRIES: usize = 64;
-/// Bytes copied per I/O burst (the bounce buffer on the stack).
-const BURST: usize = 256;
 
 /// Index of `va` in the table of `level` (3 = root).
 fn pt_index(va: usize, level: usize) -> usize {
@@ -251,6 +249,90 @@ impl NpuMmu {
         })
     }
 
+    /// Copies a whole page between DRAM at `pa` and host page `page` (into DRAM if `to_dram`).
+    fn copy_page(&self, pa: u64, page: &Page, to_dram: bool) -> Result {
+        self.with_dram(|base| {
+            let io = Self::io(base, self.dram_size, pa, PAGE_SIZE)?;
+            // SAFETY: `page` is a valid page the caller holds; the mapping is undone below.
+            let host = unsafe { bindings::kmap_local_page(page.as_ptr()) };
+            // SAFETY: `io` is within the mapped BAR (checked above) and `host` maps a whole
+            // page.
+            unsafe {
+                if to_dram {
+                    bindings::memcpy_toio(io, host, PAGE_SIZE);
+                } else {
+                    bindings::memcpy_fromio(host, io, PAGE_SIZE);
+                }
+                bindings::kunmap_local(host);
+            }
+            Ok(())
+        })
+    }
+
+    /// The DRAM address of the last-level table that maps `va`, allocating the tables on the
+    /// way if `alloc`; `None` if a level is missing and `alloc` is not set.
+    fn leaf_locked(&self, hw: &mut Hw, pmap: &Pmap, va: usize, alloc: bool) -> Result<Option<u64>> {
+        let mut table = pmap.root;
+        for level in (1..LEVELS).rev() {
+            let index = pt_index(va, level);
+            let pte = self.read_pte(table, index)?;
+            table = if pte & PTE_VALID != 0 {
+                pte & PTE_ADDR
+            } else if alloc {
+                // Table pages stay until the page table is destroyed.
+                let next = hw.alloc_pt(pmap.asid)?;
+                self.zero(next, PAGE_SIZE)?;
+                self.write_pte(table, index, next | PTE_VALID)?;
+                next
+            } else {
+                return Ok(None);
+            };
+        }
+        Ok(Some(table))
+    }
+
+    fn enter_locked(&self, hw: &mut Hw, pmap: &Pmap, va: usize, pfn: u64, prot: Prot) -> Result {
+        if va >> VA_BITS != 0 || pfn * PAGE_SIZE as u64 >= self.dram_size {
+            return Err(EINVAL);
+        }
+        let table = self.leaf_locked(hw, pmap, va, true)?.ok_or(EINVAL)?;
+        let write = if prot.writable() { PTE_WRITE } else { 0 };
+        self.write_pte(
+            table,
+            pt_index(va, 0),
+            (pfn * PAGE_SIZE as u64) | write | PTE_VALID,
+        )
+    }
+
+    /// Clears the last-level entries of `[va, va + len)`; table pages stay until the page
+    /// table is destroyed.  One walk per last-level table (2 MiB).
+    fn release_locked(&self, hw: &mut Hw, pmap: &Pmap, va: usize, len: usize) {
+        let end = va.saturating_add(len);
+        let mut at = va;
+        while at < end {
+            let next = (at | ((ENTRIES * PAGE_SIZE) - 1))
+                .saturating_add(1)
+                .min(end);
+            if let Ok(Some(table)) = self.leaf_locked(hw, pmap, at, false) {
+                for page in (at..next).step_by(PAGE_SIZE) {
+                    let _ = self.write_pte(table, pt_index(page, 0), 0);
+                }
+            }
+            at = next;
+        }
+    }
+
+    /// Drops the TLB entries of `pmap` for `[va, va + len)`: one invalidation request.
+    fn invalidate_locked(&self, hw: &mut Hw, pmap: &Pmap, va: usize, len: usize) {
+        let (first, last) = (va / PAGE_SIZE, va.saturating_add(len).div_ceil(PAGE_SIZE));
+        for e in hw.tlb.iter_mut() {
+            if e.asid == pmap.asid && (first..last).contains(&e.vpn) {
+                e.valid = false;
+            }
+        }
+        self.tlb_invalidations.fetch_add(1, Relaxed);
+    }
+
     /// Translates every `(va, write)` of `accesses` and, if all hit, runs `f` with their DRAM
     /// addresses, all under the hardware lock.  `Ok(Err(va))` names the first access that
     /// missed.
@@ -289,27 +371,14 @@ impl GmMmu for NpuMmu {
 
     fn prepare_page(&self, pfn: u64, src: Option<&Page>) -> Result {
         let pa = pfn * PAGE_SIZE as u64;
-        let Some(src) = src else {
-            return self.zero(pa, PAGE_SIZE);
-        };
-        let mut buf = [0u8; BURST];
-        for offset in (0..PAGE_SIZE).step_by(BURST) {
-            // SAFETY: `buf` is valid for writes of `BURST` bytes.
-            unsafe { src.read_raw(buf.as_mut_ptr(), offset, BURST)? };
-            self.write(pa + offset as u64, &buf)?;
+        match src {
+            Some(src) => self.copy_page(pa, src, true),
+            None => self.zero(pa, PAGE_SIZE),
         }
-        Ok(())
     }
 
     fn copy_to_host(&self, pfn: u64, dst: &Page) -> Result {
-        let pa = pfn * PAGE_SIZE as u64;
-        let mut buf = [0u8; BURST];
-        for offset in (0..PAGE_SIZE).step_by(BURST) {
-            self.read(pa + offset as u64, &mut buf)?;
-            // SAFETY: `buf` is valid for reads of `BURST` bytes.
-            unsafe { dst.write_raw(buf.as_ptr(), offset, BURST)? };
-        }
-        Ok(())
+        self.copy_page(pfn * PAGE_SIZE as u64, dst, false)
     }
 
     fn pmap_create(&self) -> Result<Pmap> {
@@ -330,53 +399,13 @@ impl GmMmu for NpuMmu {
     }
 
     fn pmap_enter(&self, pmap: &Pmap, va: usize, pfn: u64, prot: Prot) -> Result {
-        if va >> VA_BITS != 0 || pfn * PAGE_SIZE as u64 >= self.dram_size {
-            return Err(EINVAL);
-        }
         let mut hw = self.hw.lock();
-        let mut table = pmap.root;
-        for level in (1..LEVELS).rev() {
-            let index = pt_index(va, level);
-            let pte = self.read_pte(table, index)?;
-            table = if pte & PTE_VALID != 0 {
-                pte & PTE_ADDR
-            } else {
-                // Table pages stay until the page table is destroyed.
-                let next = hw.alloc_pt(pmap.asid)?;
-                self.zero(next, PAGE_SIZE)?;
-                self.write_pte(table, index, next | PTE_VALID)?;
-                next
-            };
-        }
-        let write = if prot.writable() { PTE_WRITE } else { 0 };
-        self.write_pte(
-            table,
-            pt_index(va, 0),
-            (pfn * PAGE_SIZE as u64) | write | PTE_VALID,
-        )
+        self.enter_locked(&mut hw, pmap, va, pfn, prot)
     }
 
     fn pmap_release(&self, pmap: &Pmap, va: usize, len: usize) {
-        let _hw = self.hw.lock();
-        let mut at = va;
-        while at < va.saturating_add(len) {
-            // Only the leaf entry goes; table pages stay until the page table is destroyed.
-            let mut table = pmap.root;
-            let mut present = true;
-            for level in (1..LEVELS).rev() {
-                match self.read_pte(table, pt_index(at, level)) {
-                    Ok(pte) if pte & PTE_VALID != 0 => table = pte & PTE_ADDR,
-                    _ => {
-                        present = false;
-                        break;
-                    }
-                }
-            }
-            if present {
-                let _ = self.write_pte(table, pt_index(at, 0), 0);
-            }
-            at += PAGE_SIZE;
-        }
+        let mut hw = self.hw.lock();
+        self.release_locked(&mut hw, pmap, va, len);
     }
 
     fn tlb_invl_coalesced(&self, pmap: &Pmap, ranges: &[gmem::VaRange]) {
@@ -394,15 +423,35 @@ impl GmMmu for NpuMmu {
     }
 
     fn tlb_invl(&self, pmap: &Pmap, va: usize, len: usize) {
-        let (first, last) = (va / PAGE_SIZE, va.saturating_add(len).div_ceil(PAGE_SIZE));
         let mut hw = self.hw.lock();
-        for e in hw.tlb.iter_mut() {
-            if e.asid == pmap.asid && (first..last).contains(&e.vpn) {
-                e.valid = false;
+        self.invalidate_locked(&mut hw, pmap, va, len);
+    }
+
+    fn peer_map(&self, pmap: &Pmap, va: usize, moves: &[gmem::Move<'_>], prot: Prot) -> Result {
+        // The copy engine fills the pages; then one page-table update maps the whole run.
+        for m in moves {
+            self.prepare_page(m.pfn(), m.page().as_deref())?;
+        }
+        let mut hw = self.hw.lock();
+        for (i, m) in moves.iter().enumerate() {
+            self.enter_locked(&mut hw, pmap, va + i * PAGE_SIZE, m.pfn(), prot)?;
+        }
+        Ok(())
+    }
+
+    fn peer_unmap(&self, pmap: &Pmap, va: usize, moves: &[gmem::Move<'_>]) -> Result {
+        // One page-table update and one invalidation for the run, then the copy engine.
+        let len = moves.len() * PAGE_SIZE;
+        let mut hw = self.hw.lock();
+        self.release_locked(&mut hw, pmap, va, len);
+        self.invalidate_locked(&mut hw, pmap, va, len);
+        drop(hw);
+        for m in moves {
+            if let Some(dst) = m.page() {
+                self.copy_to_host(m.pfn(), &dst)?;
             }
         }
-        drop(hw);
-        self.tlb_invalidations.fetch_add(1, Relaxed);
+        Ok(())
     }
 }
 
@@ -534,6 +583,53 @@ mod tests {
         assert_eq!(back, [0u8; 64]);
         // Outside the DRAM.
         assert_eq!(npu.prepare_page(DATA + 16, None), Err(EFAULT));
+        Ok(())
+    }
+
+    #[test]
+    fn a_run_moves_in_one_operation() -> Result {
+        let npu = npu()?;
+        let pmap = npu.pmap_create()?;
+        let host = Page::alloc_page(GFP_KERNEL)?;
+        let word = 0x1234_5678u32.to_le_bytes();
+        // SAFETY: `word` is valid for reads of its length.
+        unsafe { host.write_raw(word.as_ptr(), 8, word.len())? };
+        // Three pages: the middle one is zero-filled.
+        let moves = [
+            gmem::Move::new(DATA + 1, Some(&host)),
+            gmem::Move::new(DATA + 2, None),
+            gmem::Move::new(DATA + 3, Some(&host)),
+        ];
+        npu.peer_map(&pmap, VA, &moves, Prot::WRITE)?;
+        let pa = |i: u64| Some((DATA + 1 + i) * PAGE_SIZE as u64);
+        for i in 0..3 {
+            assert_eq!(
+                translate(&npu, &pmap, VA + i * PAGE_SIZE, true),
+                pa(i as u64)
+            );
+        }
+        let mut b = [0u8; 4];
+        npu.read((DATA + 3) * PAGE_SIZE as u64 + 8, &mut b)?;
+        assert_eq!(b, word);
+        npu.read((DATA + 2) * PAGE_SIZE as u64 + 8, &mut b)?;
+        assert_eq!(b, [0; 4]);
+        // Back: the run is unmapped with one invalidation, and copied out.
+        let before = npu.tlb_invalidations.load(Relaxed);
+        let out = Page::alloc_page(GFP_KERNEL | __GFP_ZERO)?;
+        let back = [
+            gmem::Move::new(DATA + 1, None),
+            gmem::Move::new(DATA + 2, None),
+            gmem::Move::new(DATA + 3, Some(&out)),
+        ];
+        npu.peer_unmap(&pmap, VA, &back)?;
+        assert_eq!(npu.tlb_invalidations.load(Relaxed), before + 1);
+        for i in 0..3 {
+            assert_eq!(translate(&npu, &pmap, VA + i * PAGE_SIZE, false), None);
+        }
+        // SAFETY: `b` is valid for writes of its length.
+        unsafe { out.read_raw(b.as_mut_ptr(), 8, b.len())? };
+        assert_eq!(b, word);
+        npu.pmap_destroy(pmap);
         Ok(())
     }
 }

@@ -1323,6 +1323,48 @@ TEST_F(npu, prefetch_to_npu)
 	expect_resident(_metadata, self->fd, self->start);
 }
 
+/*
+ * Migrations move 2 MiB chunks: a prefetch of 4 MiB (two chunks, 2 MiB
+ * aligned) back to the host unmaps each chunk from the NPU with one TLB
+ * invalidation, and the data survives the round trip.  Moving page by page
+ * would take one invalidation per page.
+ */
+TEST_F(npu, prefetch_moves_2mib_chunks)
+{
+	size_t chunk = 2 << 20, len = 2 * chunk;
+	long long n = len / self->page;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	char *map, *p;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	/* A 2 MiB aligned range inside a larger mapping. */
+	map = mmap_peer_shared(NULL, len + chunk, 0);
+	ASSERT_NE(MAP_FAILED, map);
+	p = (char *)(((unsigned long)map + chunk - 1) & ~(chunk - 1));
+	fill_words(p, len, 7, 3);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, hmadvise(self->info[0].hnid, (unsigned long)p, len,
+			      MADV_PREFETCH));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(n, d.to_dev);
+	ASSERT_EQ(n, d.resident);
+	/* Nothing was mapped on the NPU before: nothing to invalidate. */
+	ASSERT_EQ(0, d.tlb_invalidations);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, hmadvise(0, (unsigned long)p, len, MADV_PREFETCH));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(n, d.to_host);
+	ASSERT_EQ(-n, d.resident);
+	ASSERT_EQ(2, d.tlb_invalidations);
+	ASSERT_EQ(-1, check_words(p, len, 7, 3));
+	/* Home already: the CPU reads took no fault back from the NPU. */
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(n, d.to_host);
+	ASSERT_EQ(0, munmap(map, len + chunk));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
 /* hmadvise(MADV_DONTNEED) on the NPU's node: its pages go, zeros remain. */
 TEST_F(npu, dontneed_on_npu_node)
 {

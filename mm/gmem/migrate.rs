@@ -1,0 +1,579 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Migration in chunks: moving up to 2 MiB of a range between host and device memory at once.
+//!
+//! A device fault over a range (`gm_dev_fault_range()`, `hmadvise(MADV_PREFETCH)` to a device)
+//! and a prefetch back to host memory move pages [`CHUNK_PAGES`] at a time (2 MiB, aligned),
+//! so that the costs that do not depend on the amount of data are paid once per chunk: one
+//! CPU TLB flush per run of host pages leaving the CPU page table, one driver call
+//! (`peer_map`, `peer_unmap`) and so one device TLB invalidation per run of consecutive pages,
+//! one look at the logical page table and one notifier-sequence check for the whole chunk.
+//!
+//! [`to_device`] takes the pages of a chunk that live in host memory or nowhere yet (the common
+//! case: data the CPU wrote, or untouched memory).  Pages already on the device, on another
+//! device, parked after an eviction, or busy go through the per-page path of `crate::fault`,
+//! which handles every case.
+//!
+//! [`park_run_home`] is the way back for a prefetch to a host node: a run of a device's pages
+//! is unmapped and copied out with one `peer_unmap` and parked in the logical page table; the
+//! CPU fault that follows installs each page without calling the device again.
+
+use crate::{
+    address_space::AddressSpace,
+    context::Context,
+    device::DeviceOps,
+    fault::{claim, fault_page, unclaim},
+    lpt::{DevicePage, ParkedPage, Residency},
+};
+use core::ptr::NonNull;
+use kernel::{
+    bindings,
+    ffi::{c_uint, c_ulong},
+    mm::{virt::VmaRef, MmWithUser},
+    page::{BorrowedPage, Page, PAGE_SIZE},
+    prelude::*,
+};
+
+/// Pages moved at once: 2 MiB.
+pub(crate) const CHUNK_PAGES: usize = 512;
+
+/// A host page pinned with `pin_user_pages_remote()`, unpinned on drop.
+pub(crate) struct PinnedPage(BorrowedPage<'static>);
+
+impl PinnedPage {
+    /// Pins the host page mapped at `va`.  Without `fault`, a page that is not present (not yet
+    /// touched, or swapped out) gives `None`; with it, the page is faulted in first.
+    pub(crate) fn get(mm: &MmWithUser, va: usize, fault: bool) -> Result<Option<Self>> {
+        let mut page: *mut bindings::page = core::ptr::null_mut();
+        let flags = if fault { 0 } else { bindings::FOLL_NOFAULT };
+        // SAFETY: the caller holds the mmap lock (it has a VMA of `mm`); `page` has room for
+        // the one page asked for; a NULL `locked` means the lock is never dropped.
+        let n = unsafe {
+            bindings::pin_user_pages_remote(
+                mm.as_raw(),
+                va as c_ulong,
+                1,
+                flags as c_uint,
+                &mut page,
+                core::ptr::null_mut(),
+            )
+        };
+        match NonNull::new(page) {
+            // SAFETY: the page is pinned until `drop` unpins it.
+            Some(page) if n == 1 => Ok(Some(Self(unsafe { BorrowedPage::from_raw(page) }))),
+            _ if fault && n < 0 => Err(Error::from_errno(n as i32)),
+            _ if fault => Err(EFAULT),
+            _ => Ok(None),
+        }
+    }
+
+    /// Pins the present host pages mapped from `va` on, at most `max` and at most `out`'s
+    /// spare capacity, into `out`; stops at the first page that is not present.  Returns how
+    /// many it pinned.
+    fn get_run(mm: &MmWithUser, va: usize, out: &mut KVec<Self>, max: usize) -> usize {
+        let mut pages = [core::ptr::null_mut::<bindings::page>(); 64];
+        let want = max.min(pages.len()).min(out.capacity() - out.len());
+        // SAFETY: as in `get`; `pages` has room for `want` pages.
+        let n = unsafe {
+            bindings::pin_user_pages_remote(
+                mm.as_raw(),
+                va as c_ulong,
+                want as c_ulong,
+                bindings::FOLL_NOFAULT as c_uint,
+                pages.as_mut_ptr(),
+                core::ptr::null_mut(),
+            )
+        };
+        let n = usize::try_from(n).unwrap_or(0);
+        for &page in &pages[..n] {
+            // SAFETY: `pin_user_pages_remote` filled the first `n` entries with pinned pages,
+            // unpinned by `drop`.
+            let pinned = Self(unsafe { BorrowedPage::from_raw(NonNull::new_unchecked(page)) });
+            // Cannot fail: `want` is within the spare capacity.
+            let _ = out.push_within_capacity(pinned);
+        }
+        n
+    }
+
+    fn as_ptr(&self) -> *mut bindings::page {
+        self.0.as_ptr()
+    }
+
+    /// The pinned page.
+    pub(crate) fn page(&self) -> &Page {
+        &self.0
+    }
+}
+
+impl Drop for PinnedPage {
+    fn drop(&mut self) {
+        // SAFETY: the page was pinned once by `get` or `get_run`.
+        unsafe { bindings::unpin_user_page(self.0.as_ptr()) };
+    }
+}
+
+/// One page of a chunk moving to a device.
+struct Slot {
+    vpn: usize,
+    /// The entry as it was looked at (`None`: no entry).
+    seen: Option<Residency>,
+    /// The host page, for a page present in the CPU page table.
+    host: Option<PinnedPage>,
+    /// The device page allocated for it.
+    pfn: Option<u64>,
+    /// Whether the entry is ours (busy).
+    claimed: bool,
+}
+
+/// The first run of consecutive pages among `slots[from..]` that `pick` picks: (first index,
+/// length).
+fn next_run(slots: &[Slot], from: usize, pick: impl Fn(&Slot) -> bool) -> Option<(usize, usize)> {
+    let i = from + slots.get(from..)?.iter().position(&pick)?;
+    let len = slots[i..]
+        .iter()
+        .enumerate()
+        .take_while(|(k, s)| pick(s) && s.vpn == slots[i].vpn + k)
+        .count();
+    Some((i, len))
+}
+
+/// Calls `f` on every run of [`next_run`].
+fn for_each_run(slots: &[Slot], pick: impl Fn(&Slot) -> bool, mut f: impl FnMut(usize, usize)) {
+    let mut at = 0;
+    while let Some((i, len)) = next_run(slots, at, &pick) {
+        f(i, len);
+        at = i + len;
+    }
+}
+
+/// Moves the chunk of `n` pages at `start` (all in `vma`) to the context's device and maps them
+/// there with `prot`.  Returns how many pages moved (pages already on the device are mapped
+/// again, which is not a move).
+///
+/// Every page of the chunk is resident and mapped on the device when this returns `Ok`.  On an
+/// error, every entry this claimed is released again.
+pub(crate) fn to_device(
+    this: &AddressSpace,
+    mm: &MmWithUser,
+    ctx: &Context,
+    vma: &VmaRef,
+    start: usize,
+    n: usize,
+    prot: c_uint,
+) -> Result<usize> {
+    let first = start / PAGE_SIZE;
+    let mut slots: KVec<Slot> = KVec::with_capacity(n, GFP_KERNEL)?;
+    let mut slow: KVec<usize> = KVec::with_capacity(n, GFP_KERNEL)?;
+    {
+        let guard = this.lpt.lock();
+        for vpn in first..first + n {
+            let seen = guard.get(vpn).map(|m| (m.residency(), m.busy()));
+            let pushed = match seen {
+                None | Some((Residency::Host | Residency::Nowhere, false)) => slots
+                    .push_within_capacity(Slot {
+                        vpn,
+                        seen: seen.map(|(r, _)| r),
+                        host: None,
+                        pfn: None,
+                        claimed: false,
+                    })
+                    .is_ok(),
+                Some(_) => slow.push_within_capacity(vpn).is_ok(),
+            };
+            // Cannot fail: both have room for the whole chunk.
+            if !pushed {
+                return Err(ENOMEM);
+            }
+        }
+    }
+
+    // Pin the present host pages, a run at a time.  A page that is not present has no data
+    // unless the CPU touched it (it may be swapped out) or the process was forked: those are
+    // faulted in.
+    let mut pinned: KVec<PinnedPage> = KVec::with_capacity(slots.len(), GFP_KERNEL)?;
+    let mut i = 0;
+    while i < slots.len() {
+        let run = slots[i..]
+            .iter()
+            .enumerate()
+            .take_while(|(k, s)| s.vpn == slots[i].vpn + k)
+            .count();
+        let got = PinnedPage::get_run(mm, slots[i].vpn * PAGE_SIZE, &mut pinned, run);
+        for (k, page) in pinned.drain_all().enumerate() {
+            slots[i + k].host = Some(page);
+        }
+        i += got;
+        // `get_run` pins at most 64 pages at a time.
+        if got == 64.min(run) {
+            continue;
+        }
+        if got < run {
+            let s = &mut slots[i];
+            let maybe_host = matches!(s.seen, Some(Residency::Host)) || this.inherited();
+            if maybe_host {
+                s.host = PinnedPage::get(mm, s.vpn * PAGE_SIZE, true)?;
+                // After the fault-in a present page has a `Host` entry.
+                if s.host.is_some() && s.seen.is_none() {
+                    s.seen = this.lpt.residency(s.vpn);
+                }
+            }
+            i += 1;
+        }
+    }
+
+    // Device pages, before any claim: allocating may evict (and sleep).  What does not fit
+    // goes the per-page way, which evicts the pages this chunk placed.
+    for (k, s) in slots.iter_mut().enumerate() {
+        match ctx.dev.alloc_page() {
+            Ok(pfn) => s.pfn = Some(pfn),
+            Err(e) if k == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+
+    // From the first claim on, nothing returns before every claimed entry is released.
+    // `moves` is allocated first: `slow` (capacity `n`) takes each page at most once more.
+    let mut moves = KVec::with_capacity(slots.len(), GFP_KERNEL)?;
+    let mut result = Ok(());
+    for s in slots.iter_mut() {
+        s.claimed = match s.pfn {
+            Some(_) => matches!(claim(this, s.vpn, s.seen), Ok(true)),
+            None => false,
+        };
+        if !s.claimed {
+            // No device page, or someone else got there first (or no memory for the entry):
+            // one by one.
+            if let Some(pfn) = s.pfn.take() {
+                ctx.dev.free_page(pfn);
+            }
+            s.host = None;
+            let _ = slow.push_within_capacity(s.vpn);
+        }
+    }
+
+    // From here on a CPU access faults, finds the entry busy and retries until the page is on
+    // the device; the pins keep the pages for the copy.  One zap (one TLB flush) per run.
+    for_each_run(
+        &slots,
+        |s| s.claimed && s.host.is_some(),
+        |i, len| vma.zap_vma_range(slots[i].vpn * PAGE_SIZE, len * PAGE_SIZE),
+    );
+    let seq = this.read_begin();
+    let mut at = 0;
+    while let Some((i, len)) = next_run(&slots, at, |s| s.claimed) {
+        at = i + len;
+        moves.clear();
+        for s in &slots[i..i + len] {
+            // Cannot fail: `moves` has room for every slot.
+            let _ = moves.push_within_capacity(bindings::gm_move {
+                pfn: s.pfn.unwrap_or(0),
+                page: s
+                    .host
+                    .as_ref()
+                    .map_or(core::ptr::null_mut(), |p| p.as_ptr()),
+            });
+        }
+        if let Err(e) = ctx.place_run(slots[i].vpn * PAGE_SIZE, &moves, prot) {
+            // The device failed: the pages' data is lost (see `crate::fault`).
+            for s in &mut slots[i..i + len] {
+                if let Some(pfn) = s.pfn.take() {
+                    ctx.dev.free_page(pfn);
+                }
+                unclaim(this, s.vpn, Residency::Nowhere);
+                s.claimed = false;
+            }
+            result = Err(e);
+        }
+    }
+    // The copies are done.
+    for s in slots.iter_mut() {
+        s.host = None;
+    }
+
+    // Record the device pages, with one notifier check for the chunk.
+    let space = core::ptr::from_ref(this) as usize;
+    if let Some(memory) = ctx.dev.memory() {
+        for s in slots.iter().filter(|s| s.claimed) {
+            if let Some(pfn) = s.pfn {
+                memory.set_owner(pfn, space, s.vpn);
+            }
+        }
+    }
+    let mut moved = 0;
+    let changed = {
+        let mut guard = this.lpt.lock();
+        for s in slots.iter_mut().filter(|s| s.claimed) {
+            match (guard.get_mut(s.vpn), s.pfn) {
+                (Some(m), Some(pfn)) => {
+                    m.set(Residency::Device(DevicePage {
+                        dev: ctx.dev.id,
+                        pfn,
+                    }));
+                    m.set_busy(false);
+                    moved += 1;
+                }
+                // Unmapped meanwhile: nobody else knows the page (freed below).
+                _ => s.claimed = false,
+            }
+        }
+        this.changed(&guard, seq)
+    };
+    for s in slots.iter_mut().filter(|s| !s.claimed) {
+        if let Some(pfn) = s.pfn.take() {
+            ctx.unmap_va(s.vpn * PAGE_SIZE, PAGE_SIZE);
+            ctx.dev.free_page(pfn);
+        }
+    }
+    if changed {
+        // An invalidation ran meanwhile: the pages are on the device, but their mappings may
+        // be stale.  Remove them and map the pages again one by one.
+        for_each_run(
+            &slots,
+            |s| s.claimed,
+            |i, len| ctx.unmap_va(slots[i].vpn * PAGE_SIZE, len * PAGE_SIZE),
+        );
+    }
+    result?;
+    if changed {
+        for s in slots.iter().filter(|s| s.claimed) {
+            slow.push(s.vpn, GFP_KERNEL)?;
+        }
+    }
+    slow.sort_unstable();
+    for vpn in slow {
+        if fault_page(this, mm, ctx, vma, vpn * PAGE_SIZE, prot)? {
+            moved += 1;
+        }
+    }
+    Ok(moved)
+}
+
+/// Brings the device pages of `first..last` home: a run of consecutive pages of one device at
+/// a time, at most a chunk, with [`park_run_home`].  The CPU faults them in afterwards.
+pub(crate) fn park_home(this: &AddressSpace, first: usize, last: usize) -> Result {
+    let mut pages: KVec<(usize, DevicePage)> = KVec::new();
+    let mut start = first;
+    let mut parked = 0;
+    while start < last {
+        let end = (start / CHUNK_PAGES + 1)
+            .saturating_mul(CHUNK_PAGES)
+            .min(last);
+        pages.clear();
+        let mut pushed = Ok(());
+        this.lpt.for_each_device_page(start, end, |vpn, page| {
+            if pushed.is_ok() {
+                pushed = pages.push((vpn, page), GFP_KERNEL);
+            }
+        });
+        pushed?;
+        let mut i = 0;
+        while i < pages.len() {
+            let (vpn, page) = pages[i];
+            let len = pages[i..]
+                .iter()
+                .enumerate()
+                .take_while(|&(k, &(v, p))| v == vpn + k && p.dev == page.dev)
+                .count();
+            // A page can only live on an attached device.
+            let dev = this.devices.get(page.dev).ok_or(EIO)?;
+            parked += park_run_home(this, &*dev, &pages[i..i + len])?;
+            i += len;
+        }
+        // After some progress, like a device prefetch (see `crate::fault`).
+        if parked > 0 && start + CHUNK_PAGES < last && kernel::current!().signal_pending() {
+            return Err(ERESTARTSYS);
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+/// Brings the run `run` of pages of the device `dev` home (`run[i]` is the page of virtual
+/// page `run[0].0 + i`): claims them, unmaps and copies them out with one `peer_unmap` per run
+/// of claimed pages, frees them and parks the host copies in the logical page table.  Pages
+/// someone else is moving are left alone.  Returns how many pages it parked.
+pub(crate) fn park_run_home(
+    this: &AddressSpace,
+    dev: &dyn DeviceOps,
+    run: &[(usize, DevicePage)],
+) -> Result<usize> {
+    // Everything is allocated before the first claim, so that every claim is ended.
+    let mut hosts = KVec::with_capacity(run.len(), GFP_KERNEL)?;
+    for _ in run {
+        hosts.push(Some(Page::alloc_page(GFP_KERNEL)?), GFP_KERNEL)?;
+    }
+    let mut claimed = KVec::with_capacity(run.len(), GFP_KERNEL)?;
+    for &(vpn, page) in run {
+        let _ =
+            claimed.push_within_capacity(this.lpt.claim_if(vpn, Residency::Device(page), || {}));
+    }
+    let mut parked = 0;
+    let mut result = Ok(());
+    let mut i = 0;
+    while i < run.len() {
+        let len = claimed[i..].iter().take_while(|&&c| c).count();
+        if len == 0 {
+            i += 1;
+            continue;
+        }
+        // A failed allocation is a failed copy: the pages stay on the device.
+        let copied = KVec::with_capacity(len, GFP_KERNEL)
+            .map_err(Error::from)
+            .and_then(|mut pairs| {
+                for k in i..i + len {
+                    if let Some(host) = &hosts[k] {
+                        let _ = pairs.push_within_capacity((run[k].1, host));
+                    }
+                }
+                dev.copy_run_home(run[i].0 * PAGE_SIZE, &pairs)
+            });
+        for k in i..i + len {
+            let (vpn, page) = run[k];
+            let now = match (&copied, hosts[k].take()) {
+                (Ok(()), Some(host)) => {
+                    dev.free(page);
+                    Residency::Parked(ParkedPage::new(host).into_raw())
+                }
+                // The device pages are intact: they stay (the device faults them in again).
+                _ => Residency::Device(page),
+            };
+            if this.lpt.end_claim(vpn, now) {
+                parked += usize::from(matches!(now, Residency::Parked(_)));
+                continue;
+            }
+            // Unmapped meanwhile: what we hold is nobody's.
+            match now {
+                // SAFETY: the parked page was never recorded: it is ours.
+                Residency::Parked(raw) => drop(unsafe { ParkedPage::from_raw(raw) }),
+                Residency::Device(page) => dev.free(page),
+                _ => {}
+            }
+        }
+        if let Err(e) = copied {
+            result = Err(e);
+        }
+        i += len;
+    }
+    result.map(|()| parked)
+}
+
+#[cfg(CONFIG_GMEM_KUNIT_TEST)]
+#[kunit_tests(gmem_migrate)]
+mod tests {
+    use super::*;
+    use crate::{
+        device::fake::{FakeDevice, Op},
+        lpt::DeviceId,
+    };
+    use kernel::sync::Arc;
+
+    fn slot(vpn: usize, claimed: bool) -> Slot {
+        Slot {
+            vpn,
+            seen: None,
+            host: None,
+            pfn: None,
+            claimed,
+        }
+    }
+
+    #[test]
+    fn runs_are_consecutive_picked_pages() -> Result {
+        // Pages 1, 2, 3 (3 not picked), 5, 6, 8.
+        let slots = [
+            slot(1, true),
+            slot(2, true),
+            slot(3, false),
+            slot(5, true),
+            slot(6, true),
+            slot(8, true),
+        ];
+        let mut runs = KVec::new();
+        for_each_run(
+            &slots,
+            |s| s.claimed,
+            |i, len| {
+                let _ = runs.push((i, len), GFP_KERNEL);
+            },
+        );
+        assert_eq!(&runs[..], &[(0, 2), (3, 2), (5, 1)]);
+        assert_eq!(next_run(&slots, 6, |s| s.claimed), None);
+        assert_eq!(next_run(&slots, 0, |s| !s.claimed), Some((2, 1)));
+        Ok(())
+    }
+
+    const DEV: DeviceId = 4;
+
+    /// An address space with pages 10..13 on the fake device (pfn = vpn), 13 on the host and
+    /// 14 on the device again.
+    fn setup(failing_pfn: u64) -> Result<(Pin<KBox<AddressSpace>>, Arc<FakeDevice>)> {
+        let this = AddressSpace::new(core::ptr::null_mut(), false)?;
+        let fake = FakeDevice::new(DEV, failing_pfn)?;
+        this.devices.attach(fake.clone())?;
+        for vpn in [10, 11, 12, 14] {
+            let page = DevicePage {
+                dev: DEV,
+                pfn: vpn as u64,
+            };
+            this.lpt.insert(vpn, Residency::Device(page))?;
+        }
+        this.lpt.insert(13, Residency::Host)?;
+        Ok((this, fake))
+    }
+
+    #[test]
+    fn park_home_moves_runs_and_parks_them() -> Result {
+        let (this, fake) = setup(u64::MAX)?;
+        park_home(&this, 10, 15)?;
+        // One run of three pages: all unmapped before the first copy, then freed.
+        let va = |vpn: usize| vpn * PAGE_SIZE;
+        assert_eq!(
+            &fake.take_ops()[..],
+            &[
+                Op::Unmap(va(10), 10),
+                Op::Unmap(va(11), 11),
+                Op::Unmap(va(12), 12),
+                Op::CopyToHost(10),
+                Op::CopyToHost(11),
+                Op::CopyToHost(12),
+                Op::Free(10),
+                Op::Free(11),
+                Op::Free(12),
+                Op::Unmap(va(14), 14),
+                Op::CopyToHost(14),
+                Op::Free(14),
+            ]
+        );
+        for vpn in [10, 11, 12, 14] {
+            let Some(Residency::Parked(raw)) = this.lpt.residency(vpn) else {
+                panic!("page {vpn} is not parked");
+            };
+            // SAFETY: the entry keeps the parked page; it is only borrowed here.
+            let parked = core::mem::ManuallyDrop::new(unsafe { ParkedPage::from_raw(raw) });
+            let mut b = 0u8;
+            // SAFETY: `b` is valid for a one-byte write.
+            unsafe { parked.page().read_raw(&mut b, PAGE_SIZE - 1, 1)? };
+            assert_eq!(b, vpn as u8);
+        }
+        assert_eq!(this.lpt.residency(13), Some(Residency::Host));
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_copy_keeps_the_device_pages() -> Result {
+        let (this, fake) = setup(11)?;
+        assert_eq!(park_home(&this, 10, 13), Err(EIO));
+        let ops = fake.take_ops();
+        assert!(!ops.iter().any(|op| matches!(op, Op::Free(_))));
+        for vpn in [10, 11, 12] {
+            let page = DevicePage {
+                dev: DEV,
+                pfn: vpn as u64,
+            };
+            assert_eq!(this.lpt.residency(vpn), Some(Residency::Device(page)));
+            // Not left busy: a second claim works.
+            assert!(this.lpt.claim_if(vpn, Residency::Device(page), || {}));
+        }
+        Ok(())
+    }
+}
