@@ -173,6 +173,9 @@ struct gm_mmu {
  * @resident_pages: device pages in use now
  * @dram_pages: device pages GMEM manages
  * @limit_pages: how many of them GMEM may use (sysfs limit)
+ * @reserve_low_pages: free pages (within the limit) below which GMEM
+ *	evicts in the background
+ * @reserve_high_pages: free pages at which the background eviction stops
  */
 struct gm_dev_stats {
 	u64 faults;
@@ -183,6 +186,8 @@ struct gm_dev_stats {
 	u64 resident_pages;
 	u64 dram_pages;
 	u64 limit_pages;
+	u64 reserve_low_pages;
+	u64 reserve_high_pages;
 };
 
 #ifdef CONFIG_GMEM

@@ -32,6 +32,7 @@ use kernel::{
     prelude::*,
     str::{CStr, CString},
     sync::{Arc, SetOnce, SpinLock},
+    workqueue::{self, impl_has_work, new_work, Work, WorkItem},
 };
 
 /// Device node ids in use, as bits above the first device id (at most 64 devices).
@@ -82,6 +83,7 @@ impl Stats {
 /// `mmu` points to the driver's operations, valid until `release` is called (in `drop`); they
 /// include every operation `struct gm_mmu` documents as required.  `id - first_hnid()` is a bit
 /// this device owns in [`HNIDS`].
+#[pin_data(PinnedDrop)]
 pub(crate) struct Device {
     pub(crate) id: DeviceId,
     mmu: *const bindings::gm_mmu,
@@ -91,6 +93,38 @@ pub(crate) struct Device {
     memory: SetOnce<Pin<KBox<DeviceMemory>>>,
     pub(crate) stats: Stats,
     sysfs: AtomicPtr<c_void>,
+    /// Refills the free reserve in the background (see [`reserve`]).
+    #[pin]
+    reclaim: Work<Device>,
+}
+
+impl_has_work! {
+    impl HasWork<Self> for Device { self.reclaim }
+}
+
+/// The free reserve of a device that may use `limit` pages: `(low, high)`.  When an allocation
+/// leaves fewer than `low` pages free, a worker evicts cold pages until `high` are free, so that
+/// faults rarely wait for an eviction; an allocation that finds no free page at all evicts a
+/// batch itself.
+pub(crate) fn reserve(limit: u64) -> (u64, u64) {
+    let low = (limit / 64).max(crate::evict::EVICT_BATCH as u64);
+    (low, 2 * low)
+}
+
+impl WorkItem for Device {
+    type Pointer = Arc<Device>;
+
+    fn run(this: Arc<Device>) {
+        let Some(memory) = this.memory() else {
+            return;
+        };
+        while memory.free_pages() < reserve(memory.limit()).1 {
+            // Nothing left to evict (all busy or held): the allocating path waits instead.
+            if crate::evict::evict(&this, crate::evict::EVICT_BATCH).is_err() {
+                break;
+            }
+        }
+    }
 }
 
 // SAFETY: the driver's operations and private data may be used from any thread (documented for
@@ -139,6 +173,15 @@ impl Device {
             }
         };
         Stats::inc(&self.stats.resident);
+        if let Some(memory) = self.memory() {
+            if memory.free_pages() < reserve(memory.limit()).0 {
+                // SAFETY: every `Device` lives in the `Arc` that `gm_dev_create()` made, and
+                // `self` is borrowed from a live reference to it.
+                let this = unsafe { device_arc(self.as_raw()) };
+                // Already queued: the worker is on it.
+                let _ = workqueue::system_unbound().enqueue(this);
+            }
+        }
         Ok(pfn)
     }
 
@@ -158,8 +201,9 @@ impl Device {
     }
 }
 
-impl Drop for Device {
-    fn drop(&mut self) {
+#[pinned_drop]
+impl PinnedDrop for Device {
+    fn drop(self: Pin<&mut Self>) {
         if let Some(release) = self.mmu().release {
             // SAFETY: this is the last reference: the driver may free its data now.
             unsafe { release(self.as_raw()) };
@@ -241,8 +285,8 @@ pub unsafe extern "C" fn gm_dev_create(
         return ENOSPC.to_ptr();
     };
     // INVARIANT: `mmu` has the required operations; bit `bit` was claimed above.
-    let dev = match Arc::new(
-        Device {
+    let dev = match Arc::pin_init(
+        pin_init!(Device {
             id,
             mmu,
             priv_,
@@ -251,7 +295,8 @@ pub unsafe extern "C" fn gm_dev_create(
             memory: SetOnce::new(),
             stats: Stats::default(),
             sysfs: AtomicPtr::new(core::ptr::null_mut()),
-        },
+            reclaim <- new_work!("gmem_reclaim"),
+        }),
         GFP_KERNEL,
     ) {
         Ok(dev) => dev,
@@ -404,6 +449,8 @@ pub unsafe extern "C" fn gm_dev_get_stats(
         resident_pages: get(&s.resident),
         dram_pages: dev.memory().map_or(0, |m| m.usage().pages),
         limit_pages: dev.memory().map_or(0, |m| m.limit()),
+        reserve_low_pages: dev.memory().map_or(0, |m| reserve(m.limit()).0),
+        reserve_high_pages: dev.memory().map_or(0, |m| reserve(m.limit()).1),
     };
     // SAFETY: `stats` is writable by the safety requirements.
     unsafe { stats.write(out) };

@@ -357,6 +357,11 @@ impl DeviceMemory {
         self.limit.load(Ordering::Relaxed)
     }
 
+    /// Pages that may still be allocated (below the limit).
+    pub(crate) fn free_pages(&self) -> u64 {
+        self.limit().saturating_sub(self.chunks.lock().used)
+    }
+
     /// How much memory there is and how much is in use.
     pub(crate) fn usage(&self) -> Usage {
         Usage {

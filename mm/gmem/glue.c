@@ -138,6 +138,24 @@ static ssize_t limit_store(struct kobject *kobj, struct kobj_attribute *attr,
 	return err ? err : count;
 }
 
+/*
+ * The free reserve, in bytes: when an allocation leaves less than
+ * reserve_low free, GMEM evicts in the background until reserve_high is.
+ */
+static ssize_t reserve_low_show(struct kobject *kobj,
+				struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%llu\n",
+			  gm_node_stats(kobj).reserve_low_pages << PAGE_SHIFT);
+}
+
+static ssize_t reserve_high_show(struct kobject *kobj,
+				 struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%llu\n",
+			  gm_node_stats(kobj).reserve_high_pages << PAGE_SHIFT);
+}
+
 static struct kobj_attribute gm_name_attr = __ATTR_RO(name);
 static struct kobj_attribute gm_free_attr = __ATTR_RO(free);
 static struct kobj_attribute gm_evictions_attr = __ATTR_RO(evictions);
@@ -145,6 +163,8 @@ static struct kobj_attribute gm_limit_attr = __ATTR_RW(limit);
 static struct kobj_attribute gm_faultable_attr = __ATTR_RO(faultable);
 static struct kobj_attribute gm_size_attr = __ATTR_RO(size);
 static struct kobj_attribute gm_resident_attr = __ATTR_RO(resident);
+static struct kobj_attribute gm_reserve_low_attr = __ATTR_RO(reserve_low);
+static struct kobj_attribute gm_reserve_high_attr = __ATTR_RO(reserve_high);
 
 static struct attribute *gm_node_attrs[] = {
 	&gm_name_attr.attr,
@@ -154,6 +174,8 @@ static struct attribute *gm_node_attrs[] = {
 	&gm_free_attr.attr,
 	&gm_evictions_attr.attr,
 	&gm_limit_attr.attr,
+	&gm_reserve_low_attr.attr,
+	&gm_reserve_high_attr.attr,
 	NULL,
 };
 ATTRIBUTE_GROUPS(gm_node);

@@ -1257,6 +1257,59 @@ TEST_F(npu, oversubscribed_buffer)
 	expect_resident(_metadata, self->fd, self->start);
 }
 
+/* Reads /sys/kernel/mm/gmem/node<hnid>/@file. */
+static int read_node(const struct gmem_npu_info *info, const char *file,
+		     unsigned long long *v)
+{
+	char path[128];
+
+	snprintf(path, sizeof(path), "/sys/kernel/mm/gmem/node%u/%s",
+		 info->hnid, file);
+	return read_ull(path, v);
+}
+
+/*
+ * Under oversubscription GMEM keeps a free reserve: once an allocation
+ * leaves less than reserve_low free, a worker evicts in the background
+ * until reserve_high is free, so at rest at least reserve_low is free.
+ * Evicting only when an allocation finds the device full would leave less
+ * than one eviction batch (16 pages, reserve_low here) free.
+ */
+TEST_F(npu, oversubscription_refills_the_reserve)
+{
+	unsigned long long limit, low, high, free = 0;
+	char path[128];
+	void *p;
+	int i;
+
+	limit_path(&self->info[0], path, sizeof(path));
+	ASSERT_EQ(0, read_ull(path, &limit));
+	ASSERT_EQ(0, write_ull(path, OVERSUB_LIMIT));
+	ASSERT_EQ(0, read_node(&self->info[0], "reserve_low", &low));
+	ASSERT_EQ(0, read_node(&self->info[0], "reserve_high", &high));
+	/* max(limit / 64, 16) pages, and twice that. */
+	ASSERT_EQ(16 * self->page, low);
+	ASSERT_EQ(2 * low, high);
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, 2 * OVERSUB_LIMIT, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	for (size_t off = 0; off < 2 * OVERSUB_LIMIT; off += OVERSUB_CHUNK)
+		ASSERT_EQ(0, npu_fill(self->fd[0], (char *)p + off,
+				      OVERSUB_CHUNK, 1));
+	/* The worker runs after the last allocation: give it time. */
+	for (i = 0; i < 200; i++) {
+		ASSERT_EQ(0, read_node(&self->info[0], "free", &free));
+		if (free >= low)
+			break;
+		usleep(10000);
+	}
+	ASSERT_EQ(0, write_ull(path, limit));
+	ASSERT_LE(low, free);
+	ASSERT_EQ(-1, check_words(p, 2 * OVERSUB_LIMIT, 0, 1));
+	ASSERT_EQ(0, munmap(p, 2 * OVERSUB_LIMIT));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
 /* Two processes oversubscribing the same NPU at once, each with its data. */
 TEST_F(npu, two_processes_oversubscribe)
 {
