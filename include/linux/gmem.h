@@ -103,6 +103,13 @@ struct gm_move {
  *	device TLB is invalidated separately.
  * @pmap_protect: change the rights of the mappings of [@va, @va + @len).
  *	Optional.
+ * @pmap_clear_young: test and clear the accessed bit of the mapping of
+ *	@va: true if the device used the page since the last call (or since
+ *	pmap_enter()).  Eviction asks it before it takes a page, so pages the
+ *	device keeps using stay; the device must set the bit again on its next
+ *	use (drop a cached translation if the hardware only sets it on a TLB
+ *	fill).  Optional: without it only GMEM's own record (device faults,
+ *	new mappings) protects a page.
  *
  * TLB:
  * @tlb_invl: invalidate the device TLB for [@va, @va + @len); when it
@@ -147,6 +154,8 @@ struct gm_mmu {
 			     unsigned long len);
 	int (*pmap_protect)(struct gm_dev *dev, void *pmap, unsigned long va,
 			    unsigned long len, unsigned int prot);
+	bool (*pmap_clear_young)(struct gm_dev *dev, void *pmap,
+				 unsigned long va);
 
 	void (*tlb_invl)(struct gm_dev *dev, void *pmap, unsigned long va,
 			 unsigned long len);

@@ -273,6 +273,14 @@ impl DeviceOps for Context {
             .any(|&(start, len)| va >= start && va - start < len)
     }
 
+    fn clear_young(&self, va: usize) -> bool {
+        match self.dev.mmu().pmap_clear_young {
+            // SAFETY: `pmap` is this context's page table.
+            Some(clear) => unsafe { clear(self.raw_dev(), self.pmap, va as c_ulong) },
+            None => false,
+        }
+    }
+
     fn unmap_many(&self, pages: &[(usize, DevicePage)]) {
         let mmu = self.dev.mmu();
         if let Some(release) = mmu.pmap_release {

@@ -358,6 +358,9 @@ pub unsafe extern "C" fn gm_dev_register_physmem(
         Ok(memory) => memory,
         Err(e) => return e.to_errno(),
     };
+    if dev.mmu().pmap_clear_young.is_some() {
+        memory.set_tracks_use();
+    }
     if !dev.memory.populate(memory) {
         return EBUSY.to_errno();
     }
@@ -505,6 +508,12 @@ pub(crate) trait DeviceOps: Send + Sync {
     /// Whether the device is using the page at `va` right now (a job holds it): eviction
     /// leaves it alone.
     fn held(&self, _va: usize) -> bool {
+        false
+    }
+
+    /// Whether the device used its mapping of `va` since the last call (its accessed bit, which
+    /// this clears).  `false` for a device that does not track accesses.
+    fn clear_young(&self, _va: usize) -> bool {
         false
     }
 

@@ -14,7 +14,7 @@
 //! reverse map eviction needs) and a referenced bit for the clock that picks what to evict.
 //! Nothing like a `struct page` exists for device memory.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kernel::{
     alloc::{KVVec, KVec},
     gpu::buddy::{
@@ -88,6 +88,9 @@ pub(crate) struct DeviceMemory {
     chunk_pages: usize,
     /// At most this many pages are used (an administrator may lower it).
     limit: AtomicU64,
+    /// The device reports use through its accessed bits (`pmap_clear_young`): being mapped does
+    /// not count as a use.
+    tracks_use: AtomicBool,
     #[pin]
     chunks: SpinLock<Chunks>,
 }
@@ -161,6 +164,7 @@ impl DeviceMemory {
                 pages,
                 chunk_pages,
                 limit,
+                tracks_use: AtomicBool::new(false),
                 chunks <- new_spinlock!(
                     Chunks { slots, used: 0, owners, hand: 0 },
                     "gmem_device_memory"
@@ -292,12 +296,29 @@ impl DeviceMemory {
             .map(|i| i as usize)
     }
 
+    /// Says that the device reports its use of pages through its accessed bits, which the
+    /// eviction asks (see [`crate::evict`]).
+    pub(crate) fn set_tracks_use(&self) {
+        self.tracks_use.store(true, Ordering::Relaxed);
+    }
+
     /// Records that address space `space` maps page `pfn` at `vpn`.
+    ///
+    /// For a device without accessed bits, being mapped is the only sign of use GMEM has, so
+    /// the page gets a second chance from the clock.  A device with them says itself whether it
+    /// used the page: a page streamed through it once must not look as hot as one it keeps
+    /// using, or the clock's hand, clearing every new page's bit on its way, turns a whole
+    /// round and takes the hot pages whose accessed bits it cleared moments ago.
     pub(crate) fn set_owner(&self, pfn: u64, space: usize, vpn: usize) {
+        let referenced = if self.tracks_use.load(Ordering::Relaxed) {
+            0
+        } else {
+            REFERENCED
+        };
         if let Some(i) = self.index(pfn) {
             self.chunks.lock().owners[i] = Owner {
                 space,
-                flags: (vpn as u64 & VPN_MASK) | REFERENCED,
+                flags: (vpn as u64 & VPN_MASK) | referenced,
             };
         }
     }
@@ -484,6 +505,26 @@ mod tests {
             mem.free(pfn);
         }
         assert!(mem.pick_victim(|_| true).is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn with_accessed_bits_mapping_is_not_a_use() -> Result {
+        for tracks_use in [false, true] {
+            let mem = DeviceMemory::new(0, 4 * MIB)?;
+            if tracks_use {
+                mem.set_tracks_use();
+            }
+            let pfns = [mem.alloc()?, mem.alloc()?];
+            mem.set_owner(pfns[0], 0x1000, 100);
+            mem.set_owner(pfns[1], 0x1000, 101);
+            // A fault touched the first page again.  Without accessed bits both pages are
+            // referenced, the hand clears both and takes the first; with them only the
+            // touched page is, and the untouched one goes.
+            mem.touch(pfns[0]);
+            let victim = mem.pick_victim(|_| true).ok_or(EINVAL)?;
+            assert_eq!(victim.pfn, pfns[usize::from(tracks_use)]);
+        }
         Ok(())
     }
 

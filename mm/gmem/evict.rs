@@ -21,7 +21,7 @@
 use crate::{
     address_space::AddressSpace,
     device::{Device, DeviceOps, Stats},
-    devmem::Victim,
+    devmem::{DeviceMemory, Victim},
     lpt::{DevicePage, ParkedPage, Residency},
 };
 use kernel::{
@@ -46,35 +46,30 @@ struct Claimed {
 /// out.  Returns how many went; `ENOMEM` if none could.
 pub(crate) fn evict(dev: &Device, count: usize) -> Result<usize> {
     let memory = dev.memory().ok_or(ENOMEM)?;
-    let mut batch = KVec::with_capacity(count, GFP_KERNEL)?;
-    while batch.len() < count {
-        // Allocated before any lock: this may reclaim.
-        let host = Page::alloc_page(GFP_KERNEL)?;
-        let mut holder: Option<Arc<dyn DeviceOps>> = None;
-        let Some(victim) = memory.pick_victim(|v| {
-            // SAFETY: `v.space` holds an allocated page of this device: an address space
-            // frees its device pages (taking the device memory lock, which we hold) before it
-            // goes, and waits for evictions it is part of (`begin_move`).
-            let this = unsafe { &*(v.space as *const AddressSpace) };
-            let page = DevicePage {
-                dev: dev.id,
-                pfn: v.pfn,
-            };
-            holder = this.devices.get_if(dev.id, |ctx| {
-                !ctx.held(v.vpn * PAGE_SIZE) && this.begin_move(v.vpn, Residency::Device(page))
-            });
-            holder.is_some()
-        }) else {
-            break;
-        };
-        let Some(ctx) = holder else {
+    // The host pages come first, before any page is claimed: allocating may reclaim, and
+    // reclaim must not find this thread holding a claimed page it waits for.
+    let mut hosts = KVec::with_capacity(count, GFP_KERNEL)?;
+    while hosts.len() < count {
+        let Ok(host) = Page::alloc_page(GFP_KERNEL) else {
             break;
         };
         // Cannot fail: the capacity is there.
-        batch.push(Claimed { victim, ctx, host }, GFP_KERNEL)?;
+        hosts.push(host, GFP_KERNEL)?;
     }
-    if batch.is_empty() {
+    let picked = pick_cold(
+        memory,
+        hosts.len(),
+        |v| claim(dev, v),
+        |v, ctx| ctx.clear_young(v.vpn * PAGE_SIZE),
+        |v, ctx| give_back(dev, memory, v, &ctx),
+    )?;
+    if picked.is_empty() {
         return Err(ENOMEM);
+    }
+    let mut batch = KVec::with_capacity(picked.len(), GFP_KERNEL)?;
+    for ((victim, ctx), host) in picked.into_iter().zip(hosts) {
+        // Cannot fail: the capacity is there.
+        batch.push(Claimed { victim, ctx, host }, GFP_KERNEL)?;
     }
     // One TLB invalidation per run of pages of one context (usually the whole batch).
     let mut start = 0;
@@ -105,6 +100,82 @@ pub(crate) fn evict(dev: &Device, count: usize) -> Result<usize> {
         return Err(ENOMEM);
     }
     Ok(done)
+}
+
+/// The eviction policy: picks up to `count` pages with the clock of `memory`, and asks the
+/// device before it takes one.  `claim` takes a page from its owner under the device memory's
+/// lock (`None` if it cannot: the page is moving or a job holds it); `young`, with no lock
+/// held, tests and clears the device's accessed bit of a claimed page; `give_back` returns a
+/// claimed page that stays.
+///
+/// A page the device used since the hand last passed gets a second chance, as a page GMEM saw
+/// mapped or faulted on does in [`DeviceMemory::pick_victim`].  At most one turn of the clock
+/// (a chance per page in use) is given per call: a device that uses every page still gets
+/// room.
+fn pick_cold<C>(
+    memory: &DeviceMemory,
+    count: usize,
+    mut claim: impl FnMut(&Victim) -> Option<C>,
+    mut young: impl FnMut(&Victim, &C) -> bool,
+    mut give_back: impl FnMut(Victim, C),
+) -> Result<KVec<(Victim, C)>> {
+    let mut picked = KVec::with_capacity(count, GFP_KERNEL)?;
+    let mut chances = memory.usage().used;
+    while picked.len() < count {
+        let mut claimed = None;
+        let Some(victim) = memory.pick_victim(|v| {
+            claimed = claim(v);
+            claimed.is_some()
+        }) else {
+            break;
+        };
+        let Some(c) = claimed else {
+            break;
+        };
+        if chances > 0 && young(&victim, &c) {
+            chances -= 1;
+            give_back(victim, c);
+            continue;
+        }
+        // Cannot fail: the capacity is there.
+        picked.push((victim, c), GFP_KERNEL)?;
+    }
+    Ok(picked)
+}
+
+/// Claims `v`, a page of `dev`, from its address space for eviction: the context it is
+/// mapped in, if the page is not busy and no job holds it.  Runs under the device memory's
+/// lock.
+fn claim(dev: &Device, v: &Victim) -> Option<Arc<dyn DeviceOps>> {
+    // SAFETY: `v.space` holds an allocated page of this device: an address space frees its
+    // device pages (taking the device memory lock, which the caller holds) before it goes, and
+    // waits for evictions it is part of (`begin_move`).
+    let this = unsafe { &*(v.space as *const AddressSpace) };
+    let page = DevicePage {
+        dev: dev.id,
+        pfn: v.pfn,
+    };
+    this.devices.get_if(dev.id, |ctx| {
+        !ctx.held(v.vpn * PAGE_SIZE) && this.begin_move(v.vpn, Residency::Device(page))
+    })
+}
+
+/// Gives a claimed page back to its owner: it stays on the device.
+fn give_back(dev: &Device, memory: &DeviceMemory, victim: Victim, ctx: &Arc<dyn DeviceOps>) {
+    memory.unpick(victim.pfn);
+    // SAFETY: `begin_move` keeps the address space until `move_done` below.
+    let this = unsafe { &*(victim.space as *const AddressSpace) };
+    let page = DevicePage {
+        dev: dev.id,
+        pfn: victim.pfn,
+    };
+    if !this.end_move(victim.vpn, Residency::Device(page)) {
+        // The range was unmapped meanwhile: the page is nobody's.
+        ctx.unmap(victim.vpn * PAGE_SIZE, page);
+        ctx.free(page);
+    }
+    // From here on the address space may go.
+    this.move_done();
 }
 
 /// Copies a claimed, unmapped page out and parks it (or gives it back if the copy fails).
@@ -145,4 +216,102 @@ fn finish(dev: &Device, c: Claimed) -> Result {
     // From here on the address space may go.
     this.move_done();
     result
+}
+
+#[cfg(CONFIG_GMEM_KUNIT_TEST)]
+#[kunit_tests(gmem_evict)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// Device memory with `n` pages in use, page `i` mapped at virtual page `100 + i`.
+    fn memory(n: usize) -> Result<(Pin<KBox<DeviceMemory>>, KVec<u64>)> {
+        let mem = DeviceMemory::new(0, 4 * MIB)?;
+        let mut pfns = KVec::new();
+        for i in 0..n {
+            let pfn = mem.alloc()?;
+            mem.set_owner(pfn, 0x1000, 100 + i);
+            pfns.push(pfn, GFP_KERNEL)?;
+        }
+        Ok((mem, pfns))
+    }
+
+    fn vpns(picked: &[(Victim, ())]) -> Result<KVec<usize>> {
+        let mut v = KVec::new();
+        for (victim, ()) in picked {
+            v.push(victim.vpn, GFP_KERNEL)?;
+        }
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    #[test]
+    fn pages_the_device_used_stay() -> Result {
+        let (mem, _pfns) = memory(4)?;
+        // The device used pages 100 and 102 (their accessed bits are set once).
+        let mut used = [true, false, true, false];
+        let mut given_back = 0;
+        let picked = pick_cold(
+            &mem,
+            2,
+            |_| Some(()),
+            |v, ()| core::mem::take(&mut used[v.vpn - 100]),
+            |v, ()| {
+                given_back += 1;
+                mem.unpick(v.pfn);
+            },
+        )?;
+        assert_eq!(&vpns(&picked)?[..], &[101, 103]);
+        assert_eq!(given_back, 2);
+        // The bits were cleared: without new use, those pages go next.
+        let next = pick_cold(&mem, 2, |_| Some(()), |_, ()| false, |_, ()| {})?;
+        assert_eq!(&vpns(&next)?[..], &[100, 102]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_device_that_uses_everything_still_gets_room() -> Result {
+        let (mem, _pfns) = memory(4)?;
+        let mut asked = 0;
+        // Every page is always young: after one chance per page in use, pages are taken.
+        let picked = pick_cold(
+            &mem,
+            3,
+            |_| Some(()),
+            |_, ()| {
+                asked += 1;
+                true
+            },
+            |v, ()| mem.unpick(v.pfn),
+        )?;
+        assert_eq!(picked.len(), 3);
+        assert_eq!(asked, 4);
+        Ok(())
+    }
+
+    #[test]
+    fn unclaimable_pages_are_not_taken() -> Result {
+        let (mem, pfns) = memory(3)?;
+        // A job holds the first page (the claim fails), and the device never tracks use.
+        let held = pfns[0];
+        let picked = pick_cold(
+            &mem,
+            3,
+            |v| (v.pfn != held).then_some(()),
+            |_, ()| false,
+            |_, ()| {},
+        )?;
+        assert_eq!(&vpns(&picked)?[..], &[101, 102]);
+        // Nothing left to claim: an empty pick, not an error.
+        let none = pick_cold(
+            &mem,
+            1,
+            |v| (v.pfn != held).then_some(()),
+            |_, ()| false,
+            |_, ()| {},
+        )?;
+        assert!(none.is_empty());
+        Ok(())
+    }
 }

@@ -238,6 +238,16 @@ pub trait GmMmu: Send + Sync + Sized + 'static {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
+    /// Tests and clears the accessed bit of the mapping of `va`: whether the device used the
+    /// page since the last call (or since it was mapped).  Eviction asks before it takes a
+    /// page, so pages the device keeps using stay in its memory.  The device must set the bit
+    /// again on its next use (drop a cached translation if it only sets the bit when it fills
+    /// its TLB).  Without it, only GMEM's own record (device faults, new mappings) protects a
+    /// page.
+    fn pmap_clear_young(&self, _pmap: &Self::Pmap, _va: usize) -> bool {
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+
     /// Invalidates the device TLB for `[va, va + len)`: when this returns, the device no
     /// longer uses a stale translation.
     fn tlb_invl(&self, pmap: &Self::Pmap, va: usize, len: usize);
@@ -485,6 +495,20 @@ impl<T: GmMmu> MmuVtable<T> {
     ///
     /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
     /// with `T` and the arguments `struct gm_mmu` documents.
+    unsafe extern "C" fn pmap_clear_young(
+        dev: *mut bindings::gm_dev,
+        pmap: *mut c_void,
+        va: c_ulong,
+    ) -> bool {
+        // SAFETY: GMEM passes a live device and page table of this vtable.
+        let (data, pmap) = unsafe { (Self::data(dev), Self::pmap(pmap)) };
+        data.pmap_clear_young(pmap, va)
+    }
+
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn tlb_invl(
         dev: *mut bindings::gm_dev,
         pmap: *mut c_void,
@@ -592,6 +616,11 @@ impl<T: GmMmu> MmuVtable<T> {
         pmap_release: Some(Self::pmap_release),
         pmap_protect: if T::HAS_PMAP_PROTECT {
             Some(Self::pmap_protect)
+        } else {
+            None
+        },
+        pmap_clear_young: if T::HAS_PMAP_CLEAR_YOUNG {
+            Some(Self::pmap_clear_young)
         } else {
             None
         },

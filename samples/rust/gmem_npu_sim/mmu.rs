@@ -4,8 +4,10 @@
 //! DRAM, and a small software TLB.  [`NpuMmu`] implements GMEM's [`GmMmu`] on top of them.
 //!
 //! DRAM layout: the first [`PT_BYTES`] hold page-table pages; the rest is handed to GMEM.
-//! A page-table entry is a `u64`: bit 0 valid, bit 1 writable, bits 12..52 the DRAM address of
-//! the next-level table or, in the last level, of the data page.
+//! A page-table entry is a `u64`: bit 0 valid, bit 1 writable, bit 5 accessed (last level only:
+//! set by the walker when it fills the TLB, cleared by GMEM's eviction through
+//! `pmap_clear_young`), bits 12..52 the DRAM address of the next-level table or, in the last
+//! level, of the data page.
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use kernel::{
@@ -27,6 +29,7 @@ const LEVELS: usize = 4;
 const ENTRIES: usize = 512;
 const PTE_VALID: u64 = 1 << 0;
 const PTE_WRITE: u64 = 1 << 1;
+const PTE_ACCESSED: u64 = 1 << 5;
 const PTE_ADDR: u64 = ((1 << 52) - 1) & !0xfff;
 /// The NPU's virtual address width.
 const VA_BITS: u32 = 48;
@@ -191,22 +194,6 @@ impl NpuMmu {
         self.write(table + 8 * index as u64, &pte.to_le_bytes())
     }
 
-    /// Walks `pmap` for `va`; the leaf entry, if every level is valid.
-    fn walk(&self, pmap: &Pmap, va: usize) -> Result<Option<u64>> {
-        let mut table = pmap.root;
-        for level in (0..LEVELS).rev() {
-            let pte = self.read_pte(table, pt_index(va, level))?;
-            if pte & PTE_VALID == 0 {
-                return Ok(None);
-            }
-            if level == 0 {
-                return Ok(Some(pte));
-            }
-            table = pte & PTE_ADDR;
-        }
-        Ok(None)
-    }
-
     /// Translates `va` for an access through `pmap`: from the TLB, or by walking the page
     /// table (and filling the TLB).  Runs under the hardware lock.
     fn translate_locked(
@@ -229,9 +216,18 @@ impl NpuMmu {
                 Translation::Hit(e.pa + offset)
             });
         }
-        let Some(pte) = self.walk(pmap, va)? else {
+        let Some(table) = self.leaf_locked(hw, pmap, va, false)? else {
             return Ok(Translation::Miss);
         };
+        let index = pt_index(va, 0);
+        let pte = self.read_pte(table, index)?;
+        if pte & PTE_VALID == 0 {
+            return Ok(Translation::Miss);
+        }
+        // The walker records the use, as an x86 or Arm MMU does on a TLB fill.
+        if pte & PTE_ACCESSED == 0 {
+            self.write_pte(table, index, pte | PTE_ACCESSED)?;
+        }
         let entry = TlbEntry {
             asid: pmap.asid,
             vpn,
@@ -408,6 +404,29 @@ impl GmMmu for NpuMmu {
         self.release_locked(&mut hw, pmap, va, len);
     }
 
+    fn pmap_clear_young(&self, pmap: &Pmap, va: usize) -> bool {
+        let mut hw = self.hw.lock();
+        let Ok(Some(table)) = self.leaf_locked(&mut hw, pmap, va, false) else {
+            return false;
+        };
+        let index = pt_index(va, 0);
+        match self.read_pte(table, index) {
+            Ok(pte) if pte & PTE_VALID != 0 && pte & PTE_ACCESSED != 0 => {
+                // The walker sets the bit only on a TLB fill: drop the cached translation so
+                // that the next use sets it again.
+                let _ = self.write_pte(table, index, pte & !PTE_ACCESSED);
+                let vpn = va / PAGE_SIZE;
+                for e in hw.tlb.iter_mut() {
+                    if e.asid == pmap.asid && e.vpn == vpn {
+                        e.valid = false;
+                    }
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn tlb_invl_coalesced(&self, pmap: &Pmap, ranges: &[gmem::VaRange]) {
         // One invalidation request for all the ranges, as a device with a range-based
         // invalidation command would do it.
@@ -506,6 +525,29 @@ mod tests {
         assert_eq!(npu.tlb_invalidations.load(Relaxed), 1);
         npu.pmap_destroy(pmap);
         assert_eq!(pt_pages(&npu), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn accessed_bit_follows_use() -> Result {
+        let npu = npu()?;
+        let pmap = npu.pmap_create()?;
+        // Not mapped: never young.
+        assert!(!npu.pmap_clear_young(&pmap, VA));
+        npu.pmap_enter(&pmap, VA, DATA, Prot::WRITE)?;
+        npu.pmap_enter(&pmap, VA + PAGE_SIZE, DATA + 1, Prot::WRITE)?;
+        // Mapped but unused: the bit is set by the walker, not by pmap_enter.
+        assert!(!npu.pmap_clear_young(&pmap, VA));
+        assert!(translate(&npu, &pmap, VA, false).is_some());
+        assert!(npu.pmap_clear_young(&pmap, VA));
+        assert!(!npu.pmap_clear_young(&pmap, VA));
+        assert!(!npu.pmap_clear_young(&pmap, VA + PAGE_SIZE));
+        // Clearing dropped the cached translation: the next use walks and sets the bit again.
+        assert!(translate(&npu, &pmap, VA + 8, true).is_some());
+        assert!(npu.pmap_clear_young(&pmap, VA));
+        npu.pmap_release(&pmap, VA, 2 * PAGE_SIZE);
+        npu.tlb_invl(&pmap, VA, 2 * PAGE_SIZE);
+        npu.pmap_destroy(pmap);
         Ok(())
     }
 

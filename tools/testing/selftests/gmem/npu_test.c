@@ -1310,6 +1310,53 @@ TEST_F(npu, oversubscription_refills_the_reserve)
 	expect_resident(_metadata, self->fd, self->start);
 }
 
+/*
+ * Eviction asks the NPU's accessed bits (pmap_clear_young): pages a job
+ * uses between two passes of the clock stay on the NPU while a stream of
+ * other pages four times the NPU's memory goes through it.  Without the
+ * bits they would go on the clock's second pass, like any page that was
+ * only mapped once, and come back on the next job (migrations to the NPU).
+ */
+TEST_F(npu, eviction_keeps_pages_the_npu_uses)
+{
+	size_t hot_len = 16 * self->page, cold_len = 4 * OVERSUB_LIMIT;
+	size_t step = OVERSUB_CHUNK / 4;
+	unsigned long long limit;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	long long back = 0;
+	char path[128];
+	char *hot, *cold;
+	__u64 sum;
+
+	limit_path(&self->info[0], path, sizeof(path));
+	ASSERT_EQ(0, read_ull(path, &limit));
+	ASSERT_EQ(0, write_ull(path, OVERSUB_LIMIT));
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	hot = mmap_peer_shared(NULL, hot_len, 0);
+	ASSERT_NE(MAP_FAILED, hot);
+	cold = mmap_peer_shared(NULL, cold_len, 0);
+	ASSERT_NE(MAP_FAILED, cold);
+	ASSERT_EQ(0, npu_fill(self->fd[0], hot, hot_len, 7));
+	for (size_t off = 0; off < cold_len; off += step) {
+		ASSERT_EQ(0, npu_fill(self->fd[0], cold + off, step, off));
+		ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+		ASSERT_EQ(0, npu_sum(self->fd[0], hot, hot_len, &sum));
+		ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+		ASSERT_EQ(7 * (hot_len / 4), sum);
+		back += d.to_dev;
+	}
+	ASSERT_EQ(0, write_ull(path, limit));
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	/* The stream went through: the clock turned three times at least. */
+	ASSERT_LE(self->start[0].evictions +
+		  (cold_len - OVERSUB_LIMIT) / self->page, s.evictions);
+	ASSERT_EQ(0, back);
+	ASSERT_EQ(0, munmap(hot, hot_len));
+	ASSERT_EQ(0, munmap(cold, cold_len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
 /* Two processes oversubscribing the same NPU at once, each with its data. */
 TEST_F(npu, two_processes_oversubscribe)
 {
