@@ -267,6 +267,8 @@ int gm_as_fork(struct mm_struct *oldmm, struct mm_struct *mm);
 void gm_as_exit(struct mm_struct *mm);
 int gm_as_mremap(struct mm_struct *mm, unsigned long old_addr,
 		 unsigned long new_addr, unsigned long len);
+void gm_as_dontneed(struct mm_struct *mm, unsigned long start,
+		    unsigned long end);
 vm_fault_t gm_cpu_fault_begin(struct mm_struct *mm, unsigned long addr,
 			      struct page *page);
 void gm_cpu_fault_end(struct mm_struct *mm, unsigned long addr,
@@ -376,6 +378,25 @@ static inline int gm_mremap(struct vm_area_struct *vma, unsigned long old_addr,
 	return gm_as_mremap(vma->vm_mm, old_addr, new_addr, len);
 }
 
+/**
+ * gm_madvise_dontneed() - drop the device and parked pages of a range
+ * @vma: the VMA of the range, mmap or VMA lock held
+ * @start: start of the range
+ * @end: its end
+ *
+ * madvise(MADV_DONTNEED) and MADV_FREE discard a range's data.  Pages that
+ * live on a device or are parked in host memory have no PTE for the zap
+ * that follows to remove, so they go here.  (The MMU notifier cannot do it:
+ * a copy-on-write fault notifies the same event for a page whose data must
+ * stay.)
+ */
+static inline void gm_madvise_dontneed(struct vm_area_struct *vma,
+				       unsigned long start, unsigned long end)
+{
+	if (gm_vma_peer_shared(vma))
+		gm_as_dontneed(vma->vm_mm, start, end);
+}
+
 #else /* !CONFIG_GMEM */
 
 static inline int gm_mmap_check(struct file *file, unsigned long flags)
@@ -410,6 +431,11 @@ static inline int gm_mremap(struct vm_area_struct *vma, unsigned long old_addr,
 			    unsigned long new_addr, unsigned long len)
 {
 	return 0;
+}
+
+static inline void gm_madvise_dontneed(struct vm_area_struct *vma,
+				       unsigned long start, unsigned long end)
+{
 }
 
 static inline vm_fault_t gm_cpu_fault_begin(struct mm_struct *mm,

@@ -228,7 +228,12 @@ impl AddressSpace {
 
     /// Drops the entries in `start..end` (addresses) that `select` picks: device pages go back
     /// to their device, parked pages are freed.
-    fn drop_range(&self, start: usize, end: usize, select: impl FnMut(Residency) -> bool) {
+    pub(crate) fn drop_range(
+        &self,
+        start: usize,
+        end: usize,
+        select: impl FnMut(Residency) -> bool,
+    ) {
         let mut batch = self.devices.batch();
         self.lpt.erase_range(
             start / PAGE_SIZE,
@@ -241,6 +246,14 @@ impl AddressSpace {
                 _ => {}
             },
         );
+    }
+
+    /// Drops the device and parked pages of `start..end` (addresses), whose data a zap of the
+    /// range discards (`MADV_DONTNEED`, `MADV_FREE`, hmadvise): they have no PTE for the zap.
+    pub(crate) fn dontneed(&self, start: usize, end: usize) {
+        self.drop_range(start, end, |r| {
+            matches!(r, Residency::Device(_) | Residency::Parked(_))
+        });
     }
 
     /// Whether a page in `start..end` (addresses) lives on a device.
@@ -319,7 +332,6 @@ unsafe extern "C" fn invalidate(
         range.event,
         bindings::mmu_notifier_event_MMU_NOTIFY_UNMAP
             | bindings::mmu_notifier_event_MMU_NOTIFY_RELEASE
-            | bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR
             | bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_VMA
             | bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_PAGE
     );
@@ -337,9 +349,12 @@ unsafe extern "C" fn invalidate(
     match range.event {
         bindings::mmu_notifier_event_MMU_NOTIFY_UNMAP
         | bindings::mmu_notifier_event_MMU_NOTIFY_RELEASE => this.drop_range(start, end, |_| true),
-        bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR => this.drop_range(start, end, |r| {
-            matches!(r, Residency::Device(_) | Residency::Parked(_))
-        }),
+        // A cleared PTE does not mean that the data goes: copy-on-write, migration, KSM and
+        // reclaim clear PTEs of pages that live on, and a copy-on-write fault notifies before
+        // it checks the PTE, so the page may have moved to a device meanwhile (the fault then
+        // retries and brings it home).  Nor do they concern a device, which maps only device
+        // pages.  The zaps that discard data drop device and parked pages themselves
+        // (`gm_as_dontneed()`, hmadvise).
         bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_VMA
         | bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_PAGE => this.lpt.for_each_device_page(
             start / PAGE_SIZE,
@@ -511,6 +526,25 @@ pub unsafe extern "C" fn gm_as_mremap(
     }
 }
 
+/// Drops the device and parked pages of `start..end` (madvise `MADV_DONTNEED` or `MADV_FREE`,
+/// before the zap of the range's PTEs).
+///
+/// # Safety
+///
+/// Called by madvise with `mm`'s mmap or VMA lock held.
+#[export]
+pub unsafe extern "C" fn gm_as_dontneed(
+    mm: *mut bindings::mm_struct,
+    start: c_ulong,
+    end: c_ulong,
+) {
+    // SAFETY: `mm` is the mm madvise works on (another process's with process_madvise()),
+    // kept alive and locked by the caller.
+    if let Some(this) = unsafe { AddressSpace::of(mm) } {
+        this.dontneed(start, end);
+    }
+}
+
 /// Claims the page at `addr` for a CPU fault that will install `page` (see [`crate::fault`]).
 ///
 /// # Safety
@@ -665,15 +699,27 @@ mod tests {
     }
 
     #[test]
-    fn clear_drops_device_pages_only() -> Result {
+    fn clear_keeps_every_page() -> Result {
         let (this, fake) = setup()?;
+        // A cleared PTE is no discard: a copy-on-write fault notifies it for a page that may
+        // have moved to a device meanwhile, and that page must stay.  Nothing to do for a
+        // device either, so the OOM reaper (not blockable) is not turned away.
         assert!(notify(
             &this,
             bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR,
             0,
             100,
-            true
+            false
         ));
+        assert_eq!(fake.take_ops().len(), 0);
+        assert_eq!(this.lpt.len(), 4);
+        Ok(())
+    }
+
+    #[test]
+    fn dontneed_drops_device_and_parked_pages_only() -> Result {
+        let (this, fake) = setup()?;
+        this.dontneed(0, 100 * PAGE_SIZE);
         assert_eq!(fake.take_ops().len(), 4);
         assert_eq!(this.lpt.len(), 2);
         assert_eq!(this.lpt.residency(11), None);

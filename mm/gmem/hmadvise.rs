@@ -181,10 +181,13 @@ impl Request {
                 }
                 Ok(())
             }
-            // Everywhere: like madvise(MADV_DONTNEED) under the mmap read lock; the MMU
-            // notifier drops device and parked pages of the range too.
+            // Everywhere: like madvise(MADV_DONTNEED) under the mmap read lock, device and
+            // parked pages first (they have no PTE for the zap).
             (Advice::DontNeed, None) if self.target == Target::All => {
                 self.for_each_vma(&mmap, |vma, start, end| {
+                    if let Some(this) = this {
+                        this.dontneed(start, end);
+                    }
                     vma.zap_vma_range(start, end - start);
                     Ok(())
                 })
@@ -202,6 +205,11 @@ impl Request {
                     });
                 }
                 pushed?;
+                // Parked pages are host memory without a PTE: they go here, the zaps take the
+                // rest.
+                if let Some(this) = this {
+                    this.drop_range(self.start, self.end, |r| matches!(r, Residency::Parked(_)));
+                }
                 let mut skip = skip.into_iter().peekable();
                 self.for_each_vma(&mmap, |vma, start, end| {
                     let mut at = start;
