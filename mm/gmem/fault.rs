@@ -305,20 +305,23 @@ pub(crate) fn fault_page(
         }
         match seen {
             Some(Residency::Device(page)) if page.dev == ctx.dev.id => {
+                // Mapped again under a claim: a move that took the page meanwhile (a prefetch
+                // home, an eviction) would free it while the device maps it, and a job running
+                // on another thread could write into the freed page through that mapping.
+                if !claim(this, vpn, seen)? {
+                    continue;
+                }
                 let seq = this.read_begin();
-                ctx.map(va, page.pfn, prot)?;
+                if let Err(e) = ctx.map(va, page.pfn, prot) {
+                    unclaim(this, vpn, Residency::Device(page));
+                    return Err(e);
+                }
                 if let Some(memory) = ctx.dev.memory() {
                     memory.touch(page.pfn);
                 }
-                let guard = this.lpt.lock();
-                let same = guard
-                    .get(vpn)
-                    .is_some_and(|m| !m.busy() && m.residency() == Residency::Device(page));
-                if same && !this.changed(&guard, seq) {
+                if complete(this, ctx, vpn, va, page.pfn, seq) {
                     return Ok(false);
                 }
-                drop(guard);
-                ctx.unmap_va(va, PAGE_SIZE);
             }
             Some(Residency::Parked(raw)) => {
                 let pfn = ctx.dev.alloc_page()?;
