@@ -1,0 +1,579 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Migration and fault microbenchmarks of GMEM with the simulated NPU
+ * (samples/rust/gmem_npu_sim), and the memcpy bandwidth that bounds any
+ * migration on the same machine.  One mode per run:
+ *
+ *   npu_bench memcpy SIZE_MIB CHUNK_KIB [ITERATIONS]
+ *	memcpy() between two prefaulted buffers, CHUNK_KIB at a time; on
+ *	x86-64 also the copy that the kernel's copy_page() makes on this CPU,
+ *	which bounds what the kernel's page copies can do (under QEMU's TCG,
+ *	for one, the two run at very different speeds).
+ *   npu_bench prefetch SIZE_MIB CHUNK_KIB [ITERATIONS]
+ *	hmadvise(MADV_PREFETCH) of CPU-written pages to the NPU (h2d) and
+ *	back to host node 0 (d2h), one call per CHUNK_KIB.
+ *   npu_bench fault zero|migrate SIZE_MIB [ITERATIONS]
+ *	An NPU SUM32 job over pages that were never touched (zero-fill
+ *	device faults) or that the CPU wrote (migrate-in device faults), and
+ *	the same job again once the pages are on the NPU (no fault).
+ *   npu_bench cpufault SIZE_MIB [ITERATIONS]
+ *	The CPU writing each page of a buffer resident on the NPU (a fault
+ *	that brings the page home), and the CPU writing each page of fresh
+ *	ordinary anonymous memory (a zero-fill fault), for comparison.
+ *   npu_bench oversub FACTOR LIMIT_MIB [ITERATIONS]
+ *	The NPU's limit lowered to LIMIT_MIB (sysfs), then NPU SUM32 jobs
+ *	over a CPU-written buffer FACTOR times that size, after one pass to
+ *	warm up.  The limit is restored at the end.
+ *
+ * Each mode prints one line "npu_bench MODE key=value ...": times are
+ * medians of the iterations, bandwidths are decimal (1 GB/s = 1e9 bytes/s).
+ * The data is checked and the NPU's counters must show that every page
+ * moved as expected, otherwise the figures are not printed and the exit
+ * status is 1.  Uses /dev/gmem_npu0, which nothing else may use meanwhile.
+ * Not a test: timings are for benchmarks, never for pass/fail.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gmem_util.h"
+/* Private to the sample driver, so not among the installed headers. */
+#include "../../../../samples/rust/gmem_npu_sim/gmem_npu_sim_uapi.h"
+
+#define NPU_PATH	"/dev/gmem_npu0"
+#define HOST_NODE	0
+#define MAX_ITERATIONS	64
+
+static size_t page_size;
+
+static void die(const char *what)
+{
+	fprintf(stderr, "npu_bench: %s: %s\n", what, strerror(errno));
+	exit(1);
+}
+
+static void fail(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	fprintf(stderr, "npu_bench: ");
+	vfprintf(stderr, fmt, ap);
+	fprintf(stderr, "\n");
+	va_end(ap);
+	exit(1);
+}
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* The median of @n values (sorts them). */
+static double median(double *v, int n)
+{
+	qsort(v, n, sizeof(*v), cmp_double);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static void *map_anon(size_t len, int extra_flags)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | extra_flags, -1, 0);
+
+	if (p == MAP_FAILED)
+		die("mmap");
+	return p;
+}
+
+/* Word i of [p, p + len) is seed + i (u32 arithmetic). */
+static void fill_words(void *p, size_t len, __u32 seed)
+{
+	__u32 *w = p;
+
+	for (size_t i = 0; i < len / 4; i++)
+		w[i] = seed + i;
+}
+
+/* What fill_words() leaves, summed as SUM32 sums it. */
+static __u64 sum_words(size_t len, __u32 seed)
+{
+	__u64 sum = 0;
+
+	for (size_t i = 0; i < len / 4; i++)
+		sum += (__u32)(seed + i);
+	return sum;
+}
+
+static void check_words(const void *p, size_t len, __u32 seed)
+{
+	const __u32 *w = p;
+
+	for (size_t i = 0; i < len / 4; i++)
+		if (w[i] != (__u32)(seed + i))
+			fail("data: word %zu is %#x, expected %#x", i, w[i],
+			     (__u32)(seed + i));
+}
+
+struct npu {
+	int fd;
+	struct gmem_npu_info info;
+};
+
+static void npu_open(struct npu *npu)
+{
+	npu->fd = open(NPU_PATH, O_RDWR | O_CLOEXEC);
+	if (npu->fd < 0)
+		die(NPU_PATH);
+	if (ioctl(npu->fd, GMEM_NPU_IOC_INFO, &npu->info))
+		die("GMEM_NPU_IOC_INFO");
+	if (ioctl(npu->fd, GMEM_NPU_IOC_ATTACH, 0))
+		die("GMEM_NPU_IOC_ATTACH");
+}
+
+static void npu_stats(struct npu *npu, struct gmem_npu_stats *s)
+{
+	if (ioctl(npu->fd, GMEM_NPU_IOC_STATS, s))
+		die("GMEM_NPU_IOC_STATS");
+}
+
+/* SUM32 over [p, p + len) on the NPU; returns the job's duration. */
+static double npu_sum(struct npu *npu, const void *p, size_t len, __u64 *sum)
+{
+	struct gmem_npu_job job = {
+		.op = GMEM_NPU_OP_SUM32,
+		.src0 = (unsigned long)p,
+		.len = len,
+	};
+	double t0 = now();
+
+	if (ioctl(npu->fd, GMEM_NPU_IOC_RUN, &job))
+		die("GMEM_NPU_IOC_RUN");
+	*sum = job.value;
+	return now() - t0;
+}
+
+/* hmadvise(MADV_PREFETCH) of [p, p + len) to @hnid, @chunk at a time. */
+static double prefetch(int hnid, char *p, size_t len, size_t chunk)
+{
+	double t0 = now();
+
+	for (size_t off = 0; off < len; off += chunk)
+		if (hmadvise(hnid, (unsigned long)p + off, chunk, MADV_PREFETCH))
+			die("hmadvise(MADV_PREFETCH)");
+	return now() - t0;
+}
+
+static void expect(const char *what, long long got, long long want)
+{
+	if (got != want)
+		fail("%s: %lld, expected %lld", what, got, want);
+}
+
+#ifdef __x86_64__
+/*
+ * Copies as the x86-64 kernel's copy_page() makes them: "rep movsq" on a CPU
+ * with X86_FEATURE_REP_GOOD, otherwise a loop of 64-bit moves, 64 bytes at a
+ * time (copy_page_regs).  @len is a multiple of 64.
+ */
+static void copy_movsq(void *dst, const void *src, size_t len)
+{
+	size_t words = len / 8;
+
+	asm volatile("rep movsq"
+		     : "+D" (dst), "+S" (src), "+c" (words) : : "memory");
+}
+
+static void copy_regs(void *dst, const void *src, size_t len)
+{
+	size_t blocks = len / 64;
+
+	asm volatile("1:\n\t"
+		     "movq 0(%1), %%rax\n\t"
+		     "movq 8(%1), %%rdx\n\t"
+		     "movq 16(%1), %%r8\n\t"
+		     "movq 24(%1), %%r9\n\t"
+		     "movq %%rax, 0(%0)\n\t"
+		     "movq %%rdx, 8(%0)\n\t"
+		     "movq %%r8, 16(%0)\n\t"
+		     "movq %%r9, 24(%0)\n\t"
+		     "movq 32(%1), %%rax\n\t"
+		     "movq 40(%1), %%rdx\n\t"
+		     "movq 48(%1), %%r8\n\t"
+		     "movq 56(%1), %%r9\n\t"
+		     "movq %%rax, 32(%0)\n\t"
+		     "movq %%rdx, 40(%0)\n\t"
+		     "movq %%r8, 48(%0)\n\t"
+		     "movq %%r9, 56(%0)\n\t"
+		     "leaq 64(%0), %0\n\t"
+		     "leaq 64(%1), %1\n\t"
+		     "decq %2\n\t"
+		     "jnz 1b"
+		     : "+r" (dst), "+r" (src), "+r" (blocks)
+		     : : "rax", "rdx", "r8", "r9", "cc", "memory");
+}
+
+/* Whether the kernel says the CPU has fast "rep movs" (X86_FEATURE_REP_GOOD). */
+static int rep_good(void)
+{
+	char line[4096];
+	int found = 0;
+	FILE *f = fopen("/proc/cpuinfo", "r");
+
+	if (!f)
+		return 0;
+	while (!found && fgets(line, sizeof(line), f))
+		found = !strncmp(line, "flags", 5) && strstr(line, " rep_good");
+	fclose(f);
+	return found;
+}
+#endif
+
+/* Seconds to copy [src, src + len) to dst, @chunk at a time; the median. */
+static double time_copy(void (*copy)(void *, const void *, size_t),
+			char *dst, const char *src, size_t len, size_t chunk,
+			int iterations)
+{
+	double t[MAX_ITERATIONS];
+
+	for (int it = -1; it < iterations; it++) {
+		double t0 = now();
+
+		for (size_t off = 0; off < len; off += chunk)
+			copy(dst + off, src + off, chunk);
+		if (it >= 0)
+			t[it] = now() - t0;
+	}
+	if (memcmp(src, dst, len))
+		fail("memcpy: the copy differs");
+	return median(t, iterations);
+}
+
+static void copy_memcpy(void *dst, const void *src, size_t len)
+{
+	memcpy(dst, src, len);
+}
+
+static int bench_memcpy(size_t len, size_t chunk, int iterations)
+{
+	char *src = map_anon(len, 0), *dst = map_anon(len, 0);
+	double t;
+
+	memset(src, 0x5a, len);
+	memset(dst, 0xa5, len);
+	t = time_copy(copy_memcpy, dst, src, len, chunk, iterations);
+	printf("npu_bench memcpy size_mib=%zu chunk_kib=%zu iterations=%d gbps=%.4f",
+	       len >> 20, chunk >> 10, iterations, len / t / 1e9);
+#ifdef __x86_64__
+	memset(dst, 0xa5, len);
+	t = time_copy(rep_good() ? copy_movsq : copy_regs, dst, src, len, chunk,
+		      iterations);
+	printf(" copy_page=%s copy_page_gbps=%.4f",
+	       rep_good() ? "movsq" : "regs", len / t / 1e9);
+#endif
+	printf("\n");
+	munmap(src, len);
+	munmap(dst, len);
+	return 0;
+}
+
+static int bench_prefetch(size_t len, size_t chunk, int iterations)
+{
+	double h2d[MAX_ITERATIONS], d2h[MAX_ITERATIONS];
+	long long npages = len / page_size;
+	struct gmem_npu_stats s0, s1, s2;
+	struct npu npu;
+	char *p;
+
+	npu_open(&npu);
+	if (npu.info.dram_size < len) {
+		fprintf(stderr, "npu_bench: %zu MiB do not fit in the NPU's %llu MiB\n",
+			len >> 20, (unsigned long long)npu.info.dram_size >> 20);
+		return 1;
+	}
+	p = map_anon(len, MAP_PEER_SHARED);
+	fill_words(p, len, 0x1234);
+	/* One round trip first, as hmm-tests' benchmark does. */
+	for (int it = -1; it < iterations; it++) {
+		npu_stats(&npu, &s0);
+		h2d[it < 0 ? 0 : it] = prefetch(npu.info.hnid, p, len, chunk);
+		npu_stats(&npu, &s1);
+		d2h[it < 0 ? 0 : it] = prefetch(HOST_NODE, p, len, chunk);
+		npu_stats(&npu, &s2);
+		expect("pages moved to the NPU",
+		       s1.migrations_to_dev - s0.migrations_to_dev, npages);
+		expect("pages moved home",
+		       s2.migrations_to_host - s1.migrations_to_host, npages);
+	}
+	check_words(p, len, 0x1234);
+	munmap(p, len);
+	printf("npu_bench prefetch size_mib=%zu chunk_kib=%zu iterations=%d",
+	       len >> 20, chunk >> 10, iterations);
+	printf(" h2d_gbps=%.4f d2h_gbps=%.4f\n",
+	       len / median(h2d, iterations) / 1e9,
+	       len / median(d2h, iterations) / 1e9);
+	return 0;
+}
+
+static int bench_fault(int migrate, size_t len, int iterations)
+{
+	double tf[MAX_ITERATIONS], tr[MAX_ITERATIONS];
+	long long npages = len / page_size;
+	struct gmem_npu_stats s0, s1;
+	__u64 sum, want;
+	struct npu npu;
+	double fault_s, resident_s;
+
+	npu_open(&npu);
+	if (!(npu.info.flags & GMEM_NPU_INFO_FAULTABLE)) {
+		fprintf(stderr, "npu_bench: the NPU does not fault\n");
+		return 1;
+	}
+	want = migrate ? sum_words(len, 0x4321) : 0;
+	for (int it = -1; it < iterations; it++) {
+		char *p = map_anon(len, MAP_PEER_SHARED);
+		int i = it < 0 ? 0 : it;
+
+		if (migrate)
+			fill_words(p, len, 0x4321);
+		npu_stats(&npu, &s0);
+		tf[i] = npu_sum(&npu, p, len, &sum);
+		npu_stats(&npu, &s1);
+		expect("job result", sum, want);
+		expect("device faults", s1.faults - s0.faults, npages);
+		expect(migrate ? "pages migrated in" : "pages zero-filled",
+		       migrate ? s1.migrations_to_dev - s0.migrations_to_dev :
+				 s1.zero_fills - s0.zero_fills, npages);
+		/* The same job on the same pages, now on the NPU. */
+		tr[i] = npu_sum(&npu, p, len, &sum);
+		npu_stats(&npu, &s0);
+		expect("job result", sum, want);
+		expect("device faults", s0.faults - s1.faults, 0);
+		munmap(p, len);
+	}
+	fault_s = median(tf, iterations);
+	resident_s = median(tr, iterations);
+	printf("npu_bench fault kind=%s size_mib=%zu iterations=%d pages=%lld",
+	       migrate ? "migrate" : "zero", len >> 20, iterations, npages);
+	printf(" us_per_page=%.3f faults_per_sec=%.0f",
+	       fault_s * 1e6 / npages, npages / fault_s);
+	printf(" resident_us_per_page=%.3f net_us_per_fault=%.3f\n",
+	       resident_s * 1e6 / npages, (fault_s - resident_s) * 1e6 / npages);
+	return 0;
+}
+
+/* The CPU writes one byte of each page of [p, p + len). */
+static double cpu_touch(char *p, size_t len, char value)
+{
+	double t0 = now();
+
+	for (size_t off = 0; off < len; off += page_size)
+		p[off] = value;
+	return now() - t0;
+}
+
+static int bench_cpufault(size_t len, int iterations)
+{
+	double tb[MAX_ITERATIONS], ta[MAX_ITERATIONS];
+	long long npages = len / page_size;
+	struct gmem_npu_stats s0, s1;
+	struct npu npu;
+
+	npu_open(&npu);
+	for (int it = -1; it < iterations; it++) {
+		char *p = map_anon(len, MAP_PEER_SHARED), *q;
+		int i = it < 0 ? 0 : it;
+
+		fill_words(p, len, 0x5678);
+		prefetch(npu.info.hnid, p, len, len);
+		npu_stats(&npu, &s0);
+		tb[i] = cpu_touch(p, len, 0);
+		npu_stats(&npu, &s1);
+		expect("pages moved home",
+		       s1.migrations_to_host - s0.migrations_to_host, npages);
+		/* Put back the words written into, then check every word. */
+		for (size_t off = 0; off < len; off += page_size)
+			((__u32 *)p)[off / 4] = 0x5678 + off / 4;
+		check_words(p, len, 0x5678);
+		munmap(p, len);
+
+		q = map_anon(len, 0);
+		ta[i] = cpu_touch(q, len, 1);
+		munmap(q, len);
+	}
+	printf("npu_bench cpufault size_mib=%zu iterations=%d pages=%lld",
+	       len >> 20, iterations, npages);
+	printf(" us_per_page=%.3f anon_us_per_page=%.3f\n",
+	       median(tb, iterations) * 1e6 / npages,
+	       median(ta, iterations) * 1e6 / npages);
+	return 0;
+}
+
+static int read_ull(const char *path, unsigned long long *v)
+{
+	FILE *f = fopen(path, "r");
+	int ret;
+
+	if (!f)
+		return -1;
+	ret = fscanf(f, "%llu", v) != 1;
+	return fclose(f) || ret ? -1 : 0;
+}
+
+static int write_ull(const char *path, unsigned long long v)
+{
+	FILE *f = fopen(path, "w");
+	int ret;
+
+	if (!f)
+		return -1;
+	ret = fprintf(f, "%llu\n", v) < 0;
+	return fclose(f) || ret ? -1 : 0;
+}
+
+/* The NPU's limit before bench_oversub() lowered it, put back at exit. */
+static char limit_path[96];
+static unsigned long long limit_saved;
+
+static void restore_limit(void)
+{
+	if (write_ull(limit_path, limit_saved))
+		fprintf(stderr, "npu_bench: cannot restore %s\n", limit_path);
+}
+
+static int bench_oversub(int factor, size_t limit, int iterations)
+{
+	double t[MAX_ITERATIONS], ev[MAX_ITERATIONS];
+	size_t len = factor * limit;
+	struct gmem_npu_stats s0, s1;
+	__u64 sum, want;
+	struct npu npu;
+	char *p;
+
+	npu_open(&npu);
+	if (!(npu.info.flags & GMEM_NPU_INFO_FAULTABLE)) {
+		fprintf(stderr, "npu_bench: the NPU does not fault\n");
+		return 1;
+	}
+	snprintf(limit_path, sizeof(limit_path),
+		 "/sys/kernel/mm/gmem/node%u/limit", npu.info.hnid);
+	if (read_ull(limit_path, &limit_saved))
+		die(limit_path);
+	atexit(restore_limit);
+	if (write_ull(limit_path, limit))
+		die(limit_path);
+	p = map_anon(len, MAP_PEER_SHARED);
+	fill_words(p, len, 0x9abc);
+	want = sum_words(len, 0x9abc);
+	/* The first pass brings every page in: it warms up. */
+	for (int it = -1; it < iterations; it++) {
+		int i = it < 0 ? 0 : it;
+
+		npu_stats(&npu, &s0);
+		t[i] = npu_sum(&npu, p, len, &sum);
+		npu_stats(&npu, &s1);
+		expect("job result", sum, want);
+		ev[i] = s1.evictions - s0.evictions;
+	}
+	check_words(p, len, 0x9abc);
+	munmap(p, len);
+	printf("npu_bench oversub factor=%d limit_mib=%zu size_mib=%zu iterations=%d",
+	       factor, limit >> 20, len >> 20, iterations);
+	printf(" gbps=%.4f evictions_per_pass=%.0f\n",
+	       len / median(t, iterations) / 1e9, median(ev, iterations));
+	return 0;
+}
+
+static void bad_args(void)
+{
+	fprintf(stderr,
+		"usage: npu_bench memcpy SIZE_MIB CHUNK_KIB [ITERATIONS]\n"
+		"       npu_bench prefetch SIZE_MIB CHUNK_KIB [ITERATIONS]\n"
+		"       npu_bench fault zero|migrate SIZE_MIB [ITERATIONS]\n"
+		"       npu_bench cpufault SIZE_MIB [ITERATIONS]\n"
+		"       npu_bench oversub FACTOR LIMIT_MIB [ITERATIONS]\n");
+	exit(2);
+}
+
+static unsigned long arg(int argc, char **argv, int i, unsigned long dflt)
+{
+	char *end;
+	unsigned long v;
+
+	if (i >= argc)
+		return dflt;
+	v = strtoul(argv[i], &end, 0);
+	if (*end || end == argv[i])
+		bad_args();
+	return v;
+}
+
+int main(int argc, char **argv)
+{
+	const char *mode = argc > 1 ? argv[1] : "";
+	size_t size, chunk;
+	int iterations;
+
+	page_size = sysconf(_SC_PAGESIZE);
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (!strcmp(mode, "memcpy") || !strcmp(mode, "prefetch")) {
+		size = arg(argc, argv, 2, 0) << 20;
+		chunk = arg(argc, argv, 3, 0) << 10;
+		iterations = arg(argc, argv, 4, 5);
+		if (!size || !chunk || chunk % page_size || size % chunk ||
+		    iterations < 1 || iterations > MAX_ITERATIONS || argc > 5)
+			bad_args();
+		if (!strcmp(mode, "memcpy"))
+			return bench_memcpy(size, chunk, iterations);
+		return bench_prefetch(size, chunk, iterations);
+	}
+	if (!strcmp(mode, "fault")) {
+		int migrate = argc > 2 && !strcmp(argv[2], "migrate");
+
+		if (argc < 4 || argc > 5 ||
+		    (!migrate && strcmp(argv[2], "zero")))
+			bad_args();
+		size = arg(argc, argv, 3, 0) << 20;
+		iterations = arg(argc, argv, 4, 5);
+		if (!size || iterations < 1 || iterations > MAX_ITERATIONS)
+			bad_args();
+		return bench_fault(migrate, size, iterations);
+	}
+	if (!strcmp(mode, "cpufault")) {
+		size = arg(argc, argv, 2, 0) << 20;
+		iterations = arg(argc, argv, 3, 5);
+		if (!size || iterations < 1 || iterations > MAX_ITERATIONS ||
+		    argc > 4)
+			bad_args();
+		return bench_cpufault(size, iterations);
+	}
+	if (!strcmp(mode, "oversub")) {
+		int factor = arg(argc, argv, 2, 0);
+
+		size = arg(argc, argv, 3, 0) << 20;
+		iterations = arg(argc, argv, 4, 3);
+		if (factor < 1 || !size || iterations < 1 ||
+		    iterations > MAX_ITERATIONS || argc > 5)
+			bad_args();
+		return bench_oversub(factor, size, iterations);
+	}
+	bad_args();
+	return 2;
+}
