@@ -8,6 +8,9 @@
 #   make check-debug  the same tests on the debug flavour (KASAN, lockdep,
 #                 DEBUG_VM, kmemleak, Rust debug assertions), built with LLVM
 #   make lint     checkpatch --strict, rustfmt, clippy, SAFETY comments
+#   make bench    GMEM against HMM and memcpy in one boot, and page faults
+#                 against a CONFIG_GMEM=n kernel; table, JSON and PNG in
+#                 build/bench/
 #   make build    set up and build only (incremental)
 #   make assemble build/linux = Linux 7.2.13 + the GMEM files + patches/
 #   make patches  write the commits made in build/linux back to patches/
@@ -16,7 +19,7 @@
 
 H := harness
 
-.PHONY: all deps assemble build run check check-debug lint patches vm clean
+.PHONY: all deps assemble build run check check-debug lint bench patches vm clean
 all: build
 
 deps:
@@ -39,6 +42,9 @@ check-debug:
 
 lint:
 	@$(H)/lint.sh
+
+bench:
+	@$(H)/bench.sh
 
 patches:
 	@$(H)/export-patches.sh
