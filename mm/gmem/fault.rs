@@ -188,7 +188,8 @@ pub(crate) fn dev_fault(ctx: &Context, start: usize, len: usize, access: c_uint)
     if access == 0 || access & !known != 0 {
         return Err(EINVAL);
     }
-    let end = start.checked_add(len).ok_or(EINVAL)?;
+    // A range that reaches past the top of the address space is outside every mapping.
+    let end = start.checked_add(len).ok_or(EFAULT)?;
     ctx.with_address_space(|this, mm| {
         let guard = mm.mmap_read_lock();
         let mut va = start;

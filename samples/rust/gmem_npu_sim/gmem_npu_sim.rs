@@ -304,7 +304,10 @@ fn execute(npu: &Npu, ctx: &gmem::Context<NpuMmu>, job: &Job) -> Result<u64> {
         // stay so (held against eviction) until it ends.
         for (addr, write) in operands(job)? {
             let start = addr as usize & !(PAGE_SIZE - 1);
-            let end = (addr as usize + len).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+            // The last page of the address space has no end: it is no user address.
+            let end = (addr as usize + len)
+                .checked_next_multiple_of(PAGE_SIZE)
+                .ok_or(EFAULT)?;
             holds.push(ctx.hold(start, end - start)?, GFP_KERNEL)?;
             let access = if write { Access::WRITE } else { Access::READ };
             ctx.fault_range(start, end - start, access)?;

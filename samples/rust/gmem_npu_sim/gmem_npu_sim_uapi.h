@@ -95,7 +95,8 @@ struct gmem_npu_stats {
  * ATTACH: attach the calling process's address space (once per open file);
  *	EBUSY if this file is already attached.
  * RUN: run a job to completion.  EINVAL before ATTACH, for a bad op, a zero
- *	or unaligned length, an unaligned address or non-zero flags; EFAULT
+ *	or unaligned length, an unaligned address, an operand that wraps past
+ *	the end of the address space or non-zero flags; EFAULT
  *	when the job touches an address outside the attached process's
  *	MAP_PEER_SHARED mappings (the job stops there).
  * STATS: read the counters.

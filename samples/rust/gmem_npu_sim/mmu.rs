@@ -288,7 +288,12 @@ impl NpuMmu {
     }
 
     fn enter_locked(&self, hw: &mut Hw, pmap: &Pmap, va: usize, pfn: u64, prot: Prot) -> Result {
-        if va >> VA_BITS != 0 || pfn * PAGE_SIZE as u64 >= self.dram_size {
+        // An address beyond the NPU's 48 bits (a 5-level process can map there) is one a job
+        // cannot reach: the job fails with EFAULT, as for any address it may not touch.
+        if va >> VA_BITS != 0 {
+            return Err(EFAULT);
+        }
+        if pfn * PAGE_SIZE as u64 >= self.dram_size {
             return Err(EINVAL);
         }
         let table = self.leaf_locked(hw, pmap, va, true)?.ok_or(EINVAL)?;
@@ -588,7 +593,7 @@ mod tests {
         let pmap = npu.pmap_create()?;
         assert_eq!(
             npu.pmap_enter(&pmap, 1 << VA_BITS, DATA, Prot::READ),
-            Err(EINVAL)
+            Err(EFAULT)
         );
         assert_eq!(
             npu.pmap_enter(&pmap, VA, DATA + 16, Prot::READ),

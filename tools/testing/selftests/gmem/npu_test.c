@@ -1122,6 +1122,13 @@ TEST_F(npu, bad_addresses_efault)
 	EXPECT_EQ(EFAULT, npu_fill(self->fd[0], hole, self->page, 0));
 	EXPECT_EQ(EFAULT, npu_sum(self->fd[0], NULL, 4, &sum));
 	EXPECT_EQ(EFAULT, npu_sum(self->fd[0], (void *)0xffff888000000000UL, 4, &sum));
+	/*
+	 * The last page of the address space, whose end does not fit in a
+	 * long; an operand that wraps past it is refused before the job runs.
+	 */
+	EXPECT_EQ(EFAULT, npu_fill(self->fd[0], (void *)-4096UL, 8, 0));
+	EXPECT_EQ(EFAULT, npu_sum(self->fd[0], (void *)-32UL, 16, &sum));
+	EXPECT_EQ(EINVAL, npu_sum(self->fd[0], (void *)-16UL, 16, &sum));
 	/* A job that runs off the end of g, into the hole... */
 	EXPECT_EQ(EFAULT, npu_sum(self->fd[0], hole - self->page, 2 * self->page, &sum));
 	/* ... or into ordinary memory. */
