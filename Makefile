@@ -7,6 +7,7 @@
 #                 "N passed, M failed"
 #   make check-debug  the same tests on the debug flavour (KASAN, lockdep,
 #                 DEBUG_VM, kmemleak, Rust debug assertions), built with LLVM
+#   make stress   stress_test with all its threads, 3 runs of 20 s
 #   make lint     checkpatch --strict, rustfmt, clippy, SAFETY comments
 #   make bench    GMEM against HMM and memcpy in one boot, and page faults
 #                 against a CONFIG_GMEM=n kernel; table, JSON and PNG in
@@ -19,7 +20,7 @@
 
 H := harness
 
-.PHONY: all deps assemble build run check check-debug lint bench patches vm clean
+.PHONY: all deps assemble build run check check-debug stress lint bench patches vm clean
 all: build
 
 deps:
@@ -39,6 +40,9 @@ check:
 
 check-debug:
 	@GMEM_FLAVOUR=debug $(H)/check.sh
+
+stress:
+	@$(H)/stress.sh
 
 lint:
 	@$(H)/lint.sh

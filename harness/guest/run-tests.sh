@@ -13,19 +13,27 @@ out=$1
 tests=$2
 glob=${3:-*_test}
 mkdir -p "$out"
-# stress_test without its churner thread (mask 55 of 63): munmap, mremap and
-# mprotect of the ranges next to the buffer still lose a page moved by mremap
-# now and then (about one 5 s run in 8 here), a known bug with its own issue.
-# Everything else runs: CPU and NPU writers, hmadvise, the racer, fork and
-# SIGKILL.  GMEM_STRESS_THREADS=63 runs it all.
-export GMEM_STRESS_THREADS=${GMEM_STRESS_THREADS:-55}
+# stress_test runs separately (below) unless a glob names it.
 for t in "$tests"/$glob; do
 	[ -x "$t" ] && [ -f "$t" ] || continue
 	name=$(basename "$t")
+	[ "$name" = stress_test ] && [ "$glob" = "*_test" ] && continue
 	# kselftest_harness has a per-test timeout; this bounds the program.
 	timeout 600 "$t" >"$out/$name.tap" 2>&1
 	echo $? >"$out/$name.rc"
 done
+# stress_test in make check: two mixes of its threads, 10 s each, the ones
+# that lost data before the fixes that came with it (CPU writers, hmadvise
+# and fork: mask 37; CPU and NPU writers, hmadvise and the racer: mask 23).
+# The full mix (GMEM_STRESS_THREADS=63, make stress) still fails now and
+# then: see the README.
+if [ "$glob" = "*_test" ] && [ -x "$tests/stress_test" ]; then
+	for mask in 37 23; do
+		GMEM_STRESS_THREADS=$mask GMEM_STRESS_SECONDS=${GMEM_STRESS_SECONDS:-10} \
+			timeout 600 "$tests/stress_test" >"$out/stress_test-$mask.tap" 2>&1
+		echo $? >"$out/stress_test-$mask.rc"
+	done
+fi
 if [ -w /sys/kernel/debug/kmemleak ]; then
 	echo scan >/sys/kernel/debug/kmemleak
 	sleep 6

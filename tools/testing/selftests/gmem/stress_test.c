@@ -377,6 +377,9 @@ static void *npu_writer(void *arg)
 	return NULL;
 }
 
+/* A page of the advisor's half dropped (too long for a line with the call). */
+#define ADVISOR_DROP_FMT "%s: page %lu after hmadvise(%d, MADV_DONTNEED): %d zero words, %d kept, of %lu"
+
 /*
  * The advisor: prefetches random ranges of the buffer to random nodes
  * (which moves pages under everybody's feet but changes no data) and drops
@@ -428,8 +431,8 @@ static void *advisor(void *arg)
 				}
 			}
 			if (zero != PAGE / 4 && (all || kept != PAGE / 4)) {
-				fail("advisor: page %lu after hmadvise(%d, MADV_DONTNEED): %d zero words, %d kept, of %lu",
-				     p, node, zero, kept, PAGE / 4);
+				fail(ADVISOR_DROP_FMT, __func__, p, node, zero, kept,
+				     PAGE / 4);
 				break;
 			}
 			gen = S.chunks[c0].gen + 1;
@@ -481,6 +484,9 @@ static void identify(uint32_t value, uint32_t i, char *out, size_t size)
 			}
 }
 
+/* A wrong word of a neighbour page (too long for a line with the call). */
+#define SIDE_WRONG_FMT "churner, %s: neighbour page %lu (kind %u) word %u is %#x, expected %#x (%u words wrong; that word is as in %s; words 0-3, 64-65: %#x %#x %#x %#x %#x %#x)"
+
 /* Check neighbour pages [first, first + n) at @at (their home, or moved). */
 static int side_check_at(const char *at, unsigned long first, unsigned long n,
 			 const char *what)
@@ -497,9 +503,9 @@ static int side_check_at(const char *at, unsigned long first, unsigned long n,
 				for (uint32_t j = 0; j < PAGE / 4; j++)
 					bad += w[j] != side_word(sp, j);
 				identify(w[i], i, from, sizeof(from));
-				fail("churner, %s: neighbour page %lu (kind %u) word %u is %#x, expected %#x (%u words wrong; that word is as in %s; words 0-3, 64-65: %#x %#x %#x %#x %#x %#x)",
-				     what, p, sp->kind, i, w[i], side_word(sp, i),
-				     bad, from, w[0], w[1], w[2], w[3], w[64], w[65]);
+				fail(SIDE_WRONG_FMT, what, p, sp->kind, i, w[i],
+				     side_word(sp, i), bad, from, w[0], w[1], w[2],
+				     w[3], w[64], w[65]);
 				return -1;
 			}
 		}
@@ -709,7 +715,7 @@ static void *churner(void *arg)
 			break;
 		case 2:
 			if (munmap(p, n * PAGE)) {
-				fail("churner: munmap: %s", strerror(errno));
+				fail("%s: munmap: %s", __func__, strerror(errno));
 				return NULL;
 			}
 			ret = remap_fresh(p, n * PAGE);
@@ -730,8 +736,8 @@ static void *churner(void *arg)
 			churn_log("  dontneed on node %d", node);
 			if (hmadvise(node, (unsigned long)p, n * PAGE,
 				     MADV_DONTNEED)) {
-				fail("churner: hmadvise(%d, MADV_DONTNEED): %s",
-				     node, strerror(errno));
+				fail("%s: hmadvise(%d, MADV_DONTNEED): %s",
+				     __func__, node, strerror(errno));
 				return NULL;
 			}
 			/* Each page went or stayed, as a whole. */
@@ -749,8 +755,8 @@ static void *churner(void *arg)
 			churn_log("  prefetch to node %d", node);
 			if (hmadvise(node, (unsigned long)p, n * PAGE,
 				     MADV_PREFETCH)) {
-				fail("churner: hmadvise(%d, MADV_PREFETCH): %s",
-				     node, strerror(errno));
+				fail("%s: hmadvise(%d, MADV_PREFETCH): %s",
+				     __func__, node, strerror(errno));
 				return NULL;
 			}
 			break;
@@ -792,7 +798,8 @@ static void *racer(void *arg)
 		if (rnd_below(&r, 2)) {
 			ret = npu_sum(S.fd[rnd_below(&r, S.nnpu)], p, n * PAGE, &sum);
 			if (ret && ret != EFAULT) {
-				fail("racer: SUM32 on a neighbour: %s", strerror(ret));
+				fail("%s: SUM32 on a neighbour: %s", __func__,
+				     strerror(ret));
 				break;
 			}
 		} else {
@@ -801,8 +808,8 @@ static void *racer(void *arg)
 			if (hmadvise(node, (unsigned long)p, n * PAGE,
 				     MADV_PREFETCH) &&
 			    errno != ENOMEM && errno != EFAULT) {
-				fail("racer: hmadvise(%d, MADV_PREFETCH) on a neighbour: %s",
-				     node, strerror(errno));
+				fail("%s: hmadvise(%d, MADV_PREFETCH) on a neighbour: %s",
+				     __func__, node, strerror(errno));
 				break;
 			}
 		}
@@ -903,6 +910,9 @@ static int worker_child(uint64_t r)
 	return 0;
 }
 
+/* A child that failed (too long for a line with the call). */
+#define CHILD_FAILED_FMT "%s child: %s %d (at step 11: chunk %u, page %u, word %u is %#x, expected %#x)"
+
 /* Forks checkers and workers, and SIGKILLs about half of them on the way. */
 static void *forker(void *arg)
 {
@@ -937,10 +947,13 @@ static void *forker(void *arg)
 			continue;
 		}
 		if (!WIFEXITED(status) || WEXITSTATUS(status)) {
-			const volatile uint32_t *d = S.child_diag;
+			uint32_t d[4];
 
-			fail("%s child: %s %d (at step 11: chunk %u, page %u, word %u is %#x, expected %#x)",
-			     worker ? "worker" : "checker",
+			/* Written by the child, in a MAP_SHARED page. */
+			for (int i = 0; i < 4; i++)
+				d[i] = __atomic_load_n(&S.child_diag[i],
+						       __ATOMIC_RELAXED);
+			fail(CHILD_FAILED_FMT, worker ? "worker" : "checker",
 			     WIFEXITED(status) ? "failed at step" : "killed by signal",
 			     WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status),
 			     d[0], d[0] / (uint32_t)CHUNKS_PER_PAGE, d[1], d[2], d[3]);
@@ -1023,6 +1036,9 @@ FIXTURE_TEARDOWN(stress)
 {
 }
 
+/* What the run logs at the end, too long for a line with the call. */
+#define STRESS_SUMMARY_FMT "%.1f s: %lu CPU chunk writes, %lu NPU jobs (%lu EFAULT retries), %lu prefetches, %lu drops, %lu neighbour steps, %lu racer calls, %lu children (%lu killed)"
+
 TEST_F_TIMEOUT(stress, mixed, 600)
 {
 	pthread_t cpu[CPU_WRITERS], npu[NPU_WRITERS], adv, churn, race, fork_t;
@@ -1076,7 +1092,7 @@ TEST_F_TIMEOUT(stress, mixed, 600)
 	join(race, T_RACER);
 	join(fork_t, T_FORKER);
 
-	TH_LOG("%.1f s: %lu CPU chunk writes, %lu NPU jobs (%lu EFAULT retries), %lu prefetches, %lu drops, %lu neighbour steps, %lu racer calls, %lu children (%lu killed)",
+	TH_LOG(STRESS_SUMMARY_FMT,
 	       now_sec() - t0, S.cpu_writes, S.jobs, S.job_retries,
 	       S.prefetches, S.dontneeds, S.side_ops, S.racer_ops, S.children,
 	       S.kills);
