@@ -1281,7 +1281,7 @@ TEST_F_TIMEOUT(fuzz, random_calls, 600)
 		fd = open(npu_dev_path[i], O_RDWR | O_CLOEXEC);
 		if (fd < 0)
 			break;
-		ASSERT_EQ(0, npu_info(fd, &info));
+		ASSERT_EQ(0, npu_get_info(fd, &info));
 		F.hnid[i] = info.hnid;
 		F.nnpu++;
 		close(fd);

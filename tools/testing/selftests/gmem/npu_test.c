@@ -12,82 +12,15 @@
  * Counters are per NPU and global: nothing else may use the NPUs while this
  * runs.
  */
-#include <fcntl.h>
 #include <signal.h>
-#include <sys/ioctl.h>
 #include <sys/time.h>
 #include <sys/wait.h>
-#include <time.h>
 
 #include "../kselftest_harness.h"
-#include "gmem_util.h"
-/*
- * The NPU's interface is private to the sample driver, so it is not
- * installed with the kernel headers (as lib/test_hmm_uapi.h for hmm-tests).
- */
-#include "../../../../samples/rust/gmem_npu_sim/gmem_npu_sim_uapi.h"
+#include "npu_util.h"
 
 #define NPAGES		64	/* pages of most test buffers */
 #define NPU_PAGE_SIZE	4096
-
-static const char *const npu_path[] = { "/dev/gmem_npu0", "/dev/gmem_npu1" };
-
-/* Run one job: 0, or the errno of the failure. */
-static int npu_job(int fd, struct gmem_npu_job *job)
-{
-	return ioctl(fd, GMEM_NPU_IOC_RUN, job) ? errno : 0;
-}
-
-static int npu_op(int fd, __u32 op, const void *dst, const void *src0,
-		  const void *src1, size_t len, __u64 *value)
-{
-	struct gmem_npu_job job = {
-		.op = op,
-		.dst = (unsigned long)dst,
-		.src0 = (unsigned long)src0,
-		.src1 = (unsigned long)src1,
-		.len = len,
-		.value = *value,
-	};
-	int ret = npu_job(fd, &job);
-
-	if (!ret)
-		*value = job.value;
-	return ret;
-}
-
-static int npu_fill(int fd, void *dst, size_t len, __u32 value)
-{
-	__u64 v = value;
-
-	return npu_op(fd, GMEM_NPU_OP_FILL32, dst, NULL, NULL, len, &v);
-}
-
-static int npu_copy(int fd, void *dst, const void *src, size_t len)
-{
-	__u64 v = 0;
-
-	return npu_op(fd, GMEM_NPU_OP_COPY, dst, src, NULL, len, &v);
-}
-
-static int npu_add(int fd, void *dst, const void *a, const void *b, size_t len)
-{
-	__u64 v = 0;
-
-	return npu_op(fd, GMEM_NPU_OP_ADD32, dst, a, b, len, &v);
-}
-
-/* SUM32 sets value: start from garbage to see that it does. */
-static int npu_sum(int fd, const void *src, size_t len, __u64 *sum)
-{
-	*sum = 0xdeadbeefdeadbeefULL;
-	return npu_op(fd, GMEM_NPU_OP_SUM32, NULL, src, NULL, len, sum);
-}
-
-static int npu_attach(int fd)
-{
-	return ioctl(fd, GMEM_NPU_IOC_ATTACH, 0) ? errno : 0;
-}
 
 static int npu_stats(int fd, struct gmem_npu_stats *stats)
 {
@@ -245,15 +178,15 @@ FIXTURE_SETUP(npu)
 	self->npages = NPAGES;
 	self->fd[0] = -1;
 	self->fd[1] = -1;
-	if (access(npu_path[0], F_OK))
+	if (access(npu_dev_path[0], F_OK))
 		SKIP(return, "no %s (gmem_npu_sim not loaded, or no ivshmem device)",
-		     npu_path[0]);
+		     npu_dev_path[0]);
 	for (int i = 0; i < 2; i++) {
-		self->fd[i] = open(npu_path[i], O_RDWR | O_CLOEXEC);
+		self->fd[i] = open(npu_dev_path[i], O_RDWR | O_CLOEXEC);
 		if (i == 1 && self->fd[i] < 0 && errno == ENOENT)
 			break;
 		ASSERT_LE(0, self->fd[i])
-			TH_LOG("open %s: %s", npu_path[i], strerror(errno));
+			TH_LOG("open %s: %s", npu_dev_path[i], strerror(errno));
 		ASSERT_EQ(0, ioctl(self->fd[i], GMEM_NPU_IOC_INFO, &self->info[i]));
 		ASSERT_EQ(0, npu_stats(self->fd[i], &self->start[i]));
 	}
@@ -466,7 +399,7 @@ TEST_F(npu, two_npus_take_turns)
 	__u64 sum;
 
 	if (self->fd[1] < 0)
-		SKIP(return, "no %s", npu_path[1]);
+		SKIP(return, "no %s", npu_dev_path[1]);
 	ASSERT_EQ(0, npu_attach(self->fd[0]));
 	ASSERT_EQ(0, npu_attach(self->fd[1]));
 	x = mmap_peer_shared(NULL, self->len, 0);
@@ -739,7 +672,7 @@ TEST_F(npu, exit_frees_npu_pages)
 	pid = fork();
 	ASSERT_LE(0, pid);
 	if (!pid) {
-		int fd = open(npu_path[0], O_RDWR);
+		int fd = open(npu_dev_path[0], O_RDWR);
 		void *p = mmap_peer_shared(NULL, len, 0);
 
 		if (fd < 0 || p == MAP_FAILED)
@@ -789,7 +722,7 @@ TEST_F(npu, exit_with_file_still_open)
 	ASSERT_EQ(before, npu_resident(self->fd[0]));
 
 	/* The NPU still works for others (the old file goes at teardown). */
-	fd = open(npu_path[0], O_RDWR);
+	fd = open(npu_dev_path[0], O_RDWR);
 	ASSERT_LE(0, fd);
 	ASSERT_EQ(0, npu_attach(fd));
 	p = mmap_peer_shared(NULL, len, 0);
@@ -830,7 +763,7 @@ TEST_F(npu, fork_with_npu_data)
 		if (check_words(p, self->len, 0, value) != -1)
 			_exit(1);
 		/* The child's address space is attached to no NPU. */
-		fd = open(npu_path[0], O_RDWR);
+		fd = open(npu_dev_path[0], O_RDWR);
 		if (fd < 0 || npu_attach(fd))
 			_exit(2);
 		if (npu_sum(fd, p, self->len, &sum) ||
@@ -1072,7 +1005,7 @@ TEST_F(npu, bad_jobs_einval)
 		job.src0 = a + bad->src0;
 		job.src1 = a + bad->src1;
 		job.len = bad->len;
-		EXPECT_EQ(EINVAL, npu_job(self->fd[0], &job)) TH_LOG("bad job %zu", i);
+		EXPECT_EQ(EINVAL, npu_run(self->fd[0], &job)) TH_LOG("bad job %zu", i);
 	}
 	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
 	ASSERT_EQ(0, d.to_dev);
@@ -1145,7 +1078,7 @@ TEST_F(npu, bad_addresses_efault)
 	job.op = GMEM_NPU_OP_SUM32;
 	job.src0 = (unsigned long)g;
 	job.len = -4ULL;
-	ret = npu_job(self->fd[0], &job);
+	ret = npu_run(self->fd[0], &job);
 	EXPECT_TRUE(ret == EINVAL || ret == EFAULT) TH_LOG("errno %d", ret);
 
 	/* g is intact and the NPU still works on it. */
@@ -1379,7 +1312,7 @@ TEST_F(npu, two_processes_oversubscribe)
 		pid[i] = fork();
 		ASSERT_LE(0, pid[i]);
 		if (!pid[i]) {
-			int fd = open(npu_path[0], O_RDWR | O_CLOEXEC);
+			int fd = open(npu_dev_path[0], O_RDWR | O_CLOEXEC);
 
 			if (fd < 0 || npu_attach(fd))
 				_exit(20);

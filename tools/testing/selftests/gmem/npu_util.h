@@ -83,7 +83,7 @@ static inline int npu_attach(int fd)
 	return ioctl(fd, GMEM_NPU_IOC_ATTACH, 0) ? errno : 0;
 }
 
-static inline int npu_info(int fd, struct gmem_npu_info *info)
+static inline int npu_get_info(int fd, struct gmem_npu_info *info)
 {
 	return ioctl(fd, GMEM_NPU_IOC_INFO, info) ? errno : 0;
 }
@@ -274,7 +274,7 @@ static inline int gm_baseline_take(struct gm_baseline *b)
 
 		if (fd < 0)
 			break;
-		if (npu_info(fd, &info)) {
+		if (npu_get_info(fd, &info)) {
 			close(fd);
 			return -1;
 		}

@@ -1026,7 +1026,7 @@ FIXTURE_SETUP(stress)
 		if (S.fd[i] < 0 && i > 0)
 			break;
 		ASSERT_LE(0, S.fd[i]) TH_LOG("%s: %s", npu_dev_path[i], strerror(errno));
-		ASSERT_EQ(0, npu_info(S.fd[i], &info));
+		ASSERT_EQ(0, npu_get_info(S.fd[i], &info));
 		S.hnid[i] = info.hnid;
 		S.nnpu++;
 	}
