@@ -98,7 +98,9 @@ struct gm_move {
  *	store it in *@pmap.  Required.
  * @pmap_destroy: free a page table; it maps nothing any more.  Required.
  * @pmap_enter: map @va to device page @pfn with rights @prot (GM_PROT_*),
- *	replacing any mapping of @va.  Required.
+ *	replacing any mapping of @va.  Required.  -EFAULT for an address the
+ *	device cannot reach (beyond its address bits): the device fault fails
+ *	with it, as for an address outside the process's mappings.
  * @pmap_release: remove the mappings of [@va, @va + @len).  Required.  The
  *	device TLB is invalidated separately.
  * @pmap_protect: change the rights of the mappings of [@va, @va + @len).

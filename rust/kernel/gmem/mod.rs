@@ -227,7 +227,9 @@ pub trait GmMmu: Send + Sync + Sized + 'static {
         drop(pmap);
     }
 
-    /// Maps `va` to device page `pfn` with `prot`, replacing any mapping of `va`.
+    /// Maps `va` to device page `pfn` with `prot`, replacing any mapping of `va`.  `EFAULT` for
+    /// an address the device cannot reach (beyond its address bits): the device fault fails
+    /// with it, as for an address outside the process's mappings.
     fn pmap_enter(&self, pmap: &Self::Pmap, va: usize, pfn: u64, prot: Prot) -> Result;
 
     /// Removes the mappings of `[va, va + len)`; the TLB is invalidated separately.
