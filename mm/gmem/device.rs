@@ -354,13 +354,10 @@ pub unsafe extern "C" fn gm_dev_register_physmem(
 ) -> c_int {
     // SAFETY: `dev` is live by the safety requirements.
     let dev = unsafe { device_ref(dev) };
-    let memory = match DeviceMemory::new(base, size) {
+    let memory = match DeviceMemory::new(base, size, dev.mmu().pmap_clear_young.is_some()) {
         Ok(memory) => memory,
         Err(e) => return e.to_errno(),
     };
-    if dev.mmu().pmap_clear_young.is_some() {
-        memory.set_tracks_use();
-    }
     if !dev.memory.populate(memory) {
         return EBUSY.to_errno();
     }

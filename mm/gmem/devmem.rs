@@ -14,7 +14,7 @@
 //! reverse map eviction needs) and a referenced bit for the clock that picks what to evict.
 //! Nothing like a `struct page` exists for device memory.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{
     alloc::{KVVec, KVec},
     gpu::buddy::{
@@ -90,7 +90,7 @@ pub(crate) struct DeviceMemory {
     limit: AtomicU64,
     /// The device reports use through its accessed bits (`pmap_clear_young`): being mapped does
     /// not count as a use.
-    tracks_use: AtomicBool,
+    tracks_use: bool,
     #[pin]
     chunks: SpinLock<Chunks>,
 }
@@ -130,8 +130,10 @@ impl DeviceMemory {
     /// Manages the device memory at byte offset `base`, `size` bytes long.
     ///
     /// `base` and `size` must be page aligned and `size` non-zero (`EINVAL`).  What does not fill
-    /// a whole chunk at the end of the range is left unused.
-    pub(crate) fn new(base: u64, size: u64) -> Result<Pin<KBox<Self>>> {
+    /// a whole chunk at the end of the range is left unused.  `tracks_use`: the device has
+    /// accessed bits (`pmap_clear_young`), so a mapping does not mark a page used (see
+    /// [`DeviceMemory::set_owner`]).
+    pub(crate) fn new(base: u64, size: u64, tracks_use: bool) -> Result<Pin<KBox<Self>>> {
         let page = PAGE_SIZE as u64;
         if size == 0 || base % page != 0 || size % page != 0 || base.checked_add(size).is_none() {
             return Err(EINVAL);
@@ -164,7 +166,7 @@ impl DeviceMemory {
                 pages,
                 chunk_pages,
                 limit,
-                tracks_use: AtomicBool::new(false),
+                tracks_use,
                 chunks <- new_spinlock!(
                     Chunks { slots, used: 0, owners, hand: 0 },
                     "gmem_device_memory"
@@ -296,12 +298,6 @@ impl DeviceMemory {
             .map(|i| i as usize)
     }
 
-    /// Says that the device reports its use of pages through its accessed bits, which the
-    /// eviction asks (see [`crate::evict`]).
-    pub(crate) fn set_tracks_use(&self) {
-        self.tracks_use.store(true, Ordering::Relaxed);
-    }
-
     /// Records that address space `space` maps page `pfn` at `vpn`.
     ///
     /// For a device without accessed bits, being mapped is the only sign of use GMEM has, so
@@ -310,11 +306,7 @@ impl DeviceMemory {
     /// using, or the clock's hand, clearing every new page's bit on its way, turns a whole
     /// round and takes the hot pages whose accessed bits it cleared moments ago.
     pub(crate) fn set_owner(&self, pfn: u64, space: usize, vpn: usize) {
-        let referenced = if self.tracks_use.load(Ordering::Relaxed) {
-            0
-        } else {
-            REFERENCED
-        };
+        let referenced = if self.tracks_use { 0 } else { REFERENCED };
         if let Some(i) = self.index(pfn) {
             self.chunks.lock().owners[i] = Owner {
                 space,
@@ -323,8 +315,9 @@ impl DeviceMemory {
         }
     }
 
-    /// Marks page `pfn` as used again (mapped by its device).
-    pub(crate) fn touch(&self, pfn: u64) {
+    /// Marks page `pfn` as used again, as a mapping by a device without accessed bits does.
+    #[cfg(CONFIG_GMEM_KUNIT_TEST)]
+    fn touch(&self, pfn: u64) {
         if let Some(i) = self.index(pfn) {
             self.chunks.lock().owners[i].flags |= REFERENCED;
         }
@@ -407,17 +400,17 @@ mod tests {
 
     #[test]
     fn bad_ranges_are_refused() -> Result {
-        assert!(DeviceMemory::new(0, 0).is_err());
-        assert!(DeviceMemory::new(1, MIB).is_err());
-        assert!(DeviceMemory::new(0, MIB + 1).is_err());
-        assert!(DeviceMemory::new(!4095u64, MIB).is_err());
+        assert!(DeviceMemory::new(0, 0, false).is_err());
+        assert!(DeviceMemory::new(1, MIB, false).is_err());
+        assert!(DeviceMemory::new(0, MIB + 1, false).is_err());
+        assert!(DeviceMemory::new(!4095u64, MIB, false).is_err());
         Ok(())
     }
 
     #[test]
     fn every_page_once_then_full() -> Result {
         // 5 MiB at 64 MiB: two 2 MiB chunks, the last MiB unused.
-        let mem = DeviceMemory::new(64 * MIB, 5 * MIB)?;
+        let mem = DeviceMemory::new(64 * MIB, 5 * MIB, false)?;
         let pages = 4 * MIB / PAGE_SIZE as u64;
         assert_eq!(mem.usage().pages, pages);
         let base = 64 * MIB / PAGE_SIZE as u64;
@@ -442,7 +435,7 @@ mod tests {
 
     #[test]
     fn empty_chunks_go_back_to_the_buddy_allocator() -> Result {
-        let mem = DeviceMemory::new(0, 8 * MIB)?;
+        let mem = DeviceMemory::new(0, 8 * MIB, false)?;
         let per_chunk = MAX_CHUNK_PAGES;
         let mut pfns = KVec::new();
         // Fill two chunks and one page of a third.
@@ -463,7 +456,7 @@ mod tests {
 
     #[test]
     fn limit_refuses_allocations() -> Result {
-        let mem = DeviceMemory::new(0, 4 * MIB)?;
+        let mem = DeviceMemory::new(0, 4 * MIB, false)?;
         mem.set_limit(2);
         let a = mem.alloc()?;
         let b = mem.alloc()?;
@@ -479,7 +472,7 @@ mod tests {
 
     #[test]
     fn clock_gives_referenced_pages_a_second_chance() -> Result {
-        let mem = DeviceMemory::new(0, 4 * MIB)?;
+        let mem = DeviceMemory::new(0, 4 * MIB, false)?;
         let pfns = [mem.alloc()?, mem.alloc()?, mem.alloc()?];
         for (vpn, pfn) in pfns.iter().enumerate() {
             mem.set_owner(*pfn, 0x1000, 100 + vpn);
@@ -511,10 +504,7 @@ mod tests {
     #[test]
     fn with_accessed_bits_mapping_is_not_a_use() -> Result {
         for tracks_use in [false, true] {
-            let mem = DeviceMemory::new(0, 4 * MIB)?;
-            if tracks_use {
-                mem.set_tracks_use();
-            }
+            let mem = DeviceMemory::new(0, 4 * MIB, tracks_use)?;
             let pfns = [mem.alloc()?, mem.alloc()?];
             mem.set_owner(pfns[0], 0x1000, 100);
             mem.set_owner(pfns[1], 0x1000, 101);
@@ -531,7 +521,7 @@ mod tests {
     #[test]
     fn small_memory_uses_a_smaller_chunk() -> Result {
         // 12 KiB: one chunk of two pages; the third page is unused.
-        let mem = DeviceMemory::new(0, 3 * PAGE_SIZE as u64)?;
+        let mem = DeviceMemory::new(0, 3 * PAGE_SIZE as u64, false)?;
         assert_eq!(mem.usage().pages, 2);
         let a = mem.alloc()?;
         let b = mem.alloc()?;

@@ -163,31 +163,20 @@ fn claim(dev: &Device, v: &Victim) -> Option<Arc<dyn DeviceOps>> {
 /// Gives a claimed page back to its owner: it stays on the device.
 fn give_back(dev: &Device, memory: &DeviceMemory, victim: Victim, ctx: &Arc<dyn DeviceOps>) {
     memory.unpick(victim.pfn);
-    // SAFETY: `begin_move` keeps the address space until `move_done` below.
-    let this = unsafe { &*(victim.space as *const AddressSpace) };
     let page = DevicePage {
         dev: dev.id,
         pfn: victim.pfn,
     };
-    if !this.end_move(victim.vpn, Residency::Device(page)) {
-        // The range was unmapped meanwhile: the page is nobody's.
-        ctx.unmap(victim.vpn * PAGE_SIZE, page);
-        ctx.free(page);
-    }
-    // From here on the address space may go.
-    this.move_done();
+    end(&victim, ctx, Residency::Device(page));
 }
 
 /// Copies a claimed, unmapped page out and parks it (or gives it back if the copy fails).
 fn finish(dev: &Device, c: Claimed) -> Result {
     let Claimed { victim, ctx, host } = c;
-    // SAFETY: `begin_move` keeps the address space until `move_done` below.
-    let this = unsafe { &*(victim.space as *const AddressSpace) };
     let page = DevicePage {
         dev: dev.id,
         pfn: victim.pfn,
     };
-    let va = victim.vpn * PAGE_SIZE;
     let (now, result) = match ctx.copy_to_host(page, &host) {
         Ok(()) => {
             ctx.free(page);
@@ -201,13 +190,21 @@ fn finish(dev: &Device, c: Claimed) -> Result {
             (Residency::Device(page), Err(e))
         }
     };
+    end(&victim, &ctx, now);
+    result
+}
+
+/// Ends the claim of `victim`, recording where it lives `now`; if its range was unmapped
+/// meanwhile, releases what `now` holds, which is nobody's.
+fn end(victim: &Victim, ctx: &Arc<dyn DeviceOps>, now: Residency) {
+    // SAFETY: `begin_move` keeps the address space until `move_done` below.
+    let this = unsafe { &*(victim.space as *const AddressSpace) };
     if !this.end_move(victim.vpn, now) {
-        // The range was unmapped meanwhile: what we hold is nobody's.
         match now {
             // SAFETY: the parked page was never recorded: it is ours.
             Residency::Parked(raw) => drop(unsafe { ParkedPage::from_raw(raw) }),
             Residency::Device(page) => {
-                ctx.unmap(va, page);
+                ctx.unmap(victim.vpn * PAGE_SIZE, page);
                 ctx.free(page);
             }
             _ => {}
@@ -215,7 +212,6 @@ fn finish(dev: &Device, c: Claimed) -> Result {
     }
     // From here on the address space may go.
     this.move_done();
-    result
 }
 
 #[cfg(CONFIG_GMEM_KUNIT_TEST)]
@@ -227,7 +223,7 @@ mod tests {
 
     /// Device memory with `n` pages in use, page `i` mapped at virtual page `100 + i`.
     fn memory(n: usize) -> Result<(Pin<KBox<DeviceMemory>>, KVec<u64>)> {
-        let mem = DeviceMemory::new(0, 4 * MIB)?;
+        let mem = DeviceMemory::new(0, 4 * MIB, false)?;
         let mut pfns = KVec::new();
         for i in 0..n {
             let pfn = mem.alloc()?;

@@ -321,9 +321,7 @@ pub(crate) fn fault_page(
                     unclaim(this, vpn, Residency::Device(page));
                     return Err(e);
                 }
-                if let Some(memory) = ctx.dev.memory() {
-                    memory.touch(page.pfn);
-                }
+                // `complete()` records the page's owner again, which marks it used.
                 if complete(this, ctx, vpn, va, page.pfn, seq) {
                     return Ok(false);
                 }
