@@ -17,7 +17,7 @@
  * protects its own code, stack or canaries.  Anything else it passes is
  * refused by every call (unaligned, kernel, wrapping).
  *
- * Environment: GMEM_SEED (printed), GMEM_FUZZ_ITERATIONS (default 20000),
+ * Environment: GMEM_SEED (printed), GMEM_FUZZ_ITERATIONS (default 3000),
  * GMEM_FUZZ_SECONDS (default 60: a bound for slow kernels; the run logs how
  * many iterations it did).
  */
@@ -42,7 +42,7 @@
 #define EXTRA_MAX_LEN	(4UL << 20)	/* bigger requests are refused: see big_len() */
 #define KERNEL_HALF	0xffff800000000000UL
 
-#define DEFAULT_ITERATIONS	20000
+#define DEFAULT_ITERATIONS	3000
 #define DEFAULT_SECONDS		60
 
 /*

@@ -135,4 +135,28 @@ static inline void touch_pages(char *p, size_t len, size_t page)
 		p[off] = 1;
 }
 
+/* Reads a number from the file at @path (sysfs): 0, or -1. */
+static inline int read_ull(const char *path, unsigned long long *v)
+{
+	FILE *f = fopen(path, "r");
+	int ret;
+
+	if (!f)
+		return -1;
+	ret = fscanf(f, "%llu", v) != 1;
+	return fclose(f) || ret ? -1 : 0;
+}
+
+/* Writes @v into the file at @path (sysfs): 0, or -1. */
+static inline int write_ull(const char *path, unsigned long long v)
+{
+	FILE *f = fopen(path, "w");
+	int ret;
+
+	if (!f)
+		return -1;
+	ret = fprintf(f, "%llu\n", v) < 0;
+	return fclose(f) || ret ? -1 : 0;
+}
+
 #endif /* GMEM_UTIL_H */

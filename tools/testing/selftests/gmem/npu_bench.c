@@ -426,28 +426,6 @@ static int bench_cpufault(size_t len, int iterations)
 	return 0;
 }
 
-static int read_ull(const char *path, unsigned long long *v)
-{
-	FILE *f = fopen(path, "r");
-	int ret;
-
-	if (!f)
-		return -1;
-	ret = fscanf(f, "%llu", v) != 1;
-	return fclose(f) || ret ? -1 : 0;
-}
-
-static int write_ull(const char *path, unsigned long long v)
-{
-	FILE *f = fopen(path, "w");
-	int ret;
-
-	if (!f)
-		return -1;
-	ret = fprintf(f, "%llu\n", v) < 0;
-	return fclose(f) || ret ? -1 : 0;
-}
-
 /* The NPU's limit before bench_oversub() lowered it, put back at exit. */
 static char limit_path[96];
 static unsigned long long limit_saved;

@@ -1103,28 +1103,6 @@ static int limit_path(const struct gmem_npu_info *info, char *path, size_t n)
 	return snprintf(path, n, "/sys/kernel/mm/gmem/node%u/limit", info->hnid);
 }
 
-static int write_ull(const char *path, unsigned long long v)
-{
-	FILE *f = fopen(path, "w");
-	int ret;
-
-	if (!f)
-		return -1;
-	ret = fprintf(f, "%llu\n", v) < 0;
-	return fclose(f) || ret ? -1 : 0;
-}
-
-static int read_ull(const char *path, unsigned long long *v)
-{
-	FILE *f = fopen(path, "r");
-	int ret;
-
-	if (!f)
-		return -1;
-	ret = fscanf(f, "%llu", v) != 1;
-	return fclose(f) || ret ? -1 : 0;
-}
-
 /*
  * A buffer of @len bytes on NPU @fd with room for OVERSUB_LIMIT: the NPU
  * fills it, the CPU checks it, the CPU rewrites it, the NPU doubles it in

@@ -116,33 +116,20 @@ static inline __u64 sum32(const void *p, size_t len)
 /* A number from /sys/kernel/mm/gmem/node<hnid>/<name>, or -1. */
 static inline long long gm_node_read(unsigned int hnid, const char *name)
 {
-	long long v = -1;
+	unsigned long long v;
 	char path[128];
-	FILE *f;
 
 	snprintf(path, sizeof(path), "/sys/kernel/mm/gmem/node%u/%s", hnid, name);
-	f = fopen(path, "r");
-	if (!f)
-		return -1;
-	if (fscanf(f, "%lld", &v) != 1)
-		v = -1;
-	fclose(f);
-	return v;
+	return read_ull(path, &v) ? -1 : (long long)v;
 }
 
 static inline int gm_node_write(unsigned int hnid, const char *name,
 				unsigned long long v)
 {
 	char path[128];
-	FILE *f;
-	int ret;
 
 	snprintf(path, sizeof(path), "/sys/kernel/mm/gmem/node%u/%s", hnid, name);
-	f = fopen(path, "w");
-	if (!f)
-		return -1;
-	ret = fprintf(f, "%llu\n", v) < 0;
-	return fclose(f) || ret ? -1 : 0;
+	return write_ull(path, v);
 }
 
 /*
