@@ -19,7 +19,8 @@
  *
  * Environment: GMEM_SEED (printed), GMEM_FUZZ_ITERATIONS (default 3000),
  * GMEM_FUZZ_SECONDS (default 60: a bound for slow kernels; the run logs how
- * many iterations it did).
+ * many iterations it did), GMEM_FUZZ_TRACE (1: log every call, to find the
+ * one that hangs).
  */
 #define _GNU_SOURCE
 #include <linux/mman.h>
@@ -109,6 +110,7 @@ static struct {
 } F;
 
 static int reports;
+static int trace;	/* GMEM_FUZZ_TRACE: log every call, not just violations */
 
 static const char *const op_names[] = {
 	"hmadvise", "mmap", "munmap", "mprotect", "mremap", "madvise",
@@ -147,6 +149,13 @@ static void check(int op, long ret, int err, uint64_t allowed, int exact,
 	F.ops[op]++;
 	if (e < (int)ARRAY_SIZE(F.errnos))
 		F.errnos[e]++;
+	if (trace) {
+		va_start(ap, fmt);
+		vsnprintf(what, sizeof(what), fmt, ap);
+		va_end(ap);
+		fprintf(stderr, "# trace %s%lu: %s: %s\n", F.child ? "child " : "",
+			F.iter, what, e ? strerrorname_np(e) : "success");
+	}
 	if (allowed & BIT(e))
 		return;
 	F.violations++;
@@ -474,6 +483,53 @@ static void do_hmadvise(void)
 		   BIT(EACCES) | BIT(ENODEV) | BIT(EPERM) | BIT(EOVERFLOW) | \
 		   BIT(EAGAIN) | BIT(EOPNOTSUPP))
 
+/*
+ * A peer-shared mapping at virtual address 0 (root may map there: the tests
+ * run as root), used and dropped again at once, so that the low pages stay
+ * "never mapped" for the other calls (A_LOW).  Everything must succeed:
+ * mprotect() of a range that starts at 0 once left an MMU notifier range
+ * open, and the next device prefetch slept forever.
+ */
+static void low_mapping(void)
+{
+	size_t len = (1 + rnd(4)) * PAGE;
+	int hnid = F.hnid[rnd(F.nnpu)];
+	char *p;
+	long ret;
+
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE |
+		 MAP_ANONYMOUS | MAP_FIXED_NOREPLACE | MAP_PEER_SHARED, -1, 0);
+	if (p == MAP_FAILED && (errno == EPERM || errno == EACCES))
+		return;		/* not allowed to map there: nothing to do */
+	check(OP_MMAP, p == MAP_FAILED ? -1 : 0, errno, OK, 1,
+	      "low mapping: mmap(0, %#zx) = %p", len, p);
+	if (p == MAP_FAILED)
+		return;
+	/* The compiler does not know that p is NULL: these are plain stores. */
+	for (size_t off = 0; off < len; off += PAGE)
+		__atomic_store_n(p + off, (char)(off / PAGE + 1), __ATOMIC_RELAXED);
+	ret = mprotect(p, len, PROT_READ);
+	check(OP_MPROTECT, ret, errno, OK, 1, "low mapping: mprotect(0, %#zx)", len);
+	/* As anywhere else in peer-shared memory (EINTR: the interval timer). */
+	for (int i = 0; i < 2; i++) {
+		int node = i ? 0 : hnid, exact;
+		uint64_t allowed = hmadvise_allowed(node, 0, len, MADV_PREFETCH,
+						    A_ARENA, &exact);
+
+		ret = hmadvise(node, 0, len, MADV_PREFETCH);
+		check(OP_HMADVISE, ret, errno, allowed, exact,
+		      "low mapping: hmadvise(%d, 0, %#zx)", node, len);
+	}
+	for (size_t off = 0; off < len; off += PAGE) {
+		char c = __atomic_load_n(p + off, __ATOMIC_RELAXED);
+
+		check(OP_TOUCH, c == (char)(off / PAGE + 1) ? 0 : -1, EIO, OK, 1,
+		      "low mapping: page %zu reads %d", off / PAGE, c);
+	}
+	ret = munmap(p, len);
+	check(OP_MUNMAP, ret, errno, OK, 1, "low mapping: munmap(0, %#zx)", len);
+}
+
 static void do_mmap(void)
 {
 	static const int prots[] = {
@@ -490,6 +546,10 @@ static void do_mmap(void)
 	uint64_t allowed = OK | MMAP_ERRS;
 	void *p;
 
+	if (!rnd(30)) {
+		low_mapping();
+		return;
+	}
 	prot = prots[rnd(ARRAY_SIZE(prots))];
 	switch (rnd(10)) {
 	case 0:
@@ -539,8 +599,13 @@ static void do_mmap(void)
 		clip(a, &len, H_UNMAP);
 	else
 		len = big_len(len);
-	/* No hint above 47 bits for a huge request: it could be granted. */
-	if (!fixed && len > EXTRA_MAX_LEN)
+	/*
+	 * No hint above 47 bits for a huge request: it could be granted.  Not
+	 * with MAP_FIXED_NOREPLACE, where the hint is the address (and clip()
+	 * left the length only if the call is refused anyway): 0 would map
+	 * the low pages, which low_mapping() alone does.
+	 */
+	if (!fixed && !(flags & MAP_FIXED_NOREPLACE) && len > EXTRA_MAX_LEN)
 		a = 0;
 
 	/*
@@ -562,7 +627,7 @@ static void do_mmap(void)
 	}
 	p = mmap((void *)a, len, prot, flags, fd, 0);
 	check(OP_MMAP, p == MAP_FAILED ? -1 : 0, errno, allowed, exact,
-	      "mmap(%#lx, %#lx, %#x, %#x, %d)", a, len, prot, flags, fd);
+	      "mmap(%#lx, %#lx, %#x, %#x, %d) = %p", a, len, prot, flags, fd, p);
 	if (p != MAP_FAILED)
 		add_extra(p, len);
 }
@@ -657,8 +722,8 @@ static void do_mremap(void)
 	}
 	p = mremap((void *)a, old_len, new_len, flags, (void *)na);
 	check(OP_MREMAP, p == MAP_FAILED ? -1 : 0, errno, allowed, 0,
-	      "mremap(%#lx, %#lx, %#lx, %#x, %#lx)", a, old_len, new_len, flags,
-	      na);
+	      "mremap(%#lx, %#lx, %#lx, %#x, %#lx) = %p", a, old_len, new_len,
+	      flags, na, p);
 	if (p == MAP_FAILED)
 		return;
 	/* Follow an extra that moved (all of it), or a new mapping. */
@@ -1272,6 +1337,7 @@ TEST_F_TIMEOUT(fuzz, random_calls, 600)
 	int fd;
 	char *p;
 
+	trace = env_ull("GMEM_FUZZ_TRACE", 0);
 	TH_LOG(FUZZ_START_FMT,
 	       (unsigned long long)seed, (unsigned long long)seed, iterations,
 	       seconds);

@@ -627,6 +627,74 @@ TEST_F(npu, mprotect_keeps_npu_pages)
 	expect_resident(_metadata, self->fd, self->start);
 }
 
+/*
+ * mprotect() of a range that starts at address 0 ends the MMU notifier
+ * range it starts.  It did not (patch 0001): the mm's notifier sequence
+ * stayed odd, and the next prefetch to the NPU slept forever in
+ * mmu_interval_read_begin(), unkillable.  A child does the work under a
+ * deadline, so that a regression fails the test instead of hanging the run
+ * (the child is then left behind, stuck).  Mapping at 0 needs
+ * CAP_SYS_RAWIO (or vm.mmap_min_addr = 0).
+ */
+TEST_F(npu, mprotect_at_address_zero)
+{
+	size_t len = 2 * self->page;
+	unsigned int hnid = self->info[0].hnid;
+	pid_t pid, done = 0;
+	int status = 0;
+
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (!pid) {
+		int fd = npu_open_attached(0);
+		char *z, *p;
+		__u64 sum;
+
+		if (fd < 0)
+			_exit(10);
+		z = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE |
+			 MAP_ANONYMOUS | MAP_FIXED_NOREPLACE | MAP_PEER_SHARED,
+			 -1, 0);
+		if (z == MAP_FAILED)
+			_exit(errno == EPERM || errno == EACCES ? 20 : 11);
+		p = mmap_peer_shared(NULL, self->len, 0);
+		if (p == MAP_FAILED)
+			_exit(12);
+		/* z is NULL, which the compiler does not know. */
+		fill_words(z, len, 5, 3);
+		fill_words(p, self->len, 9, 1);
+		if (mprotect(z, len, PROT_READ))
+			_exit(13);
+		/* The first read_begin() after the mprotect(). */
+		if (hmadvise(hnid, (unsigned long)p, self->len, MADV_PREFETCH))
+			_exit(14);
+		/* Address 0 is a page like any other. */
+		if (hmadvise(hnid, 0, len, MADV_PREFETCH))
+			_exit(15);
+		if (npu_sum(fd, z, len, &sum) || sum != sum_words(len, 5, 3))
+			_exit(16);
+		if (npu_sum(fd, p, self->len, &sum) ||
+		    sum != sum_words(self->len, 9, 1))
+			_exit(17);
+		if (check_words(z, len, 5, 3) != -1 || munmap(z, len))
+			_exit(18);
+		_exit(0);
+	}
+	for (int i = 0; i < 600 && !done; i++) {
+		done = waitpid(pid, &status, WNOHANG);
+		if (!done)
+			usleep(50000);
+	}
+	if (done != pid)
+		kill(pid, SIGKILL);
+	ASSERT_EQ(pid, done) TH_LOG("the child is stuck after mprotect() at 0");
+	ASSERT_TRUE(WIFEXITED(status));
+	if (WEXITSTATUS(status) == 20)
+		SKIP(return, "cannot map at address 0 (needs CAP_SYS_RAWIO)");
+	ASSERT_EQ(0, WEXITSTATUS(status));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
 /* mremap moves the range, not the pages: they stay on the NPU. */
 TEST_F(npu, mremap_keeps_npu_pages)
 {
