@@ -5,7 +5,8 @@
 #   - the pristine Linux source is committed once and tagged v$KVER;
 #   - every patch of patches/series becomes one commit on top of it
 #     (author, subject and body taken from the patch, like `git am`);
-#   - the new GMEM files (kernel paths in this checkout) are one more commit.
+#   - the new GMEM files (kernel paths in this checkout) are one more commit;
+#   - MAINTAINERS.patch (GMEM's MAINTAINERS entry) is the last commit.
 # `git -C build/linux log v$KVER..` lists the series and
 # `git -C build/linux diff v$KVER` shows all of it.
 #
@@ -69,32 +70,39 @@ if [ -n "$files" ]; then
 		-m "gmem: add the GMEM files (overlay of the checkout)")
 fi
 
-# 2. The series.
-if [ -f "$GMEM_TOP/patches/series" ]; then
-	while read -r p; do
-		p=${p%%#*}
-		p=$(echo "$p" | xargs)
-		[ -n "$p" ] || continue
-		file=$GMEM_TOP/patches/$p
-		if ! gi apply --cached --whitespace=nowarn "$file"; then
-			log "patch $p does not apply"
-			exit 1
-		fi
-		git mailinfo "$idx.msg" "$idx.patch" <"$file" >"$idx.info"
-		subject=$(sed -n 's/^Subject: //p' "$idx.info")
-		author=$(sed -n 's/^Author: //p' "$idx.info")
-		email=$(sed -n 's/^Email: //p' "$idx.info")
-		tree=$(gi write-tree)
-		head=$( {
-			echo "$subject"
-			echo
-			cat "$idx.msg"
-		} | GIT_AUTHOR_NAME=${author:-$GIT_AUTHOR_NAME} \
-			GIT_AUTHOR_EMAIL=${email:-$GIT_AUTHOR_EMAIL} \
-			GIT_AUTHOR_DATE=$GIT_COMMITTER_DATE \
-			g commit-tree "$tree" -p "$head")
-	done <"$GMEM_TOP/patches/series"
-fi
+# 2. The series, then the MAINTAINERS entry (last, so that
+# export-patches.sh can leave it out of patches/).
+patch_files() {
+	if [ -f "$GMEM_TOP/patches/series" ]; then
+		while read -r p; do
+			p=${p%%#*}
+			p=$(echo "$p" | xargs)
+			[ -n "$p" ] || continue
+			echo "$GMEM_TOP/patches/$p"
+		done <"$GMEM_TOP/patches/series"
+	fi
+	[ ! -f "$GMEM_TOP/MAINTAINERS.patch" ] || echo "$GMEM_TOP/MAINTAINERS.patch"
+}
+while read -r file; do
+	p=${file#"$GMEM_TOP"/}
+	if ! gi apply --cached --whitespace=nowarn "$file"; then
+		log "patch $p does not apply"
+		exit 1
+	fi
+	git mailinfo "$idx.msg" "$idx.patch" <"$file" >"$idx.info"
+	subject=$(sed -n 's/^Subject: //p' "$idx.info")
+	author=$(sed -n 's/^Author: //p' "$idx.info")
+	email=$(sed -n 's/^Email: //p' "$idx.info")
+	tree=$(gi write-tree)
+	head=$( {
+		echo "$subject"
+		echo
+		cat "$idx.msg"
+	} | GIT_AUTHOR_NAME=${author:-$GIT_AUTHOR_NAME} \
+		GIT_AUTHOR_EMAIL=${email:-$GIT_AUTHOR_EMAIL} \
+		GIT_AUTHOR_DATE=$GIT_COMMITTER_DATE \
+		g commit-tree "$tree" -p "$head")
+done < <(patch_files)
 
 if [ "$(g rev-parse HEAD 2>/dev/null)" != "$head" ]; then
 	g reset -q --hard "$head"

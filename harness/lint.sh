@@ -2,9 +2,10 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # make lint: the style gates of the series.
-#   - scripts/checkpatch.pl --strict on every patch of patches/ and on the
-#     new C files (kernel style), no error or warning but those justified in
-#     harness/lint-allow.txt;
+#   - scripts/checkpatch.pl --strict on every patch of patches/, on
+#     MAINTAINERS.patch and on the new C files (kernel style), no error or
+#     warning but those justified in harness/lint-allow.txt;
+#   - every new GMEM file is covered by an F: line of MAINTAINERS.patch;
 #   - rustfmt (the tree's .rustfmt.toml) on the GMEM Rust files;
 #   - clippy on the GMEM crate and the NPU sample (make CLIPPY=1), no warning;
 #   - a `// SAFETY:` comment right above every `unsafe` block.
@@ -34,7 +35,7 @@ checkpatch() {
 }
 
 n=0
-for p in patches/*.patch; do
+for p in patches/*.patch MAINTAINERS.patch; do
 	while IFS= read -r line; do
 		[ -n "$line" ] || continue
 		allowed "$line" || report "$line"
@@ -50,6 +51,19 @@ for f in $c_files; do
 	done < <(checkpatch -f "$f")	# the assembled copy, same path
 done
 echo "lint: checkpatch --strict: $n patches, $(echo "$c_files" | wc -w) C files"
+
+# GMEM's MAINTAINERS entry must list every new file (an F: file or folder).
+f_pats=$(sed -n 's/^+F:[[:space:]]*//p' MAINTAINERS.patch)
+uncovered=$(git ls-files Kconfig.gmem mm rust include samples tools Documentation |
+	while read -r f; do
+		ok=0
+		for pat in $f_pats; do
+			case "$f" in "$pat" | "${pat%/}"/*) ok=1; break ;; esac
+		done
+		[ "$ok" = 1 ] || echo "$f"
+	done)
+[ -z "$uncovered" ] || report "not in MAINTAINERS.patch: $(echo "$uncovered" | tr '\n' ' ')"
+echo "lint: MAINTAINERS.patch: $(echo "$f_pats" | wc -w) F: patterns"
 
 rs_files=$(git ls-files 'mm/gmem/*.rs' 'rust/kernel/gmem/*.rs' 'samples/rust/*/*.rs')
 if ! rustfmt --config-path "$GMEM_SRC/.rustfmt.toml" --edition 2021 --check $rs_files >/dev/null; then
