@@ -15,12 +15,18 @@
 #   make build    set up and build only (incremental)
 #   make assemble build/linux = Linux 7.2.13 + the GMEM files + patches/
 #   make patches  write the commits made in build/linux back to patches/
+#   make series   the mailable series (split by concept, cover letter,
+#                 checkpatch) in build/series/
+#   make series-check  apply and build every patch of build/series in turn
+#                 (SERIES_CHECK_ARGS=--dry-run: apply only)
+#   make cross-arm64  cross-build vmlinux and modules for arm64
 #   make vm CMD=  run CMD in the booted test kernel (default: a shell)
 #   make clean    remove build/ (the download cache stays)
 
 H := harness
 
-.PHONY: all deps assemble build run check check-debug stress lint bench patches vm clean
+.PHONY: all deps assemble build run check check-debug stress lint bench patches vm clean \
+	series series-check cross-arm64
 all: build
 
 deps:
@@ -52,6 +58,15 @@ bench:
 
 patches:
 	@$(H)/export-patches.sh
+
+series: deps
+	@$(H)/series.sh
+
+series-check:
+	@$(H)/series-check.sh $(SERIES_CHECK_ARGS)
+
+cross-arm64:
+	@$(H)/cross-arm64.sh
 
 vm:
 	@$(H)/vm-run -- $(if $(CMD),$(CMD),bash)
