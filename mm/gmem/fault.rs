@@ -241,6 +241,32 @@ pub(crate) fn claim(this: &AddressSpace, vpn: usize, seen: Option<Residency>) ->
     Ok(this.lpt.claim_if(vpn, seen, || {}))
 }
 
+/// Like [`claim`], for a move whose source is the host page the caller pinned before it
+/// claimed: only if no invalidation ran since `seq` (from [`AddressSpace::read_begin`], taken
+/// before the pin).
+///
+/// The entry may have been `seen` as host-resident, then left (another device took the page)
+/// and come back (a CPU fault brought it home into a new page) while the caller held the old
+/// page: the claim alone would succeed, and the old page's stale data would be copied over the
+/// new one.  Leaving the CPU page table takes an invalidation, which this sees.
+pub(crate) fn claim_since(
+    this: &AddressSpace,
+    vpn: usize,
+    seen: Option<Residency>,
+    seq: c_ulong,
+) -> Result<bool> {
+    if !claim(this, vpn, seen)? {
+        return Ok(false);
+    }
+    let changed = this.changed(&this.lpt.lock(), seq);
+    if changed {
+        // Nobody else touched the entry while it was ours: put it back as it was.
+        unclaim(this, vpn, seen.unwrap_or(Residency::Nowhere));
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 /// Gives up a claim, recording where the page lives now.  `false` if the entry went meanwhile
 /// (the range was unmapped): then nothing recorded `now`.
 pub(crate) fn unclaim(this: &AddressSpace, vpn: usize, now: Residency) -> bool {
@@ -377,6 +403,7 @@ pub(crate) fn fault_page(
                 // A page the CPU touched, or any page of a forked process, may be swapped
                 // out: fault it in.  Otherwise only a present page counts.
                 let maybe_host = matches!(seen, Some(Residency::Host)) || this.inherited();
+                let pinned = this.read_begin();
                 let host = match PinnedPage::get(mm, va, false)? {
                     Some(page) => Some(page),
                     None if maybe_host => PinnedPage::get(mm, va, true)?,
@@ -389,7 +416,7 @@ pub(crate) fn fault_page(
                 } else {
                     seen
                 };
-                if !claim(this, vpn, seen)? {
+                if !claim_since(this, vpn, seen, pinned)? {
                     ctx.dev.free_page(pfn);
                     continue;
                 }

@@ -22,7 +22,7 @@ use crate::{
     address_space::AddressSpace,
     context::Context,
     device::DeviceOps,
-    fault::{claim, fault_page, unclaim},
+    fault::{claim_since, fault_page, unclaim},
     lpt::{DevicePage, ParkedPage, Residency},
 };
 use core::ptr::NonNull;
@@ -189,7 +189,9 @@ pub(crate) fn to_device(
 
     // Pin the present host pages, a run at a time.  A page that is not present has no data
     // unless the CPU touched it (it may be swapped out) or the process was forked: those are
-    // faulted in.
+    // faulted in.  An invalidation from here to the claims means that a pinned page may no
+    // longer be the page mapped (see `claim_since`).
+    let pinned_at = this.read_begin();
     let mut pinned: KVec<PinnedPage> = KVec::with_capacity(slots.len(), GFP_KERNEL)?;
     let mut i = 0;
     while i < slots.len() {
@@ -237,7 +239,7 @@ pub(crate) fn to_device(
     let mut result = Ok(());
     for s in slots.iter_mut() {
         s.claimed = match s.pfn {
-            Some(_) => matches!(claim(this, s.vpn, s.seen), Ok(true)),
+            Some(_) => matches!(claim_since(this, s.vpn, s.seen, pinned_at), Ok(true)),
             None => false,
         };
         if !s.claimed {
