@@ -250,10 +250,24 @@ impl AddressSpace {
 
     /// Drops the device and parked pages of `start..end` (addresses), whose data a zap of the
     /// range discards (`MADV_DONTNEED`, `MADV_FREE`, hmadvise): they have no PTE for the zap.
+    ///
+    /// Pages being moved go too (a claimed entry is nowhere): an eviction or a migration in
+    /// flight then finds its entry gone and frees what it holds, as after munmap.  Left alone,
+    /// it would record its copy when it ends, and the dropped data would come back.
     pub(crate) fn dontneed(&self, start: usize, end: usize) {
         self.drop_range(start, end, |r| {
-            matches!(r, Residency::Device(_) | Residency::Parked(_))
+            matches!(
+                r,
+                Residency::Device(_) | Residency::Parked(_) | Residency::Nowhere
+            )
         });
+    }
+
+    /// Waits until no eviction holds a claim on a page of this address space.
+    pub(crate) fn wait_moves(&self) {
+        while self.moving.load(Ordering::Acquire) != 0 {
+            kernel::time::delay::fsleep(kernel::time::Delta::from_micros(10));
+        }
     }
 
     /// Whether a page in `start..end` (addresses) lives on a device.
@@ -281,9 +295,7 @@ impl PinnedDrop for AddressSpace {
         self.drop_range(0, usize::MAX, |_| true);
         // An eviction that claimed one of our pages finishes (finding its entry gone) before
         // the address space may go.
-        while self.moving.load(Ordering::Acquire) != 0 {
-            kernel::time::delay::fsleep(kernel::time::Delta::from_micros(10));
-        }
+        self.wait_moves();
         // Contexts outlive their address space when their driver still holds them.
         for device in self.devices.take_all() {
             device.address_space_gone();
@@ -723,6 +735,27 @@ mod tests {
         assert_eq!(fake.take_ops().len(), 4);
         assert_eq!(this.lpt.len(), 2);
         assert_eq!(this.lpt.residency(11), None);
+        Ok(())
+    }
+
+    #[test]
+    fn dontneed_drops_a_page_being_moved() -> Result {
+        let (this, fake) = setup()?;
+        let page = DevicePage { dev: 4, pfn: 12 };
+        // An eviction claims page 12; MADV_DONTNEED comes while it copies.
+        assert!(this.begin_move(12, Residency::Device(page)));
+        this.dontneed(12 * PAGE_SIZE, 13 * PAGE_SIZE);
+        assert_eq!(this.lpt.residency(12), None);
+        // Its end finds the entry gone: the data it copied is nobody's.
+        assert!(!this.end_move(12, Residency::Device(page)));
+        this.move_done();
+        assert_eq!(this.lpt.residency(12), None);
+        // Nothing was freed by the drop: the page was the eviction's.
+        assert_eq!(fake.take_ops().len(), 0);
+        assert_eq!(
+            this.lpt.residency(11),
+            Some(Residency::Device(DevicePage { dev: 4, pfn: 11 }))
+        );
         Ok(())
     }
 

@@ -26,7 +26,10 @@ use crate::{
     fault::dev_fault,
     lpt::{DeviceId, DevicePage, Residency},
 };
-use core::ptr::NonNull;
+use core::{
+    ptr::NonNull,
+    sync::atomic::{AtomicBool, Ordering},
+};
 use kernel::{
     bindings,
     error::to_result,
@@ -57,6 +60,8 @@ pub(crate) struct Context {
     /// Ranges a running job holds (`gm_context_hold()`): never evicted.
     #[pin]
     holds: SpinLock<KVec<(usize, usize)>>,
+    /// Set by `detach`: no page of the context is evicted any more.
+    detaching: AtomicBool,
 }
 
 // SAFETY: the driver's operations may be called from any thread (`struct gm_mmu`); the address
@@ -165,19 +170,29 @@ impl Context {
         };
         // SAFETY: as in `with_address_space`.
         let this = unsafe { this.as_ref() };
+        // An eviction that claimed a page before it saw the flag may still give the page
+        // back to the device (a second chance) after a look at the logical page table: so
+        // look again until a pass finds nothing of the device, with no eviction under way.
+        self.detaching.store(true, Ordering::Release);
         if let Some(mm) = self.mm.mmget_not_zero() {
             let _lock = mm.mmap_read_lock();
-            let mut home = KVec::new();
-            this.lpt
-                .for_each_device_page(0, usize::MAX / PAGE_SIZE + 1, |vpn, page| {
-                    if page.dev == self.dev.id {
-                        // Best effort: a page that cannot be brought home is released below.
-                        let _ = home.push(vpn * PAGE_SIZE, GFP_KERNEL);
-                    }
-                });
-            for addr in home {
-                // SAFETY: the mmap lock is held and `mm` has a user.
-                let _ = unsafe { cpu_fault_in(mm.as_raw(), addr) };
+            for _ in 0..DETACH_PASSES {
+                this.wait_moves();
+                let mut home = KVec::new();
+                this.lpt
+                    .for_each_device_page(0, usize::MAX / PAGE_SIZE + 1, |vpn, page| {
+                        if page.dev == self.dev.id {
+                            // Best effort: a page that cannot come home is released below.
+                            let _ = home.push(vpn * PAGE_SIZE, GFP_KERNEL);
+                        }
+                    });
+                if home.is_empty() {
+                    break;
+                }
+                for addr in home {
+                    // SAFETY: the mmap lock is held and `mm` has a user.
+                    let _ = unsafe { cpu_fault_in(mm.as_raw(), addr) };
+                }
             }
         }
         // What could not come home (no memory, or no VMA) is lost with the device.
@@ -196,6 +211,10 @@ impl Context {
         this.devices.detach(id);
     }
 }
+
+/// Passes of `detach` over the logical page table, at most: a page can only come back to the
+/// device through an eviction that was under way when the detach began.
+const DETACH_PASSES: usize = 8;
 
 impl DeviceOps for Context {
     fn id(&self) -> DeviceId {
@@ -267,10 +286,12 @@ impl DeviceOps for Context {
     }
 
     fn held(&self, va: usize) -> bool {
-        self.holds
-            .lock()
-            .iter()
-            .any(|&(start, len)| va >= start && va - start < len)
+        self.detaching.load(Ordering::Acquire)
+            || self
+                .holds
+                .lock()
+                .iter()
+                .any(|&(start, len)| va >= start && va - start < len)
     }
 
     fn clear_young(&self, va: usize) -> bool {
@@ -448,6 +469,7 @@ fn attach(this: &AddressSpace, dev: Arc<Device>) -> Result<Arc<Context>> {
             va_range,
             attached <- new_mutex!(Some(NonNull::from(this)), "gmem_context"),
             holds <- new_spinlock!(KVec::new(), "gmem_context_holds"),
+            detaching: AtomicBool::new(false),
         }),
         GFP_KERNEL,
     )?;

@@ -408,10 +408,8 @@ TEST_F(reuse, freed_pages_are_zeroed)
 	if (!pid)
 		_exit(leave_secret(variant->release, hnid, REUSE_BYTES));
 	first = wait_child(pid);
-	if (first == 15)
-		TH_LOG("KNOWN BUG: a page read back its old data after the drop");
-	else
-		ASSERT_EQ(0, first) TH_LOG("the first process's step %d failed", first);
+	/* Step 15: a page read back its old data after the drop. */
+	ASSERT_EQ(0, first) TH_LOG("the first process's step %d failed", first);
 	if (variant->release == REL_EVICT)
 		ASSERT_LE(evictions + (long long)(REUSE_BYTES / self->page),
 			  gm_node_read(hnid, "evictions"));
@@ -423,17 +421,8 @@ TEST_F(reuse, freed_pages_are_zeroed)
 		_exit(read_leftovers(hnid, REUSE_BYTES, self->page));
 	ret = wait_child(pid);
 	ASSERT_EQ(0, ret) TH_LOG("the second process's step %d failed", ret);
-	/* The drop itself must have zeroed the range for the first process. */
-	ASSERT_EQ(0, first);
 }
 
-/*
- * A drop racing with the background eviction of the NPU at its limit
- * leaves a page with its old data (a kernel bug): the isolation between
- * processes holds, the zeroing within the process does not.
- */
-XFAIL_ADD(reuse, madvise_dontneed, freed_pages_are_zeroed);
-XFAIL_ADD(reuse, hmadvise_all, freed_pages_are_zeroed);
 
 FIXTURE(detach)
 {
@@ -487,13 +476,10 @@ TEST_F(detach, keeps_data)
 	ASSERT_EQ(self->base.resident[0], gm_node_read(self->info.hnid, "resident"));
 	bad = first_not(p, REUSE_BYTES, SECRET);
 	EXPECT_EQ(-1, bad)
-		TH_LOG("KNOWN BUG: word %ld (page %ld) is %#x after the detach, not %#x",
+		TH_LOG("word %ld (page %ld) is %#x after the detach, not %#x",
 		       bad, bad * 4 / 4096, ((__u32 *)p)[bad < 0 ? 0 : bad], SECRET);
 	ASSERT_EQ(0, munmap(p, REUSE_BYTES));
 }
-
-/* Data lost by a detach racing with the background eviction: a kernel bug. */
-XFAIL_ADD(detach, at_limit, keeps_data);
 
 /*
  * hmadvise() acts on the caller's memory only: another process that names
