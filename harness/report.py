@@ -20,6 +20,12 @@ SPLATS = [
     r"rust_panic", r"panicked at", r"Call Trace:",
 ]
 SPLAT_RE = re.compile("|".join(SPLATS))
+# The OOM killer's report prints a stack ("Call Trace:") that is no splat:
+# oom_test wakes the killer on purpose.  The report runs from the first line
+# to the kill.
+OOM_START = re.compile(r"invoked oom-killer:")
+OOM_END = re.compile(r"Out of memory( \(oom_kill_allocating_task\))?: Killed process|"
+                     r"Memory cgroup out of memory: Killed process")
 STAMP = re.compile(r"^\[\s*\d+\.\d+\]\s?")
 RESULT = re.compile(r"^(not ok|ok) (\d+) (\S+)(.*)$")
 
@@ -87,6 +93,20 @@ def kselftest(path, name):
 EXTRA_BOOTS = [("nofault", "nofault:", "rust_doctests_kernel")]
 
 
+def splat_lines(dmesg):
+    """The lines of the kernel log that are splats, but the stack of an OOM
+    killer's report."""
+    splats, in_oom = [], False
+    for line in dmesg:
+        if OOM_START.search(line):
+            in_oom = True
+        elif in_oom and OOM_END.search(line):
+            in_oom = False
+        if SPLAT_RE.search(line) and not (in_oom and "Call Trace:" in line):
+            splats.append(STAMP.sub("", line.rstrip()))
+    return splats
+
+
 def boot(out, label, prefix, kunit_suites):
     """Results, splat lines and problems of one boot's results directory."""
     results, problems = [], []
@@ -107,7 +127,7 @@ def boot(out, label, prefix, kunit_suites):
         problems.append(f"no GMEM kselftest ran{where}")
     for f in tap:
         results += kselftest(os.path.join(out, f), prefix + f[:-4])
-    splats = [STAMP.sub("", l.rstrip()) for l in dmesg if SPLAT_RE.search(l)]
+    splats = splat_lines(dmesg)
     if splats:
         problems.append(f"{len(splats)} splat line(s) in the kernel log "
                         f"(see {os.path.join(out, 'dmesg')})")
