@@ -72,6 +72,8 @@ pub(crate) struct AddressSpace {
     inherited: bool,
     /// Moves under way that do not hold the mm (evictions); drop waits for them.
     moving: AtomicUsize,
+    /// An mremap is moving entries: no eviction may claim one meanwhile (see `begin_move`).
+    remapping: AtomicBool,
 }
 
 // SAFETY: `mm` is only an identity and is dereferenced only by paths of that mm, which keep it
@@ -98,6 +100,7 @@ impl AddressSpace {
                 mm,
                 inherited,
                 moving: AtomicUsize::new(0),
+                remapping: AtomicBool::new(false),
             }),
             GFP_KERNEL_ACCOUNT,
         )?;
@@ -188,10 +191,41 @@ impl AddressSpace {
     /// Claims page `vpn` for a move by a path that holds neither the mm nor the address space
     /// (eviction), if it is `expect` and not busy: the entry becomes busy and nowhere, and the
     /// address space stays until [`AddressSpace::move_done`].
+    ///
+    /// Refused while an mremap moves entries: it copies an entry without its claim, and the
+    /// move, finding its entry gone at the old address when it ended, would free the data.
     pub(crate) fn begin_move(&self, vpn: usize, expect: Residency) -> bool {
-        self.lpt.claim_if(vpn, expect, || {
-            self.moving.fetch_add(1, Ordering::AcqRel);
-        })
+        // With `remap_begin`: the flag and the count are each stored, then the other read,
+        // in one total order (SeqCst), so either mremap waits for this move or this move
+        // sees the flag and backs out.
+        if self.remapping.load(Ordering::SeqCst) {
+            return false;
+        }
+        if !self.lpt.claim_if(vpn, expect, || {
+            self.moving.fetch_add(1, Ordering::SeqCst);
+        }) {
+            return false;
+        }
+        if self.remapping.load(Ordering::SeqCst) {
+            // Nobody else could touch the entry while it was ours: put it back.
+            self.end_move(vpn, expect);
+            self.move_done();
+            return false;
+        }
+        true
+    }
+
+    /// Starts an mremap's move of entries: waits for the moves under way; no new one starts
+    /// until [`AddressSpace::remap_end`].  The caller holds the mmap lock for writing, which
+    /// keeps every other mover (faults, migrations) out.
+    fn remap_begin(&self) {
+        self.remapping.store(true, Ordering::SeqCst);
+        self.wait_moves();
+    }
+
+    /// Ends what [`AddressSpace::remap_begin`] started.
+    fn remap_end(&self) {
+        self.remapping.store(false, Ordering::Release);
     }
 
     /// Records where a page claimed by [`AddressSpace::begin_move`] lives now.  `false` if its
@@ -265,7 +299,7 @@ impl AddressSpace {
 
     /// Waits until no eviction holds a claim on a page of this address space.
     pub(crate) fn wait_moves(&self) {
-        while self.moving.load(Ordering::Acquire) != 0 {
+        while self.moving.load(Ordering::SeqCst) != 0 {
             kernel::time::delay::fsleep(kernel::time::Delta::from_micros(10));
         }
     }
@@ -520,6 +554,7 @@ pub unsafe extern "C" fn gm_as_mremap(
     let Some(this) = (unsafe { AddressSpace::of(mm) }) else {
         return 0;
     };
+    this.remap_begin();
     let moved = this.lpt.move_range(
         old / PAGE_SIZE,
         new / PAGE_SIZE,
@@ -532,6 +567,7 @@ pub unsafe extern "C" fn gm_as_mremap(
             }
         },
     );
+    this.remap_end();
     match moved {
         Ok(()) => 0,
         Err(e) => errno(e),
@@ -735,6 +771,21 @@ mod tests {
         assert_eq!(fake.take_ops().len(), 4);
         assert_eq!(this.lpt.len(), 2);
         assert_eq!(this.lpt.residency(11), None);
+        Ok(())
+    }
+
+    #[test]
+    fn no_eviction_claims_during_mremap() -> Result {
+        let (this, _fake) = setup()?;
+        let page = DevicePage { dev: 4, pfn: 11 };
+        this.remap_begin();
+        assert!(!this.begin_move(11, Residency::Device(page)));
+        // Refused, the entry is as it was.
+        assert_eq!(this.lpt.residency(11), Some(Residency::Device(page)));
+        this.remap_end();
+        assert!(this.begin_move(11, Residency::Device(page)));
+        assert!(this.end_move(11, Residency::Device(page)));
+        this.move_done();
         Ok(())
     }
 

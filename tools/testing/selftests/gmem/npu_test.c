@@ -12,7 +12,9 @@
  * Counters are per NPU and global: nothing else may use the NPUs while this
  * runs.
  */
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 
@@ -1254,6 +1256,72 @@ static int read_node(const struct gmem_npu_info *info, const char *file,
 	return read_ull(path, v);
 }
 
+
+struct streamer {
+	int fd;
+	void *p;
+	size_t len;
+	atomic_int done;
+	int ret;
+};
+
+/* Streams fills through an NPU at its limit: the NPU evicts all the time. */
+static void *stream_fills(void *arg)
+{
+	struct streamer *st = arg;
+
+	for (int round = 0; round < 16 && !st->ret; round++)
+		st->ret = npu_fill(st->fd, st->p, st->len, round);
+	atomic_store(&st->done, 1);
+	return NULL;
+}
+
+/*
+ * mremap() of a buffer whose pages the NPU is evicting meanwhile: the move
+ * of the logical page table entries used to drop an eviction's claim, and
+ * the page then read zeros at its new address.
+ */
+TEST_F(npu, mremap_while_evicting)
+{
+	size_t blen = OVERSUB_LIMIT / 2;
+	struct streamer st = { .fd = self->fd[0], .len = 2 * OVERSUB_LIMIT };
+	unsigned long long limit;
+	char path[128], *b, *other;
+	pthread_t t;
+	int moves = 0;
+
+	limit_path(&self->info[0], path, sizeof(path));
+	ASSERT_EQ(0, read_ull(path, &limit));
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	b = mmap_peer_shared(NULL, blen, 0);
+	ASSERT_NE(MAP_FAILED, b);
+	/* Where the buffer moves to and fro. */
+	other = mmap(NULL, blen, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, other);
+	st.p = mmap_peer_shared(NULL, st.len, 0);
+	ASSERT_NE(MAP_FAILED, st.p);
+	ASSERT_EQ(0, npu_fill(self->fd[0], b, blen, 0x600dd00d));
+	ASSERT_EQ(0, write_ull(path, OVERSUB_LIMIT));
+	ASSERT_EQ(0, pthread_create(&t, NULL, stream_fills, &st));
+	while (!atomic_load(&st.done)) {
+		char *to = mremap(b, blen, blen, MREMAP_MAYMOVE | MREMAP_FIXED,
+				  other);
+
+		if (to == MAP_FAILED)
+			break;
+		other = b;
+		b = to;
+		moves++;
+	}
+	pthread_join(t, NULL);
+	ASSERT_EQ(0, write_ull(path, limit));
+	ASSERT_EQ(0, st.ret);
+	ASSERT_LT(10, moves);
+	ASSERT_EQ(-1, check_words(b, blen, 0, 0x600dd00d));
+	ASSERT_EQ(0, munmap(b, blen));
+	ASSERT_EQ(0, munmap(st.p, st.len));
+	expect_resident(_metadata, self->fd, self->start);
+}
 /*
  * Under oversubscription GMEM keeps a free reserve: once an allocation
  * leaves less than reserve_low free, a worker evicts in the background
