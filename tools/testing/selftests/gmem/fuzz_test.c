@@ -17,7 +17,7 @@
  * protects its own code, stack or canaries.  Anything else it passes is
  * refused by every call (unaligned, kernel, wrapping).
  *
- * Environment: GMEM_SEED (printed), GMEM_FUZZ_ITERATIONS (default 3000),
+ * Environment: GMEM_SEED (printed), GMEM_FUZZ_ITERATIONS (default 10000),
  * GMEM_FUZZ_SECONDS (default 60: a bound for slow kernels; the run logs how
  * many iterations it did), GMEM_FUZZ_TRACE (1: log every call, to find the
  * one that hangs).
@@ -43,7 +43,7 @@
 #define EXTRA_MAX_LEN	(4UL << 20)	/* bigger requests are refused: see big_len() */
 #define KERNEL_HALF	0xffff800000000000UL
 
-#define DEFAULT_ITERATIONS	3000
+#define DEFAULT_ITERATIONS	10000
 #define DEFAULT_SECONDS		60
 
 /*
