@@ -14,11 +14,15 @@ start=$(date +%s)
 "$here/build.sh"
 
 out=$GMEM_BUILD/vm/check-$GMEM_FLAVOUR
+# The debug kernel (KASAN, lockdep, kmemleak) runs the tests about ten
+# times slower under TCG: it gets longer before a guest counts as hung.
+slow=1
+[ "$GMEM_FLAVOUR" = debug ] && slow=3
 rm -rf "$out"
 mkdir -p "$out"
 echo "check: booting the $GMEM_FLAVOUR kernel and running the tests" >&2
 # Only GMEM's KUnit suites run at boot.  A hung guest is killed by timeout.
-timeout 1800 "$here/vm-run" --append "kunit.filter_glob=gmem*" -- \
+timeout $((1800 * slow)) "$here/vm-run" --append "kunit.filter_glob=gmem*" -- \
 	"$here/guest/run-tests.sh" "$out" "$GMEM_OBJ/kselftest/gmem" \
 	>"$out/console.log" 2>&1 || echo "check: the VM exited with status $?" >&2
 # The second boot: the NPU driver prefaults each job instead of faulting.
@@ -26,7 +30,7 @@ timeout 1800 "$here/vm-run" --append "kunit.filter_glob=gmem*" -- \
 # in $out/nofault (report.py reads them).
 echo "check: booting again with gmem_npu_sim.faultable=0 for npu_test" >&2
 mkdir -p "$out/nofault"
-timeout 900 "$here/vm-run" --append "kunit.filter_glob=rust_doctests_kernel.*gmem*" \
+timeout $((900 * slow)) "$here/vm-run" --append "kunit.filter_glob=rust_doctests_kernel.*gmem*" \
 	--append "gmem_npu_sim.faultable=0" -- \
 	"$here/guest/run-tests.sh" "$out/nofault" "$GMEM_OBJ/kselftest/gmem" npu_test \
 	>"$out/nofault/console.log" 2>&1 || echo "check: the VM exited with status $?" >&2

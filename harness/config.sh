@@ -31,3 +31,14 @@ case ":$PATH:" in
 *) PATH=$HOME/.local/bin:$PATH ;;
 esac
 export PATH
+
+# Whether a checkpatch finding is justified in harness/lint-allow.txt (make
+# lint, make series).
+lint_allowed() {
+	local line=$1 pat
+	while IFS=$'\t' read -r pat _; do
+		case "$pat" in '#'* | '') continue ;; esac
+		echo "$line" | grep -qE "$pat" && return 0
+	done <"$GMEM_TOP/harness/lint-allow.txt"
+	return 1
+}

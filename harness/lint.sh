@@ -18,14 +18,6 @@ cd "$GMEM_TOP"
 fail=0
 report() { printf 'lint: %s\n' "$*"; fail=1; }
 
-allowed() {
-	local line=$1 pat
-	while IFS=$'\t' read -r pat _; do
-		case "$pat" in '#'* | '') continue ;; esac
-		echo "$line" | grep -qE "$pat" && return 0
-	done <"$here/lint-allow.txt"
-	return 1
-}
 
 # Run inside the assembled tree: checkpatch wants its tree, and run from this
 # checkout it takes a .patch for a source file.
@@ -38,7 +30,7 @@ n=0
 for p in patches/*.patch MAINTAINERS.patch; do
 	while IFS= read -r line; do
 		[ -n "$line" ] || continue
-		allowed "$line" || report "$line"
+		lint_allowed "$line" || report "$line"
 	done < <(checkpatch "$GMEM_TOP/$p")
 	n=$((n + 1))
 done
@@ -47,7 +39,7 @@ c_files=$(git ls-files 'mm/gmem/*.c' 'include/linux/gmem.h' 'include/uapi/linux/
 for f in $c_files; do
 	while IFS= read -r line; do
 		[ -n "$line" ] || continue
-		allowed "$line" || report "$line"
+		lint_allowed "$line" || report "$line"
 	done < <(checkpatch -f "$f")	# the assembled copy, same path
 done
 echo "lint: checkpatch --strict: $n patches, $(echo "$c_files" | wc -w) C files"

@@ -255,14 +255,6 @@ open(cover, "w").write(mail)
 PY
 
 # checkpatch --strict on every patch, in the assembled tree (it wants one).
-allowed() {
-	local line=$1 pat
-	while IFS=$'\t' read -r pat _; do
-		case "$pat" in '#'* | '') continue ;; esac
-		echo "$line" | grep -qE "$pat" && return 0
-	done <"$here/lint-allow.txt"
-	return 1
-}
 report=$GMEM_BUILD/series-checkpatch.txt
 : >"$report"
 bad=0 justified=0
@@ -270,7 +262,7 @@ for p in "$out"/*.patch; do
 	[ "$p" != "$cover" ] || continue
 	while IFS= read -r line; do
 		[ -n "$line" ] || continue
-		if allowed "$line"; then
+		if lint_allowed "$line"; then
 			echo "justified: ${p##*/}: $line" >>"$report"
 			justified=$((justified + 1))
 		else

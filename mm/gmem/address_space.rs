@@ -775,6 +775,35 @@ mod tests {
     }
 
     #[test]
+    fn claim_after_an_invalidation_is_refused() -> Result {
+        let (this, _fake) = setup()?;
+        // An unregistered notifier's sequence is 0: nothing ran since 0.
+        assert_eq!(
+            crate::fault::claim_since(&this, 10, Some(Residency::Host), 0),
+            Ok(true)
+        );
+        crate::fault::unclaim(&this, 10, Residency::Host);
+        // The page left the CPU page table (a zap) after its pin, and came back.
+        assert!(notify(
+            &this,
+            bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR,
+            10,
+            11,
+            true
+        ));
+        assert_eq!(
+            crate::fault::claim_since(&this, 10, Some(Residency::Host), 0),
+            Ok(false)
+        );
+        // Refused, the entry is as it was, not busy.
+        assert_eq!(this.lpt.residency(10), Some(Residency::Host));
+        assert!(this.begin_move(10, Residency::Host));
+        assert!(this.end_move(10, Residency::Host));
+        this.move_done();
+        Ok(())
+    }
+
+    #[test]
     fn no_eviction_claims_during_mremap() -> Result {
         let (this, _fake) = setup()?;
         let page = DevicePage { dev: 4, pfn: 11 };

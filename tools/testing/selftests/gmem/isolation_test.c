@@ -32,18 +32,6 @@
  */
 #define REUSE_BYTES	(16UL << 20)
 
-/* Waits for @pid: its exit code, 128 + the signal that killed it, or -1. */
-static int wait_child(pid_t pid)
-{
-	int status;
-
-	if (waitpid(pid, &status, 0) != pid)
-		return -1;
-	if (WIFSIGNALED(status))
-		return 128 + WTERMSIG(status);
-	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 static int send_fd(int sock, int fd)
 {
 	char buf[CMSG_SPACE(sizeof(int))] = { 0 }, c = 'f';
@@ -126,6 +114,7 @@ static void setup_common(struct __test_metadata *_metadata,
 	ASSERT_LE(0, fd);
 	ASSERT_EQ(0, npu_get_info(fd, info));
 	close(fd);
+	ASSERT_EQ(0, gm_limit_reset(info->hnid, info->dram_size));
 }
 
 FIXTURE(isolation)
@@ -396,7 +385,7 @@ static int read_leftovers(int hnid, size_t len, size_t page)
  * the first let go of them (munmap, exit, madvise, hmadvise on the NPU or
  * every node, detach, or eviction to host and exit).
  */
-TEST_F(reuse, freed_pages_are_zeroed)
+TEST_F_TIMEOUT(reuse, freed_pages_are_zeroed, 300)
 {
 	int hnid = self->info.hnid;
 	long long evictions = gm_node_read(hnid, "evictions");
@@ -422,7 +411,6 @@ TEST_F(reuse, freed_pages_are_zeroed)
 	ret = wait_child(pid);
 	ASSERT_EQ(0, ret) TH_LOG("the second process's step %d failed", ret);
 }
-
 
 FIXTURE(detach)
 {
@@ -461,7 +449,7 @@ FIXTURE_TEARDOWN(detach)
  * (Documentation/mm/gmem.rst, "Contexts and lifetimes"): nothing is lost
  * when the NPU, full up to its limit, is evicting at the same time.
  */
-TEST_F(detach, keeps_data)
+TEST_F_TIMEOUT(detach, keeps_data, 300)
 {
 	int fd = npu_open_attached(0);
 	char *p;
@@ -486,7 +474,7 @@ TEST_F(detach, keeps_data)
  * the addresses where this one has data on the NPU, whether it has nothing
  * there or memory of its own, changes nothing of this one's.
  */
-TEST_F(isolation, hmadvise_acts_on_own_mm_only)
+TEST_F_TIMEOUT(isolation, hmadvise_acts_on_own_mm_only, 300)
 {
 	size_t len = 64 * self->page;
 	int hnid = self->info.hnid;
@@ -681,7 +669,7 @@ FIXTURE_TEARDOWN(handover)
  * once A is gone the file fails with ESRCH, even after a third process (C)
  * filled the NPU memory A had.
  */
-TEST_F(handover, attached_file_acts_on_its_process_only)
+TEST_F_TIMEOUT(handover, attached_file_acts_on_its_process_only, 300)
 {
 	size_t len = 32 * sysconf(_SC_PAGESIZE);
 	int hnid = self->info.hnid;

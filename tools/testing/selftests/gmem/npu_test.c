@@ -190,6 +190,8 @@ FIXTURE_SETUP(npu)
 		ASSERT_LE(0, self->fd[i])
 			TH_LOG("open %s: %s", npu_dev_path[i], strerror(errno));
 		ASSERT_EQ(0, ioctl(self->fd[i], GMEM_NPU_IOC_INFO, &self->info[i]));
+		ASSERT_EQ(0, gm_limit_reset(self->info[i].hnid,
+					    self->info[i].dram_size));
 		ASSERT_EQ(0, npu_stats(self->fd[i], &self->start[i]));
 	}
 	self->faultable = !!(self->info[0].flags & GMEM_NPU_INFO_FAULTABLE);
@@ -1214,7 +1216,7 @@ static int oversubscribe(int fd, size_t len, __u32 seed)
 }
 
 /* A buffer three times the NPU's memory, from the NPU and the CPU. */
-TEST_F(npu, oversubscribed_buffer)
+TEST_F_TIMEOUT(npu, oversubscribed_buffer, 300)
 {
 	size_t len = 3 * OVERSUB_LIMIT;
 	unsigned long long limit;
@@ -1256,7 +1258,6 @@ static int read_node(const struct gmem_npu_info *info, const char *file,
 	return read_ull(path, v);
 }
 
-
 struct streamer {
 	int fd;
 	void *p;
@@ -1265,13 +1266,18 @@ struct streamer {
 	int ret;
 };
 
-/* Streams fills through an NPU at its limit: the NPU evicts all the time. */
+/*
+ * Streams fills through an NPU at its limit: the NPU evicts all the time.
+ * A job of 1 MiB at most: a prefaulting NPU holds all of a job's pages.
+ */
 static void *stream_fills(void *arg)
 {
 	struct streamer *st = arg;
+	size_t step = 1UL << 20;
 
 	for (int round = 0; round < 16 && !st->ret; round++)
-		st->ret = npu_fill(st->fd, st->p, st->len, round);
+		for (size_t off = 0; off < st->len && !st->ret; off += step)
+			st->ret = npu_fill(st->fd, (char *)st->p + off, step, round);
 	atomic_store(&st->done, 1);
 	return NULL;
 }
@@ -1281,7 +1287,7 @@ static void *stream_fills(void *arg)
  * of the logical page table entries used to drop an eviction's claim, and
  * the page then read zeros at its new address.
  */
-TEST_F(npu, mremap_while_evicting)
+TEST_F_TIMEOUT(npu, mremap_while_evicting, 300)
 {
 	size_t blen = OVERSUB_LIMIT / 2;
 	struct streamer st = { .fd = self->fd[0], .len = 2 * OVERSUB_LIMIT };
@@ -1322,6 +1328,7 @@ TEST_F(npu, mremap_while_evicting)
 	ASSERT_EQ(0, munmap(st.p, st.len));
 	expect_resident(_metadata, self->fd, self->start);
 }
+
 /*
  * Under oversubscription GMEM keeps a free reserve: once an allocation
  * leaves less than reserve_low free, a worker evicts in the background
@@ -1329,7 +1336,7 @@ TEST_F(npu, mremap_while_evicting)
  * Evicting only when an allocation finds the device full would leave less
  * than one eviction batch (16 pages, reserve_low here) free.
  */
-TEST_F(npu, oversubscription_refills_the_reserve)
+TEST_F_TIMEOUT(npu, oversubscription_refills_the_reserve, 300)
 {
 	unsigned long long limit, low, high, free = 0;
 	char path[128];
@@ -1371,7 +1378,7 @@ TEST_F(npu, oversubscription_refills_the_reserve)
  * bits they would go on the clock's second pass, like any page that was
  * only mapped once, and come back on the next job (migrations to the NPU).
  */
-TEST_F(npu, eviction_keeps_pages_the_npu_uses)
+TEST_F_TIMEOUT(npu, eviction_keeps_pages_the_npu_uses, 300)
 {
 	size_t hot_len = 16 * self->page, cold_len = 4 * OVERSUB_LIMIT;
 	size_t step = OVERSUB_CHUNK / 4;
@@ -1412,7 +1419,7 @@ TEST_F(npu, eviction_keeps_pages_the_npu_uses)
 }
 
 /* Two processes oversubscribing the same NPU at once, each with its data. */
-TEST_F(npu, two_processes_oversubscribe)
+TEST_F_TIMEOUT(npu, two_processes_oversubscribe, 300)
 {
 	unsigned long long limit;
 	pid_t pid[2];
@@ -1483,7 +1490,7 @@ TEST_F(npu, prefetch_to_npu)
  * invalidation, and the data survives the round trip.  Moving page by page
  * would take one invalidation per page.
  */
-TEST_F(npu, prefetch_moves_2mib_chunks)
+TEST_F_TIMEOUT(npu, prefetch_moves_2mib_chunks, 300)
 {
 	size_t chunk = 2 << 20, len = 2 * chunk;
 	long long n = len / self->page;

@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include "gmem_util.h"
@@ -213,6 +214,35 @@ static inline uint64_t test_seed(void)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	s = ts.tv_sec * 1000000007ULL ^ ts.tv_nsec ^ (uint64_t)getpid() << 40;
 	return rnd_next(&s);
+}
+
+/*
+ * Puts the device memory limit of node @hnid back to @size if a test left
+ * it lowered: a test killed by its timeout (on a slow debug kernel) never
+ * runs its teardown, and every later test would fail for its sake.  That
+ * test has failed already; say so and go on.
+ */
+static inline int gm_limit_reset(unsigned int hnid, unsigned long long size)
+{
+	long long limit = gm_node_read(hnid, "limit");
+
+	if (limit < 0 || (unsigned long long)limit == size)
+		return 0;
+	fprintf(stderr, "# node %u's limit was left at %lld by an earlier test: reset to %llu\n",
+		hnid, limit, size);
+	return gm_node_write(hnid, "limit", size);
+}
+
+/* Waits for @pid: its exit code, 128 + the signal that killed it, or -1. */
+static inline int wait_child(pid_t pid)
+{
+	int status;
+
+	if (waitpid(pid, &status, 0) != pid)
+		return -1;
+	if (WIFSIGNALED(status))
+		return 128 + WTERMSIG(status);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 static inline double now_sec(void)

@@ -24,18 +24,6 @@
 #define OOM_LIMIT	(4UL << 20)	/* npu0's limit: the child parks pages */
 #define CGROUP_ROOT	"/sys/fs/cgroup"
 
-/* Waits for @pid: its exit code, 128 + the signal that killed it, or -1. */
-static int wait_child(pid_t pid)
-{
-	int status;
-
-	if (waitpid(pid, &status, 0) != pid)
-		return -1;
-	if (WIFSIGNALED(status))
-		return 128 + WTERMSIG(status);
-	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 static int write_str(const char *path, const char *s)
 {
 	FILE *f = fopen(path, "w");
@@ -145,6 +133,7 @@ FIXTURE_SETUP(oom)
 	ASSERT_LE(0, self->fd);
 	ASSERT_EQ(0, npu_get_info(self->fd, &self->info));
 	close(self->fd);
+	ASSERT_EQ(0, gm_limit_reset(self->info.hnid, self->info.dram_size));
 	/* The test process's data lives on the other NPU, if there is one. */
 	if (self->base.nnpu < 2)
 		npu = 0;
@@ -267,7 +256,7 @@ static int gmem_then_hog(int hnid, const char *cgroup)
  * whole machine's memory; the OOM reaper and exit free its NPU pages,
  * parked pages and tracking.
  */
-TEST_F_TIMEOUT(oom, global_oom_kills_gmem_process, 60)
+TEST_F_TIMEOUT(oom, global_oom_kills_gmem_process, 300)
 {
 	pid_t pid = fork();
 	int ret;
@@ -280,7 +269,7 @@ TEST_F_TIMEOUT(oom, global_oom_kills_gmem_process, 60)
 }
 
 /* The same inside a memory cgroup: the memcg OOM killer ends it. */
-TEST_F_TIMEOUT(oom, memcg_oom_kills_gmem_process, 60)
+TEST_F_TIMEOUT(oom, memcg_oom_kills_gmem_process, 300)
 {
 	pid_t pid;
 	int ret;
@@ -403,13 +392,13 @@ static void under_pressure(struct __test_metadata *_metadata, int hnid,
  * parked pages with less host memory available than that: ENOMEM, or the
  * OOM killer takes the hog and it succeeds; the data is intact.
  */
-TEST_F_TIMEOUT(oom, prefetch_home_without_memory, 60)
+TEST_F_TIMEOUT(oom, prefetch_home_without_memory, 300)
 {
 	under_pressure(_metadata, self->info.hnid, 1);
 }
 
 /* The NPU evicting to host memory that is short: the same. */
-TEST_F_TIMEOUT(oom, eviction_without_memory, 60)
+TEST_F_TIMEOUT(oom, eviction_without_memory, 300)
 {
 	under_pressure(_metadata, self->info.hnid, 0);
 }
