@@ -83,6 +83,32 @@ for crate in mm/gmem/gmem.rs samples/rust/gmem_npu_sim/gmem_npu_sim.rs; do
 	echo "lint: clippy: ${crate%/*}"
 done
 
+# kernel-doc: every comment of the GMEM headers and the exported C functions
+# parses, and documents what it names (scripts/kernel-doc -Wall).
+kdoc_files="include/linux/gmem.h include/uapi/linux/gmem.h mm/gmem/glue.c
+	samples/rust/gmem_npu_sim/gmem_npu_sim_uapi.h"
+kdoc=$(cd "$GMEM_SRC" && scripts/kernel-doc -none -Wall $kdoc_files 2>&1 || true)
+[ -z "$kdoc" ] || report "kernel-doc: $kdoc"
+# ... and every function glue.c exports has its kernel-doc in <linux/gmem.h>.
+for sym in $(sed -n 's/^EXPORT_SYMBOL_GPL(\(.*\));/\1/p' mm/gmem/glue.c); do
+	grep -q "^ \* $sym() - " include/linux/gmem.h || report "kernel-doc: no comment for $sym()"
+done
+echo "lint: kernel-doc: $(echo $kdoc_files | wc -w) files"
+
+# make W=1: no warning in GMEM's C (the Rust crates build with -D warnings).
+w1=$(make -s -C "$GMEM_SRC" O="$GMEM_OBJ" "${GMEM_MAKE_ARGS[@]}" W=1 mm/gmem/glue.o 2>&1 |
+	grep -E 'warning|error' || true)
+[ -z "$w1" ] || report "W=1: $w1"
+echo "lint: W=1: mm/gmem/glue.o"
+
+# make rustdoc: the driver API's documentation (kernel::gmem) builds.
+rd=$(make -s -C "$GMEM_SRC" O="$GMEM_OBJ" "${GMEM_MAKE_ARGS[@]}" rustdoc 2>&1 |
+	grep -E '^(warning|error)' -A4 || true)
+[ -z "$rd" ] || report "rustdoc: $rd"
+[ -e "$GMEM_OBJ/Documentation/output/rust/rustdoc/kernel/gmem/index.html" ] ||
+	report "rustdoc: no kernel::gmem page"
+echo "lint: rustdoc: kernel::gmem"
+
 if [ "$fail" = 0 ]; then
 	echo "lint: clean"
 else

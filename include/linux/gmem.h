@@ -105,8 +105,8 @@ struct gm_move {
  *	device TLB is invalidated separately.
  * @pmap_protect: change the rights of the mappings of [@va, @va + @len).
  *	Optional.
- * @pmap_clear_young: test and clear the accessed bit of the mapping of
- *	@va: true if the device used the page since the last call (or since
+ * @pmap_clear_young: test and clear the accessed bit of the mapping of @va;
+ *	true if the device used the page since the last call (or since
  *	pmap_enter()).  Eviction asks it before it takes a page, so pages the
  *	device keeps using stay; the device must set the bit again on its next
  *	use (drop a cached translation if the hardware only sets it on a TLB
@@ -203,24 +203,180 @@ struct gm_dev_stats {
 
 #ifdef CONFIG_GMEM
 
+/**
+ * gm_dev_create() - register a device with GMEM
+ * @mmu: the device's MMU operations; must outlive the device
+ * @priv: the driver's data, given back by gm_dev_priv()
+ * @caps: GM_DEV_CAP_* of the device
+ * @name: the device's name (shown in sysfs), copied
+ *
+ * Return: the device, or an ERR_PTR(): -EINVAL for operations that are
+ * missing or do not go together, -ENOSPC when 64 devices exist, -ENOMEM.
+ */
 struct gm_dev *gm_dev_create(const struct gm_mmu *mmu, void *priv,
 			     unsigned int caps, const char *name);
+
+/**
+ * gm_dev_destroy() - unregister a device
+ * @dev: a device from gm_dev_create()
+ *
+ * Removes the device's sysfs directory and drops the driver's reference.
+ * Attached contexts keep the device, and its @priv, until they go.
+ */
 void gm_dev_destroy(struct gm_dev *dev);
+
+/**
+ * gm_dev_register_physmem() - hand the device's memory to GMEM
+ * @dev: the device
+ * @base: device address of the memory, page aligned
+ * @size: its size in bytes, page aligned, not zero
+ *
+ * GMEM then allocates device pages from it (a buddy allocator), evicts
+ * when it is full and shows it in sysfs.
+ *
+ * Return: 0, -EINVAL for an unaligned or empty range, -EBUSY the second
+ * time, -ENOMEM.
+ */
 int gm_dev_register_physmem(struct gm_dev *dev, u64 base, u64 size);
+
+/**
+ * gm_dev_priv() - the driver data of a device
+ * @dev: the device
+ *
+ * Return: what gm_dev_create() was given as @priv.
+ */
 void *gm_dev_priv(const struct gm_dev *dev);
+
+/**
+ * gm_dev_hnid() - the node id of a device
+ * @dev: the device
+ *
+ * Return: the heterogeneous node id that hmadvise() takes for the device.
+ */
 int gm_dev_hnid(const struct gm_dev *dev);
+
+/**
+ * gm_dev_get_stats() - read a device's counters
+ * @dev: the device
+ * @stats: filled with the counters and the memory figures
+ */
 void gm_dev_get_stats(const struct gm_dev *dev, struct gm_dev_stats *stats);
+
+/**
+ * gm_dev_name() - the name of a device
+ * @dev: the device
+ *
+ * Return: the name gm_dev_create() copied, valid as long as @dev.
+ */
 const char *gm_dev_name(const struct gm_dev *dev);
+
+/**
+ * gm_dev_caps() - the capabilities of a device
+ * @dev: the device
+ *
+ * Return: the GM_DEV_CAP_* flags gm_dev_create() was given.
+ */
 unsigned int gm_dev_caps(const struct gm_dev *dev);
+
+/**
+ * gm_dev_set_limit() - cap how much of a device's memory GMEM uses
+ * @dev: the device
+ * @bytes: the new limit (the sysfs limit file); more than the device has
+ *	means all of it.  Pages above a lowered limit are evicted as the
+ *	device allocates.  Not exported.
+ *
+ * Return: 0, or -ENODEV if GMEM does not manage the device's memory.
+ */
 int gm_dev_set_limit(struct gm_dev *dev, u64 bytes);
+
+/**
+ * gm_as_create() - the calling process's GMEM address space
+ *
+ * Creates it if the process has none, as its first MAP_PEER_SHARED
+ * mapping would.  Not reference counted: use it in the same system call,
+ * with none of the process's mm locks held.
+ *
+ * Return: the address space, or an ERR_PTR(): -EINVAL from a kernel
+ * thread, -ENOMEM.
+ */
 struct gm_as *gm_as_create(void);
+
+/**
+ * gm_as_attach() - attach a device to an address space
+ * @as: from gm_as_create()
+ * @dev: the device
+ *
+ * Creates the device's page table for the process (pmap_create) and
+ * reserves its address range on the device (peer_va_alloc_fixed).
+ *
+ * Return: the context, or an ERR_PTR(): -EEXIST if @dev is attached to
+ * that process already, -ENOMEM, or what pmap_create or
+ * peer_va_alloc_fixed returned.
+ */
 struct gm_context *gm_as_attach(struct gm_as *as, struct gm_dev *dev);
+
+/**
+ * gm_context_detach() - detach a device and drop the driver's reference
+ * @ctx: from gm_as_attach(), not detached yet
+ *
+ * If the process still runs, the device's pages are brought home first
+ * (no page of the context is evicted from then on), so the process keeps
+ * its data; what cannot come home is freed with the device.  May sleep.
+ */
 void gm_context_detach(struct gm_context *ctx);
+
+/**
+ * gm_context_pmap() - the device page table of a context
+ * @ctx: the context
+ *
+ * Return: what the device's pmap_create made for the context.
+ */
 void *gm_context_pmap(const struct gm_context *ctx);
+
+/**
+ * gm_context_hold() - keep eviction away from a range while a job runs
+ * @ctx: the context
+ * @start: start of the range
+ * @len: its length in bytes
+ *
+ * Until the matching gm_context_unhold(), eviction takes no page of the
+ * context in [@start, @start + @len).  Holds nest.  Only eviction is kept
+ * away: the CPU, another device, munmap and MADV_DONTNEED still take held
+ * pages.
+ *
+ * Return: 0 or -ENOMEM.
+ */
 int gm_context_hold(struct gm_context *ctx, unsigned long start,
 		    unsigned long len);
+
+/**
+ * gm_context_unhold() - end a hold
+ * @ctx: the context
+ * @start: the start the hold was taken with
+ * @len: the length the hold was taken with
+ *
+ * Ends one gm_context_hold() of exactly that range.
+ */
 void gm_context_unhold(struct gm_context *ctx, unsigned long start,
 		       unsigned long len);
+
+/**
+ * gm_dev_fault_range() - make a range device-resident and mapped there
+ * @ctx: the context whose device needs the range
+ * @start: start of the range, page aligned
+ * @len: its length, a multiple of PAGE_SIZE, not zero
+ * @access: GM_ACCESS_* the device needs
+ *
+ * Moves the pages from host memory, another device or a parked page (or
+ * zero-fills them), 2 MiB at a time, and maps them on the device.  May
+ * sleep; takes the process's mmap lock for reading.
+ *
+ * Return: 0, -EINVAL for an unaligned or empty range or unknown @access
+ * bits, -EFAULT for an address outside the process's peer-shared mappings
+ * or without the rights @access asks for, -ESRCH once the process is gone,
+ * -ENOMEM when the device is full, -ERESTARTSYS on a signal after some
+ * progress.  Pages before the failing one stay done.
+ */
 int gm_dev_fault_range(struct gm_context *ctx, unsigned long start,
 		       unsigned long len, unsigned int access);
 
