@@ -367,7 +367,10 @@ impl LogicalPageTable {
         self.lock().get(vpn).map(|m| m.residency())
     }
 
-    /// Starts tracking page `vpn`.  Fails with `EBUSY` if it is already tracked.
+    /// Starts tracking page `vpn`.  Fails with `EBUSY` if it is already tracked.  (The core
+    /// inserts claimed entries with [`LogicalPageTable::insert_mapping`]; tests set pages up
+    /// with this.)
+    #[cfg(CONFIG_GMEM_KUNIT_TEST)]
     pub(crate) fn insert(&self, vpn: usize, residency: Residency) -> Result {
         self.insert_mapping(vpn, GmMapping::new(residency, false))
     }
