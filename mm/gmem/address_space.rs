@@ -95,7 +95,7 @@ impl AddressSpace {
             pin_init!(Self {
                 lpt <- LogicalPageTable::new(),
                 devices <- DeviceList::new(),
-                notifier: Opaque::uninit(),
+                notifier: Opaque::zeroed(),
                 registered: AtomicBool::new(false),
                 mm,
                 inherited,
@@ -777,13 +777,9 @@ mod tests {
     #[test]
     fn claim_after_an_invalidation_is_refused() -> Result {
         let (this, _fake) = setup()?;
-        // An unregistered notifier's sequence is 0: nothing ran since 0.
-        assert_eq!(
-            crate::fault::claim_since(&this, 10, Some(Residency::Host), 0),
-            Ok(true)
-        );
-        crate::fault::unclaim(&this, 10, Residency::Host);
-        // The page left the CPU page table (a zap) after its pin, and came back.
+        use crate::fault::{claim_since, unclaim};
+        let host = Some(Residency::Host);
+        // The notifier callback stores the sequence it is given (7).
         assert!(notify(
             &this,
             bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR,
@@ -791,10 +787,16 @@ mod tests {
             11,
             true
         ));
-        assert_eq!(
-            crate::fault::claim_since(&this, 10, Some(Residency::Host), 0),
-            Ok(false)
-        );
+        // Nothing ran since 7: the page table is not even looked at.
+        assert_eq!(claim_since(&this, 10, host, 7, || false), Ok(true));
+        unclaim(&this, 10, Residency::Host);
+        // An invalidation ran since the pin (anywhere in the process)...
+        // SAFETY: the notifier is a field of `this`, which no notifier callback uses now.
+        unsafe { (*this.notifier.get()).invalidate_seq = 9 };
+        // ... it counts only if the pinned page is no longer the one mapped.
+        assert_eq!(claim_since(&this, 10, host, 7, || true), Ok(true));
+        unclaim(&this, 10, Residency::Host);
+        assert_eq!(claim_since(&this, 10, host, 7, || false), Ok(false));
         // Refused, the entry is as it was, not busy.
         assert_eq!(this.lpt.residency(10), Some(Residency::Host));
         assert!(this.begin_move(10, Residency::Host));

@@ -242,24 +242,29 @@ pub(crate) fn claim(this: &AddressSpace, vpn: usize, seen: Option<Residency>) ->
 }
 
 /// Like [`claim`], for a move whose source is the host page the caller pinned before it
-/// claimed: only if no invalidation ran since `seq` (from [`AddressSpace::read_begin`], taken
-/// before the pin).
+/// claimed: only if that page is still the one mapped.  `seq` is from
+/// [`AddressSpace::read_begin`], taken before the pin; `still_mapped` looks at the CPU page
+/// table.
 ///
 /// The entry may have been `seen` as host-resident, then left (another device took the page)
-/// and come back (a CPU fault brought it home into a new page) while the caller held the old
-/// page: the claim alone would succeed, and the old page's stale data would be copied over the
-/// new one.  Leaving the CPU page table takes an invalidation, which this sees.
+/// and come back (a CPU fault brought it home into a new page, and the CPU wrote it) while the
+/// caller held the old page: the claim alone would succeed, and the old page's stale data
+/// would be copied over the new one.  Leaving the CPU page table takes an invalidation, so
+/// the page table is only looked at when the sequence moved: one sequence covers the whole
+/// process, and a process that keeps mapping and unmapping elsewhere would otherwise never
+/// get a claim through.
 pub(crate) fn claim_since(
     this: &AddressSpace,
     vpn: usize,
     seen: Option<Residency>,
     seq: c_ulong,
+    still_mapped: impl FnOnce() -> bool,
 ) -> Result<bool> {
     if !claim(this, vpn, seen)? {
         return Ok(false);
     }
     let changed = this.changed(&this.lpt.lock(), seq);
-    if changed {
+    if changed && !still_mapped() {
         // Nobody else touched the entry while it was ours: put it back as it was.
         unclaim(this, vpn, seen.unwrap_or(Residency::Nowhere));
         return Ok(false);
@@ -416,7 +421,8 @@ pub(crate) fn fault_page(
                 } else {
                     seen
                 };
-                if !claim_since(this, vpn, seen, pinned)? {
+                let still_mapped = || host.as_ref().is_none_or(|h| h.still_mapped(mm, va));
+                if !claim_since(this, vpn, seen, pinned, still_mapped)? {
                     ctx.dev.free_page(pfn);
                     continue;
                 }

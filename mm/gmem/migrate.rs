@@ -99,6 +99,12 @@ impl PinnedPage {
         self.0.as_ptr()
     }
 
+    /// Whether this is still the page mapped at `va` (present; a page that is not present
+    /// counts as another).  Never faults, so it may be asked with the page's entry claimed.
+    pub(crate) fn still_mapped(&self, mm: &MmWithUser, va: usize) -> bool {
+        matches!(Self::get(mm, va, false), Ok(Some(now)) if now.as_ptr() == self.as_ptr())
+    }
+
     /// The pinned page.
     pub(crate) fn page(&self) -> &Page {
         &self.0
@@ -239,7 +245,17 @@ pub(crate) fn to_device(
     let mut result = Ok(());
     for s in slots.iter_mut() {
         s.claimed = match s.pfn {
-            Some(_) => matches!(claim_since(this, s.vpn, s.seen, pinned_at), Ok(true)),
+            Some(_) => {
+                let still_mapped = || {
+                    s.host
+                        .as_ref()
+                        .is_none_or(|h| h.still_mapped(mm, s.vpn * PAGE_SIZE))
+                };
+                matches!(
+                    claim_since(this, s.vpn, s.seen, pinned_at, still_mapped),
+                    Ok(true)
+                )
+            }
             None => false,
         };
         if !s.claimed {
