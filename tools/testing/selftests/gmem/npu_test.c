@@ -1309,7 +1309,12 @@ TEST_F_TIMEOUT(npu, mremap_while_evicting, 300)
 	ASSERT_EQ(0, npu_fill(self->fd[0], b, blen, 0x600dd00d));
 	ASSERT_EQ(0, write_ull(path, OVERSUB_LIMIT));
 	ASSERT_EQ(0, pthread_create(&t, NULL, stream_fills, &st));
-	while (!atomic_load(&st.done)) {
+	/*
+	 * A bounded number of moves: every mremap() is an invalidation, which
+	 * sends device faults in flight back to retry, and on a debug kernel a
+	 * move takes long enough that an unbounded loop starves the streamer.
+	 */
+	while (!atomic_load(&st.done) && moves < 200) {
 		char *to = mremap(b, blen, blen, MREMAP_MAYMOVE | MREMAP_FIXED,
 				  other);
 
@@ -1319,7 +1324,7 @@ TEST_F_TIMEOUT(npu, mremap_while_evicting, 300)
 		b = to;
 		moves++;
 		/* Room for the streamer's faults, which need the mmap lock. */
-		usleep(200);
+		usleep(1000);
 	}
 	pthread_join(t, NULL);
 	ASSERT_EQ(0, write_ull(path, limit));
