@@ -50,7 +50,7 @@ Pin-Priority: 1"
 # --- Debian packages -------------------------------------------------------
 PKGS=(bc bison flex cpio kmod make gcc libc6-dev libelf-dev libssl-dev
       libclang-19-dev llvm-19 lld-19 clang-19 rsync xz-utils zstd python3-pip udev busybox-static
-      git perl pahole python3-ply python3-git)
+      git perl pahole python3-ply python3-git python3-sphinx python3-alabaster)
 BPO_PKGS=(qemu-system-x86)
 
 missing=()

@@ -8,7 +8,8 @@
 #   - every new GMEM file is covered by an F: line of MAINTAINERS.patch;
 #   - rustfmt (the tree's .rustfmt.toml) on the GMEM Rust files;
 #   - clippy on the GMEM crate and the NPU sample (make CLIPPY=1), no warning;
-#   - a `// SAFETY:` comment right above every `unsafe` block.
+#   - a `// SAFETY:` comment right above every `unsafe` block;
+#   - kernel-doc, make W=1, make rustdoc and make htmldocs (Documentation/mm).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/config.sh"
@@ -108,6 +109,18 @@ rd=$(make -s -C "$GMEM_SRC" O="$GMEM_OBJ" "${GMEM_MAKE_ARGS[@]}" rustdoc 2>&1 |
 [ -e "$GMEM_OBJ/Documentation/output/rust/rustdoc/kernel/gmem/index.html" ] ||
 	report "rustdoc: no kernel::gmem page"
 echo "lint: rustdoc: kernel::gmem"
+
+# make htmldocs: Documentation/mm (where gmem.rst sits, with the kernel-doc
+# of <linux/gmem.h> pulled in) builds without a warning from a GMEM file.
+# Only the mm book: the whole tree takes an hour here and warns elsewhere.
+docs=$GMEM_BUILD/obj-docs
+htm=$(make -s -C "$GMEM_SRC" O="$docs" SPHINXDIRS=mm htmldocs 2>&1 |
+	grep -E 'gmem' | grep -E -i 'warning|error' || true)
+[ -z "$htm" ] || report "htmldocs: $htm"
+[ -e "$docs/Documentation/output/mm/gmem.html" ] || report "htmldocs: no mm/gmem.html"
+grep -q 'gm_dev_create' "$docs/Documentation/output/mm/gmem.html" 2>/dev/null ||
+	report "htmldocs: the kernel-doc of <linux/gmem.h> is not in mm/gmem.html"
+echo "lint: htmldocs: Documentation/mm"
 
 if [ "$fail" = 0 ]; then
 	echo "lint: clean"

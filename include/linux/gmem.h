@@ -122,16 +122,17 @@ struct gm_move {
  * Wrappers, for drivers that can move a whole batch in one device operation
  * (a DMA descriptor list, one page-table update, one TLB invalidation).
  * GMEM moves up to 2 MiB (512 pages) at a time, always a run of consecutive
- * virtual pages starting at @va, @moves[i] for @va + i * PAGE_SIZE.
+ * virtual pages starting at @va, ``moves[i]`` for @va + i * PAGE_SIZE.
  * Without the wrappers GMEM composes the basic operations: prepare_page()
  * and pmap_enter() per page, or one pmap_release() and one tlb_invl() for
  * the run and copy_to_host() per page.
- * @peer_map: fill each device page @moves[i].pfn (which GMEM allocated)
- *	from @moves[i].page, or zero it if that is NULL, and map it with
+ * @peer_map: fill each device page ``moves[i].pfn`` (which GMEM allocated)
+ *	from ``moves[i].page``, or zero it if that is NULL, and map it with
  *	@prot.  On an error some pages may be mapped: GMEM removes the whole
  *	run's mappings (pmap_release, tlb_invl) and frees the pages.  Optional.
  * @peer_unmap: remove the run's mappings, invalidate the TLB for the run
- *	once, then copy each @moves[i].pfn into @moves[i].page (if not NULL).
+ *	once, then copy each ``moves[i].pfn`` into ``moves[i].page`` (if not
+ *	NULL).
  *	GMEM frees the device pages afterwards.  On an error the mappings are
  *	gone and GMEM keeps the device pages.  Optional.
  *
