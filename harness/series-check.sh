@@ -6,10 +6,10 @@
 # in a scratch work tree (build/series-work/tree, checked out at v$KVER),
 # and after each one the kernel is built incrementally in build/obj-series
 # with the default flavour's configuration: virtme-ng's defconfig plus
-# harness/configs/gmem.config, made once on the pristine tree and
-# re-applied before every step (so that CONFIG_GMEM=y takes effect from
-# the patch that creates the option on, instead of being dropped by the
-# steps before it).  Stops at the first patch that does not apply or
+# harness/configs/gmem.config, merged on the pristine tree (again when
+# gmem.config changes) and re-applied before every step (so that
+# CONFIG_GMEM=y takes effect from the patch that creates the option on,
+# instead of being dropped by the steps before it).  Stops at the first patch that does not apply or
 # build and says which; build logs in build/series-work/logs/.
 #
 # A full run is one cold build plus an incremental build per patch; the
@@ -60,7 +60,7 @@ frags=("$here/configs/gmem.config")
 base_config=$obj/.gmem-series-base-config
 jobs=$(nproc)
 configure() {	# the base configuration once, then olddefconfig per step
-	if [ ! -f "$base_config" ]; then
+	if [ ! -f "$base_config" ] || [ "${frags[0]}" -nt "$base_config" ]; then
 		log "configuring (virtme-ng defconfig + gmem.config) on v$KVER"
 		mkdir -p "$obj"
 		(cd "$tree" && virtme-configkernel --defconfig O="$obj") >"$logs/config.log" 2>&1

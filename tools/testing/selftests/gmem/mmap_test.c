@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * mmap(MAP_PEER_SHARED): which requests are accepted, how the VMA is
- * marked, and that a refused request leaves the address space intact.
+ * marked, and that a refused request leaves the address space intact;
+ * userfaultfd cannot register a peer-shared range.
  */
 #include <fcntl.h>
 #include <linux/mman.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
 
 #include "../kselftest_harness.h"
 #include "gmem_util.h"
@@ -85,6 +89,64 @@ TEST_F(mmap, no_merge_with_ordinary_memory)
 	EXPECT_EQ(0, vma_has_flag(p, "ps"));
 	EXPECT_EQ(1, vma_has_flag(q, "ps"));
 	ASSERT_EQ(0, munmap(p, 2 * len));
+}
+
+/* UFFDIO_REGISTER of @len bytes at @p in @mode; 0 or the errno. */
+static int uffd_register(int uffd, void *p, size_t len, __u64 mode)
+{
+	struct uffdio_register reg = {
+		.range = { .start = (unsigned long)p, .len = len },
+		.mode = mode,
+	};
+
+	return ioctl(uffd, UFFDIO_REGISTER, &reg) ? errno : 0;
+}
+
+/*
+ * userfaultfd refuses a peer-shared range (a page on a device has no PTE
+ * but is not missing) with EINVAL, also as part of a larger range, and
+ * registers nothing then; the same calls on ordinary memory succeed.
+ */
+TEST_F(mmap, userfaultfd_refused)
+{
+	struct uffdio_api api = { .api = UFFD_API };
+	size_t len = 2 * self->page;
+	int uffd, wp;
+	char *q, *p;
+
+	uffd = syscall(__NR_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
+	if (uffd < 0 && errno == ENOSYS)
+		SKIP(return, "no userfaultfd (CONFIG_USERFAULTFD=n)");
+	ASSERT_LE(0, uffd);
+	ASSERT_EQ(0, ioctl(uffd, UFFDIO_API, &api));
+	/* Write protection of anonymous memory, where the arch has it. */
+	wp = !!(api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP);
+
+	/* q: ordinary memory; p: peer-shared, right above it. */
+	q = mmap(NULL, 2 * len, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, q);
+	p = mmap_peer_shared(q + len, len, MAP_FIXED);
+	ASSERT_EQ(q + len, p);
+	fill_pattern(p, len, 7);
+
+	/* Both modes, alone and spanning q: EINVAL, nothing registered. */
+	EXPECT_EQ(EINVAL, uffd_register(uffd, p, len, UFFDIO_REGISTER_MODE_MISSING));
+	EXPECT_EQ(EINVAL, uffd_register(uffd, q, 2 * len, UFFDIO_REGISTER_MODE_MISSING));
+	if (wp)
+		EXPECT_EQ(EINVAL, uffd_register(uffd, p, len, UFFDIO_REGISTER_MODE_WP));
+	EXPECT_EQ(0, vma_has_flag(q, "um"));
+	EXPECT_EQ(0, vma_has_flag(p, "um"));
+	EXPECT_EQ(1, vma_has_flag(p, "ps"));
+	EXPECT_EQ(-1, check_pattern(p, len, 7));
+
+	/* The ordinary half registers, and smaps shows it: the checks above can fail. */
+	EXPECT_EQ(0, uffd_register(uffd, q, len, UFFDIO_REGISTER_MODE_MISSING |
+				   (wp ? UFFDIO_REGISTER_MODE_WP : 0)));
+	EXPECT_EQ(1, vma_has_flag(q, "um"));
+	EXPECT_EQ(wp, vma_has_flag(q, "uw"));
+	close(uffd);
+	ASSERT_EQ(0, munmap(q, 2 * len));
 }
 
 FIXTURE(mmap_invalid)
