@@ -2,13 +2,15 @@
 /*
  * mmap(MAP_PEER_SHARED): which requests are accepted, how the VMA is
  * marked, and that a refused request leaves the address space intact;
- * userfaultfd cannot register a peer-shared range.
+ * userfaultfd and guard regions refuse peer-shared ranges.
  */
 #include <fcntl.h>
 #include <linux/mman.h>
 #include <linux/userfaultfd.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 
 #include "../kselftest_harness.h"
 #include "gmem_util.h"
@@ -75,19 +77,35 @@ TEST_F(mmap, split_keeps_flag)
 	ASSERT_EQ(0, munmap(p, len));
 }
 
+/*
+ * @len bytes of ordinary anonymous memory with @len peer-shared bytes right
+ * above them; returns the start of the ordinary part, or MAP_FAILED.
+ */
+static char *map_below_peer_shared(size_t len)
+{
+	char *q;
+
+	q = mmap(NULL, 2 * len, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (q == MAP_FAILED)
+		return q;
+	if (mmap_peer_shared(q + len, len, MAP_FIXED) != q + len) {
+		munmap(q, 2 * len);
+		return MAP_FAILED;
+	}
+	return q;
+}
+
 /* A peer-shared range next to an ordinary one is never merged into it. */
 TEST_F(mmap, no_merge_with_ordinary_memory)
 {
 	size_t len = 2 * self->page;
-	char *p, *q;
+	char *p;
 
-	p = mmap(NULL, 2 * len, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	p = map_below_peer_shared(len);
 	ASSERT_NE(MAP_FAILED, p);
-	q = mmap_peer_shared(p + len, len, MAP_FIXED);
-	ASSERT_EQ(p + len, q);
 	EXPECT_EQ(0, vma_has_flag(p, "ps"));
-	EXPECT_EQ(1, vma_has_flag(q, "ps"));
+	EXPECT_EQ(1, vma_has_flag(p + len, "ps"));
 	ASSERT_EQ(0, munmap(p, 2 * len));
 }
 
@@ -123,11 +141,9 @@ TEST_F(mmap, userfaultfd_refused)
 	wp = !!(api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP);
 
 	/* q: ordinary memory; p: peer-shared, right above it. */
-	q = mmap(NULL, 2 * len, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	q = map_below_peer_shared(len);
 	ASSERT_NE(MAP_FAILED, q);
-	p = mmap_peer_shared(q + len, len, MAP_FIXED);
-	ASSERT_EQ(q + len, p);
+	p = q + len;
 	fill_pattern(p, len, 7);
 
 	/* Both modes, alone and spanning q: EINVAL, nothing registered. */
@@ -146,6 +162,71 @@ TEST_F(mmap, userfaultfd_refused)
 	EXPECT_EQ(1, vma_has_flag(q, "um"));
 	EXPECT_EQ(wp, vma_has_flag(q, "uw"));
 	close(uffd);
+	ASSERT_EQ(0, munmap(q, 2 * len));
+}
+
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102
+#define MADV_GUARD_REMOVE 103
+#endif
+
+/* Does a read of @p kill a child with SIGSEGV (a guard marker)? */
+static int read_faults(const char *p)
+{
+	int status;
+	pid_t pid;
+
+	pid = fork();
+	if (pid < 0)
+		return -1;
+	if (!pid) {
+		(void)__atomic_load_n(p, __ATOMIC_RELAXED);
+		_exit(0);
+	}
+	if (waitpid(pid, &status, 0) != pid)
+		return -1;
+	return WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV;
+}
+
+/*
+ * Guard regions: MADV_GUARD_INSTALL and MADV_GUARD_REMOVE fail with EINVAL
+ * on a peer-shared VMA and leave its pages readable with their data; on
+ * ordinary memory (also below a peer-shared VMA, in one call with it, as
+ * madvise() does for any VMA it refuses) the guard is installed.
+ */
+TEST_F(mmap, guard_regions_refused)
+{
+	size_t len = 2 * self->page;
+	char *q, *p;
+
+	/* q: ordinary memory; p: peer-shared, right above it. */
+	q = map_below_peer_shared(len);
+	ASSERT_NE(MAP_FAILED, q);
+	p = q + len;
+	fill_pattern(p, len, 9);
+
+	errno = 0;
+	if (madvise(q, len, MADV_GUARD_INSTALL) && errno == EINVAL)
+		SKIP(goto out, "no guard regions in this kernel");
+	EXPECT_EQ(1, read_faults(q));
+	EXPECT_EQ(0, madvise(q, len, MADV_GUARD_REMOVE));
+	EXPECT_EQ(0, read_faults(q));
+
+	errno = 0;
+	EXPECT_EQ(-1, madvise(p, len, MADV_GUARD_INSTALL));
+	EXPECT_EQ(EINVAL, errno);
+	errno = 0;
+	EXPECT_EQ(-1, madvise(q, 2 * len, MADV_GUARD_INSTALL));
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(1, read_faults(q));
+	EXPECT_EQ(0, read_faults(p));
+	EXPECT_EQ(0, read_faults(p + len - 1));
+	errno = 0;
+	EXPECT_EQ(-1, madvise(p, len, MADV_GUARD_REMOVE));
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(-1, check_pattern(p, len, 9));
+	EXPECT_EQ(1, vma_has_flag(p, "ps"));
+out:
 	ASSERT_EQ(0, munmap(q, 2 * len));
 }
 
