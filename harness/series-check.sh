@@ -10,7 +10,8 @@
 # gmem.config changes) and re-applied before every step (so that
 # CONFIG_GMEM=y takes effect from the patch that creates the option on,
 # instead of being dropped by the steps before it).  Stops at the first patch that does not apply or
-# build and says which; build logs in build/series-work/logs/.
+# build and says which; build logs in build/series-work/logs/, the time
+# each step's build took in its times file.
 #
 # A full run is one cold build plus an incremental build per patch; the
 # patches that change <linux/mm.h> or the configuration rebuild most of
@@ -55,6 +56,7 @@ T am --abort >/dev/null 2>&1 || true
 T checkout -q -f --detach "v$KVER"
 T clean -q -fdx
 mkdir -p "$logs"
+rm -f "$logs/times"
 
 frags=("$here/configs/gmem.config")
 base_config=$obj/.gmem-series-base-config
@@ -89,11 +91,13 @@ for p in "${patches[@]}"; do
 	fi
 	configure
 	log "building $n/${#patches[@]}: $subj"
+	t0=$SECONDS
 	if ! make -s -C "$tree" O="$obj" -j"$jobs" bzImage modules >"$logs/$n.build.log" 2>&1; then
 		log "FAIL: the tree does not build after patch $n: $subj"
 		tail -n 30 "$logs/$n.build.log" >&2
 		exit 1
 	fi
+	printf '%3d %5d s  %s\n' "$n" $((SECONDS - t0)) "$subj" >>"$logs/times"
 done
 if [ "$dry" = 1 ]; then
 	log "all ${#patches[@]} patches apply (dry run: nothing built)"
@@ -102,5 +106,6 @@ else
 	for opt in CONFIG_RUST CONFIG_GMEM CONFIG_SAMPLE_RUST_GMEM_NPU_SIM; do
 		grep -q "^$opt=y" "$obj/.config" || { log "FAIL: $opt is not =y at the end"; exit 1; }
 	done
-	log "all ${#patches[@]} patches apply and build"
+	log "all ${#patches[@]} patches apply and build (seconds per step:" \
+		"${logs#"$GMEM_TOP"/}/times)"
 fi
