@@ -201,7 +201,7 @@ impl AddressSpace {
         if self.remapping.load(Ordering::SeqCst) {
             return false;
         }
-        if !self.lpt.claim_if(vpn, expect, || {
+        if !self.lpt.claim_if(vpn, expect, |_| {
             self.moving.fetch_add(1, Ordering::SeqCst);
         }) {
             return false;

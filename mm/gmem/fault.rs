@@ -238,7 +238,7 @@ pub(crate) fn claim(this: &AddressSpace, vpn: usize, seen: Option<Residency>) ->
             Err(e) => Err(e),
         };
     };
-    Ok(this.lpt.claim_if(vpn, seen, || {}))
+    Ok(this.lpt.claim_if(vpn, seen, |_| {}))
 }
 
 /// Like [`claim`], for a move whose source is the host page the caller pinned before it
@@ -260,10 +260,22 @@ pub(crate) fn claim_since(
     seq: c_ulong,
     still_mapped: impl FnOnce() -> bool,
 ) -> Result<bool> {
-    if !claim(this, vpn, seen)? {
+    // The sequence is read in the claim's own critical section: a host page the fault saw
+    // needs no second trip through the lock.
+    let mut changed = true;
+    let claimed = match seen {
+        Some(seen) => this
+            .lpt
+            .claim_if(vpn, seen, |lpt| changed = this.changed(lpt, seq)),
+        None => {
+            let claimed = claim(this, vpn, None)?;
+            changed = claimed && this.changed(&this.lpt.lock(), seq);
+            claimed
+        }
+    };
+    if !claimed {
         return Ok(false);
     }
-    let changed = this.changed(&this.lpt.lock(), seq);
     if changed && !still_mapped() {
         // Nobody else touched the entry while it was ours: put it back as it was.
         unclaim(this, vpn, seen.unwrap_or(Residency::Nowhere));

@@ -329,14 +329,20 @@ impl LogicalPageTable {
     }
 
     /// Claims page `vpn` for a move if its entry is `expect` and not busy: it becomes busy and
-    /// nowhere, and `claimed` runs under the lock.  `false` if someone else got there first.
-    pub(crate) fn claim_if(&self, vpn: usize, expect: Residency, claimed: impl FnOnce()) -> bool {
+    /// nowhere, and `claimed` runs under the lock (given its guard).  `false` if someone else
+    /// got there first.
+    pub(crate) fn claim_if(
+        &self,
+        vpn: usize,
+        expect: Residency,
+        claimed: impl FnOnce(&Guard<'_, MappingBox>),
+    ) -> bool {
         let mut guard = self.lock();
         match guard.get_mut(vpn) {
             Some(m) if !m.busy() && m.residency() == expect => {
                 m.set_busy(true);
                 m.set(Residency::Nowhere);
-                claimed();
+                claimed(&guard);
                 true
             }
             _ => false,

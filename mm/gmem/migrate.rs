@@ -423,7 +423,7 @@ pub(crate) fn park_run_home(
     let mut claimed = KVec::with_capacity(run.len(), GFP_KERNEL)?;
     for &(vpn, page) in run {
         let _ =
-            claimed.push_within_capacity(this.lpt.claim_if(vpn, Residency::Device(page), || {}));
+            claimed.push_within_capacity(this.lpt.claim_if(vpn, Residency::Device(page), |_| {}));
     }
     let mut parked = 0;
     let mut result = Ok(());
@@ -590,7 +590,7 @@ mod tests {
             };
             assert_eq!(this.lpt.residency(vpn), Some(Residency::Device(page)));
             // Not left busy: a second claim works.
-            assert!(this.lpt.claim_if(vpn, Residency::Device(page), || {}));
+            assert!(this.lpt.claim_if(vpn, Residency::Device(page), |_| {}));
         }
         Ok(())
     }
