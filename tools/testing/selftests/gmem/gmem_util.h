@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <linux/gmem.h>
@@ -69,6 +70,18 @@ static inline int vma_has_flag(void *addr, const char *flag)
 		if (!strcmp(tok, flag))
 			return 1;
 	return 0;
+}
+
+/* Waits for @pid: its exit code, 128 + the signal that killed it, or -1. */
+static inline int wait_child(pid_t pid)
+{
+	int status;
+
+	if (waitpid(pid, &status, 0) != pid)
+		return -1;
+	if (WIFSIGNALED(status))
+		return 128 + WTERMSIG(status);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 /* Fill @len bytes at @p with a pattern derived from @seed and the offset. */

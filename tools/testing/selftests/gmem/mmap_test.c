@@ -10,7 +10,6 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 
 #include "../kselftest_harness.h"
 #include "gmem_util.h"
@@ -170,11 +169,11 @@ TEST_F(mmap, userfaultfd_refused)
 #define MADV_GUARD_REMOVE 103
 #endif
 
-/* Does a read of @p kill a child with SIGSEGV (a guard marker)? */
+/* Does a read of @p kill a child with SIGSEGV (a guard marker)? -1: no child. */
 static int read_faults(const char *p)
 {
-	int status;
 	pid_t pid;
+	int rc;
 
 	pid = fork();
 	if (pid < 0)
@@ -183,9 +182,8 @@ static int read_faults(const char *p)
 		(void)__atomic_load_n(p, __ATOMIC_RELAXED);
 		_exit(0);
 	}
-	if (waitpid(pid, &status, 0) != pid)
-		return -1;
-	return WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV;
+	rc = wait_child(pid);
+	return rc < 0 ? -1 : rc == 128 + SIGSEGV;
 }
 
 /*

@@ -233,18 +233,6 @@ static inline int gm_limit_reset(unsigned int hnid, unsigned long long size)
 	return gm_node_write(hnid, "limit", size);
 }
 
-/* Waits for @pid: its exit code, 128 + the signal that killed it, or -1. */
-static inline int wait_child(pid_t pid)
-{
-	int status;
-
-	if (waitpid(pid, &status, 0) != pid)
-		return -1;
-	if (WIFSIGNALED(status))
-		return 128 + WTERMSIG(status);
-	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 static inline double now_sec(void)
 {
 	struct timespec ts;
