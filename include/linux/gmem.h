@@ -424,14 +424,15 @@ long gm_hmadvise(int hnid, unsigned long start, size_t len, int advice);
 int gm_as_prepare(struct mm_struct *mm);
 int gm_as_fork(struct mm_struct *oldmm, struct mm_struct *mm);
 void gm_as_exit(struct mm_struct *mm);
+void gm_as_cover(struct mm_struct *mm, unsigned long addr, unsigned long len);
 int gm_as_mremap(struct mm_struct *mm, unsigned long old_addr,
-		 unsigned long new_addr, unsigned long len);
+		 unsigned long new_addr, unsigned long len, bool undo);
 void gm_as_dontneed(struct mm_struct *mm, unsigned long start,
 		    unsigned long end);
 vm_fault_t gm_cpu_fault_begin(struct mm_struct *mm, unsigned long addr,
-			      struct page *page);
-void gm_cpu_fault_end(struct mm_struct *mm, unsigned long addr,
-		      bool installed);
+			      struct page *page, unsigned long *token);
+bool gm_cpu_fault_end(struct mm_struct *mm, unsigned long addr,
+		      struct page *page, unsigned long token, bool install);
 
 /**
  * gm_mmap_check() - check the MAP_PEER_SHARED part of an mmap() request
@@ -442,15 +443,19 @@ void gm_cpu_fault_end(struct mm_struct *mm, unsigned long addr,
  * process's own pages, not a page cache or a hugetlbfs file.  The VMA flag
  * itself is set by calc_vm_flag_bits().
  *
+ * With MAP_HUGETLB, the bit of MAP_PEER_SHARED is part of the huge page
+ * size (MAP_HUGE_1GB, ...) and is none of GMEM's business: see
+ * map_peer_shared().
+ *
  * Return: 0 if MAP_PEER_SHARED is not set or is valid, -EINVAL for
- * MAP_PEER_SHARED with a file, with a mapping type other than MAP_PRIVATE
- * or with MAP_HUGETLB.
+ * MAP_PEER_SHARED with a file or with a mapping type other than
+ * MAP_PRIVATE.
  */
 static inline int gm_mmap_check(struct file *file, unsigned long flags)
 {
-	if (!(flags & MAP_PEER_SHARED))
+	if (!map_peer_shared(flags))
 		return 0;
-	if (file || (flags & MAP_TYPE) != MAP_PRIVATE || (flags & MAP_HUGETLB))
+	if (file || (flags & MAP_TYPE) != MAP_PRIVATE)
 		return -EINVAL;
 	return 0;
 }
@@ -467,11 +472,27 @@ static inline int gm_mmap_check(struct file *file, unsigned long flags)
  */
 static inline int gm_mmap_prepare(unsigned long flags)
 {
-	if (!(flags & MAP_PEER_SHARED))
+	if (!map_peer_shared(flags))
 		return 0;
 	if (!(flags & MAP_ANONYMOUS) || gm_mmap_check(NULL, flags))
 		return -EINVAL;
 	return gm_as_prepare(current->mm);
+}
+
+/**
+ * gm_mmap_done() - follow a range that mmap() just mapped peer-shared
+ * @flags: the mmap() flags
+ * @addr: where mmap() mapped the range, or an error
+ * @len: its length
+ *
+ * Called by mmap() once it dropped the mmap lock: GMEM registers the MMU
+ * interval notifiers of the range's windows, which takes that lock.
+ */
+static inline void gm_mmap_done(unsigned long flags, unsigned long addr,
+				unsigned long len)
+{
+	if (map_peer_shared(flags) && !IS_ERR_VALUE(addr))
+		gm_as_cover(current->mm, addr, len);
 }
 
 /* Whether @mm has a GMEM address space. */
@@ -534,7 +555,27 @@ static inline int gm_mremap(struct vm_area_struct *vma, unsigned long old_addr,
 {
 	if (!gm_vma_peer_shared(vma))
 		return 0;
-	return gm_as_mremap(vma->vm_mm, old_addr, new_addr, len);
+	return gm_as_mremap(vma->vm_mm, old_addr, new_addr, len, false);
+}
+
+/**
+ * gm_mremap_undo() - move GMEM's mappings back after a failed mremap()
+ * @vma: the VMA they were moved with, mmap lock held for writing
+ * @new_addr: where gm_mremap() moved them
+ * @old_addr: where they were
+ * @len: the length of the range
+ *
+ * Undoes a successful gm_mremap(), before the page tables move back.  It
+ * cannot fail: its allocations are __GFP_NOFAIL, so that no device page is
+ * left behind at an address that is about to be unmapped.
+ */
+static inline void gm_mremap_undo(struct vm_area_struct *vma,
+				  unsigned long new_addr,
+				  unsigned long old_addr, unsigned long len)
+{
+	if (gm_vma_peer_shared(vma))
+		WARN_ON_ONCE(gm_as_mremap(vma->vm_mm, new_addr, old_addr, len,
+					  true));
 }
 
 /**
@@ -568,6 +609,11 @@ static inline int gm_mmap_prepare(unsigned long flags)
 	return 0;
 }
 
+static inline void gm_mmap_done(unsigned long flags, unsigned long addr,
+				unsigned long len)
+{
+}
+
 static inline bool gm_vma_peer_shared(struct vm_area_struct *vma)
 {
 	return false;
@@ -592,6 +638,12 @@ static inline int gm_mremap(struct vm_area_struct *vma, unsigned long old_addr,
 	return 0;
 }
 
+static inline void gm_mremap_undo(struct vm_area_struct *vma,
+				  unsigned long new_addr,
+				  unsigned long old_addr, unsigned long len)
+{
+}
+
 static inline void gm_madvise_dontneed(struct vm_area_struct *vma,
 				       unsigned long start, unsigned long end)
 {
@@ -599,14 +651,17 @@ static inline void gm_madvise_dontneed(struct vm_area_struct *vma,
 
 static inline vm_fault_t gm_cpu_fault_begin(struct mm_struct *mm,
 					    unsigned long addr,
-					    struct page *page)
+					    struct page *page,
+					    unsigned long *token)
 {
 	return 0;
 }
 
-static inline void gm_cpu_fault_end(struct mm_struct *mm, unsigned long addr,
-				    bool installed)
+static inline bool gm_cpu_fault_end(struct mm_struct *mm, unsigned long addr,
+				    struct page *page, unsigned long token,
+				    bool install)
 {
+	return install;
 }
 
 #endif /* CONFIG_GMEM */

@@ -7,8 +7,11 @@
 //! (or inherits some through fork), hangs off `mm_struct::gm_as`, and is freed exactly once,
 //! right after `exit_mmap()`, when the last user of the mm is gone.
 //!
-//! It follows the process's mappings through one `mmu_interval_notifier` over the whole user
-//! address range, the way HMM mirrors do, instead of hooks in every path that unmaps:
+//! It follows the process's mappings through MMU interval notifiers, the way HMM mirrors do,
+//! instead of hooks in every path that unmaps: one per aligned 64 MiB window of the address
+//! space that holds peer-shared memory (registered when mmap() made the range, when mremap()
+//! moves it, and by a device fault for a window that has none), so that an invalidation
+//! elsewhere in the process sends no device fault back to retry:
 //!
 //! - `MMU_NOTIFY_UNMAP` (munmap, a `MAP_FIXED` mmap over it, mremap shrinking it, brk) and
 //!   `MMU_NOTIFY_RELEASE` (exit): the range's entries go, its device pages are unmapped on
@@ -27,13 +30,13 @@
 
 use crate::{
     device::DeviceList,
-    fault::{cpu_fault_begin, cpu_fault_end, Begin},
-    lpt::{LogicalPageTable, MappingBox, ParkedPage, Residency},
+    fault::{cpu_fault_begin, cpu_fault_end, Fill},
+    lpt::{Claim, LogicalPageTable, MappingBox, ParkedPage, Residency},
 };
 use core::{
     fmt,
     ptr::NonNull,
-    sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering},
+    sync::atomic::{AtomicPtr, AtomicUsize, Ordering},
 };
 use kernel::{
     bindings, c_str,
@@ -41,39 +44,119 @@ use kernel::{
     error::to_result,
     ffi::{c_int, c_ulong},
     mm::virt::VmaRef,
+    new_condvar, new_mutex, new_spinlock,
     page::{BorrowedPage, PAGE_SIZE},
     prelude::*,
+    sync::{CondVar, Mutex, SpinLock},
     types::Opaque,
-    xarray::Guard,
+    xarray::{AllocKind, Guard, XArray},
 };
+
+/// The moves of an address space's pages by paths that hold neither its mm nor the address
+/// space (evictions).
+struct Moves {
+    /// Under way: the address space may not go before they end.
+    count: usize,
+    /// No move may start (an mremap is moving entries).
+    fenced: bool,
+}
 
 /// Address spaces alive (shown in debugfs).
 static ADDRESS_SPACES: AtomicUsize = AtomicUsize::new(0);
+
+/// Device faults that found an invalidation of their range since they started, and did the
+/// work again (shown in debugfs).
+static FAULT_RETRIES: AtomicUsize = AtomicUsize::new(0);
+
+/// The address space one MMU interval notifier covers: an aligned window of 64 MiB.  An
+/// invalidation outside a window concerns no device fault inside it (drm_gpusvm sizes its
+/// notifiers the same way, by `notifier_size`).
+pub(crate) const NOTIFIER_SHIFT: usize = 26;
+const NOTIFIER_SIZE: usize = 1 << NOTIFIER_SHIFT;
+
+/// The MMU interval notifier of one window of an address space.
+///
+/// # Invariants
+///
+/// `space` is the address space that holds this notifier in its `notifiers`, which drops it
+/// before it goes.  If `registered`, `mni` is registered with that address space's mm and is
+/// removed when this is dropped.
+#[pin_data(PinnedDrop)]
+pub(crate) struct Notifier {
+    #[pin]
+    mni: Opaque<bindings::mmu_interval_notifier>,
+    space: *const AddressSpace,
+    /// The window's first address.
+    start: usize,
+    registered: bool,
+}
+
+// SAFETY: `space` outlives the notifier (type invariant), and an address space is `Sync`;
+// `mni` is only written by core MM and under the logical page table lock.
+unsafe impl Send for Notifier {}
+// SAFETY: as above.
+unsafe impl Sync for Notifier {}
+
+#[pinned_drop]
+impl PinnedDrop for Notifier {
+    fn drop(self: Pin<&mut Self>) {
+        if self.registered {
+            // SAFETY: by the type invariant `mni` is registered.  Notifiers are dropped by their
+            // address space (or before they were published), never from a notifier callback.
+            unsafe { bindings::mmu_interval_notifier_remove(self.mni.get()) };
+        }
+    }
+}
+
+impl Notifier {
+    /// Starts a device-side update of the window: returns the notifier sequence to check with
+    /// [`AddressSpace::changed`] once the device mapping is in place.  May sleep while an
+    /// invalidation of the window is under way.
+    pub(crate) fn read_begin(&self) -> Seq<'_> {
+        // SAFETY: the notifier is registered, or was never used (then the sequence is 0).
+        let seq = unsafe { bindings::mmu_interval_read_begin(self.mni.get()) };
+        Seq {
+            notifier: self,
+            seq,
+        }
+    }
+}
+
+/// A notifier sequence from [`Notifier::read_begin`]: the start of a device-side update of
+/// one window.
+pub(crate) struct Seq<'a> {
+    notifier: &'a Notifier,
+    seq: c_ulong,
+}
 
 /// One process's GMEM state.
 ///
 /// # Invariants
 ///
-/// If `registered` is true, `notifier` is registered with the mm this address space belongs to
-/// and will be unregistered when it is dropped.
+/// A notifier in `notifiers` is never removed before the address space is dropped.
 #[pin_data(PinnedDrop)]
 pub(crate) struct AddressSpace {
     #[pin]
     pub(crate) lpt: LogicalPageTable,
     #[pin]
     pub(crate) devices: DeviceList,
+    /// The MMU interval notifiers, by window (address >> [`NOTIFIER_SHIFT`]).
     #[pin]
-    notifier: Opaque<bindings::mmu_interval_notifier>,
-    registered: AtomicBool,
+    notifiers: XArray<Pin<KBox<Notifier>>>,
+    /// Serialises the registration of notifiers.
+    #[pin]
+    notifiers_lock: Mutex<()>,
     /// The mm this address space belongs to (not a reference: the mm owns the address space).
     mm: *mut bindings::mm_struct,
     /// Created by fork: pages the logical page table does not know may be host pages that the
     /// parent touched.
     inherited: bool,
-    /// Moves under way that do not hold the mm (evictions); drop waits for them.
-    moving: AtomicUsize,
-    /// An mremap is moving entries: no eviction may claim one meanwhile (see `begin_move`).
-    remapping: AtomicBool,
+    /// Evictions of this address space's pages under way, and whether they may start.
+    #[pin]
+    moves: SpinLock<Moves>,
+    /// Signalled when the last eviction under way ends.
+    #[pin]
+    moves_done: CondVar,
 }
 
 // SAFETY: `mm` is only an identity and is dereferenced only by paths of that mm, which keep it
@@ -95,12 +178,12 @@ impl AddressSpace {
             pin_init!(Self {
                 lpt <- LogicalPageTable::new(),
                 devices <- DeviceList::new(),
-                notifier: Opaque::zeroed(),
-                registered: AtomicBool::new(false),
+                notifiers <- XArray::new(AllocKind::Alloc),
+                notifiers_lock <- new_mutex!((), "gmem_as::notifiers_lock"),
                 mm,
                 inherited,
-                moving: AtomicUsize::new(0),
-                remapping: AtomicBool::new(false),
+                moves <- new_spinlock!(Moves { count: 0, fenced: false }, "gmem_as::moves"),
+                moves_done <- new_condvar!("gmem_as::moves_done"),
             }),
             GFP_KERNEL_ACCOUNT,
         )?;
@@ -108,38 +191,107 @@ impl AddressSpace {
         Ok(this)
     }
 
-    /// Registers the notifier over the whole user address range of `mm`.
+    /// Lets `mm` have MMU interval notifiers (`mmu_notifier_register()` without a
+    /// subscription), so that [`AddressSpace::cover`] never needs the mmap lock for that.
     ///
     /// # Safety
     ///
-    /// `mm` is a live mm that this address space is being attached to.  If `locked`, the caller
-    /// holds `mm`'s mmap lock for writing; otherwise it holds no mmap lock of `mm`.
-    unsafe fn register(&self, mm: *mut bindings::mm_struct, locked: bool) -> Result {
-        // SAFETY: `notifier` is pinned inside `self` and stays there until it is unregistered in
-        // `drop`; `mm` is live; the ops are static; the caller holds the lock `locked` says.
-        // The range is all of it: [0, ULONG_MAX - 1].
-        let ret = unsafe {
+    /// `mm` is a live mm.  If `locked`, the caller holds its mmap lock for writing; otherwise
+    /// it holds no mmap lock of `mm`.
+    unsafe fn register(mm: *mut bindings::mm_struct, locked: bool) -> Result {
+        // SAFETY: `mm` is live and the caller holds the lock `locked` says.  A NULL
+        // subscription only sets up the interval tree.
+        to_result(unsafe {
             if locked {
-                bindings::mmu_interval_notifier_insert_locked(
-                    self.notifier.get(),
-                    mm,
-                    0,
-                    c_ulong::MAX,
-                    &NOTIFIER_OPS,
-                )
+                bindings::__mmu_notifier_register(core::ptr::null_mut(), mm)
             } else {
-                bindings::mmu_interval_notifier_insert(
-                    self.notifier.get(),
-                    mm,
-                    0,
-                    c_ulong::MAX,
-                    &NOTIFIER_OPS,
-                )
+                bindings::mmu_notifier_register(core::ptr::null_mut(), mm)
             }
-        };
-        to_result(ret)?;
-        // INVARIANT: the notifier was just registered.
-        self.registered.store(true, Ordering::Release);
+        })
+    }
+
+    /// The notifier of the window of address `va`, if it has one.
+    fn notifier(&self, va: usize) -> Option<&Notifier> {
+        let guard = self.notifiers.lock();
+        let ptr: *const Notifier = &*guard.get(va >> NOTIFIER_SHIFT)?;
+        drop(guard);
+        // SAFETY: by the type invariant the notifier stays until `self` is dropped.
+        Some(unsafe { &*ptr })
+    }
+
+    /// Registers the notifiers of the windows of `start..end` (addresses) that have none.
+    ///
+    /// # Safety
+    ///
+    /// The mm of `self` is live.  If `locked`, the caller holds its mmap lock for writing;
+    /// otherwise it holds no mmap lock of that mm.
+    pub(crate) unsafe fn cover(&self, start: usize, end: usize, locked: bool) -> Result {
+        let first = start >> NOTIFIER_SHIFT;
+        let last = end.saturating_sub(1) >> NOTIFIER_SHIFT;
+        for window in first..=last {
+            if self.notifier(window << NOTIFIER_SHIFT).is_none() {
+                // SAFETY: as required of our caller.
+                unsafe { self.cover_window(window, locked) }?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers the notifier of window `window`, unless someone else did.
+    ///
+    /// # Safety
+    ///
+    /// As for [`AddressSpace::cover`].
+    unsafe fn cover_window(&self, window: usize, locked: bool) -> Result {
+        let _serialised = self.notifiers_lock.lock();
+        let start = window << NOTIFIER_SHIFT;
+        if self.notifier(start).is_some() {
+            return Ok(());
+        }
+        let registered = !self.mm.is_null();
+        let notifier = KBox::pin_init(
+            pin_init!(Notifier {
+                mni: Opaque::zeroed(),
+                space: self,
+                start,
+                registered: false,
+            }),
+            GFP_KERNEL_ACCOUNT,
+        )?;
+        if registered {
+            // SAFETY: `mni` is pinned in the box, which `notifiers` keeps until `self` goes (it
+            // is removed from the mm when dropped); the mm is live and the caller holds the
+            // lock `locked` says; the ops are static.  (Without an mm, as in the KUnit tests,
+            // the notifier is never registered.)
+            to_result(unsafe {
+                if locked {
+                    bindings::mmu_interval_notifier_insert_locked(
+                        notifier.mni.get(),
+                        self.mm,
+                        start as c_ulong,
+                        NOTIFIER_SIZE as c_ulong,
+                        &NOTIFIER_OPS,
+                    )
+                } else {
+                    bindings::mmu_interval_notifier_insert(
+                        notifier.mni.get(),
+                        self.mm,
+                        start as c_ulong,
+                        NOTIFIER_SIZE as c_ulong,
+                        &NOTIFIER_OPS,
+                    )
+                }
+            })?;
+        }
+        // SAFETY: only `registered` changes; the box stays pinned.
+        let mut notifier = notifier;
+        // INVARIANT: the notifier was just registered if `registered` is set.
+        unsafe { Pin::get_unchecked_mut(notifier.as_mut()) }.registered = registered;
+        // A failure drops (and unregisters) the notifier.
+        self.notifiers
+            .lock()
+            .insert(window, notifier, GFP_KERNEL_ACCOUNT)
+            .map_err(|e| e.error)?;
         Ok(())
     }
 
@@ -189,54 +341,94 @@ impl AddressSpace {
     }
 
     /// Claims page `vpn` for a move by a path that holds neither the mm nor the address space
-    /// (eviction), if it is `expect` and not busy: the entry becomes busy and nowhere, and the
-    /// address space stays until [`AddressSpace::move_done`].
+    /// (eviction), if it is `expect` and not busy: the address space stays until
+    /// [`AddressSpace::move_done`].
     ///
     /// Refused while an mremap moves entries: it copies an entry without its claim, and the
     /// move, finding its entry gone at the old address when it ended, would free the data.
-    pub(crate) fn begin_move(&self, vpn: usize, expect: Residency) -> bool {
-        // With `remap_begin`: the flag and the count are each stored, then the other read,
-        // in one total order (SeqCst), so either mremap waits for this move or this move
-        // sees the flag and backs out.
-        if self.remapping.load(Ordering::SeqCst) {
-            return false;
+    pub(crate) fn begin_move(&self, vpn: usize, expect: Residency) -> Option<Claim> {
+        let mut moves = self.moves.lock();
+        if moves.fenced {
+            return None;
         }
-        if !self.lpt.claim_if(vpn, expect, |_| {
-            self.moving.fetch_add(1, Ordering::SeqCst);
-        }) {
-            return false;
-        }
-        if self.remapping.load(Ordering::SeqCst) {
-            // Nobody else could touch the entry while it was ours: put it back.
-            self.end_move(vpn, expect);
-            self.move_done();
-            return false;
-        }
-        true
+        let claim = self.lpt.claim_if(vpn, expect, |_| {})?;
+        moves.count += 1;
+        Some(claim)
     }
 
-    /// Starts an mremap's move of entries: waits for the moves under way; no new one starts
-    /// until [`AddressSpace::remap_end`].  The caller holds the mmap lock for writing, which
-    /// keeps every other mover (faults, migrations) out.
-    fn remap_begin(&self) {
-        self.remapping.store(true, Ordering::SeqCst);
-        self.wait_moves();
+    /// Starts an mremap's move of entries: waits for the evictions under way; no new one
+    /// starts until [`AddressSpace::unfence_moves`].  The caller holds the mmap lock for
+    /// writing, which keeps every other mover (faults, migrations) out.
+    fn fence_moves(&self) {
+        kernel::task::might_sleep();
+        let mut moves = self.moves.lock();
+        moves.fenced = true;
+        while moves.count != 0 {
+            self.moves_done.wait(&mut moves);
+        }
     }
 
-    /// Ends what [`AddressSpace::remap_begin`] started.
-    fn remap_end(&self) {
-        self.remapping.store(false, Ordering::Release);
+    /// Ends what [`AddressSpace::fence_moves`] started.
+    fn unfence_moves(&self) {
+        self.moves.lock().fenced = false;
     }
 
-    /// Records where a page claimed by [`AddressSpace::begin_move`] lives now.  `false` if its
-    /// entry was dropped meanwhile: then the caller still owns `now`.
-    pub(crate) fn end_move(&self, vpn: usize, now: Residency) -> bool {
-        self.lpt.end_claim(vpn, now)
+    /// Ends the claim of a move from [`AddressSpace::begin_move`], recording where the page
+    /// lives now.  `false` if its entry was dropped meanwhile: then the caller still owns
+    /// `now`.
+    pub(crate) fn end_move(&self, claim: Claim, now: Residency) -> bool {
+        self.lpt.end_claim(claim, now)
     }
 
     /// Ends a move from [`AddressSpace::begin_move`]; the caller does not use `self` again.
     pub(crate) fn move_done(&self) {
-        self.moving.fetch_sub(1, Ordering::AcqRel);
+        let mut moves = self.moves.lock();
+        moves.count -= 1;
+        if moves.count == 0 {
+            self.moves_done.notify_all();
+        }
+    }
+
+    /// Claims page `vpn` for a move whose source is the host page the caller pinned before it
+    /// claimed, if its entry still is what the caller `seen` (`None`: no entry) and that page
+    /// is still the one mapped.  `seq` is from [`Notifier::read_begin`], taken before the
+    /// pin; `still_mapped` looks at the CPU page table.
+    ///
+    /// The entry may have been `seen` as host-resident, then left (another device took the
+    /// page) and come back (a CPU fault brought it home into a new page, and the CPU wrote it)
+    /// while the caller held the old page: the claim alone would succeed, and the old page's
+    /// stale data would be copied over the new one.  Leaving the CPU page table takes an
+    /// invalidation, so the page table is only looked at when the sequence moved.
+    pub(crate) fn claim_since(
+        &self,
+        vpn: usize,
+        seen: Option<Residency>,
+        seq: &Seq<'_>,
+        still_mapped: impl FnOnce() -> bool,
+    ) -> Result<Option<Claim>> {
+        // The sequence is read in the claim's own critical section: a host page the fault saw
+        // needs no second trip through the lock.
+        let mut changed = true;
+        let claim = match seen {
+            Some(seen) => self
+                .lpt
+                .claim_if(vpn, seen, |lpt| changed = self.changed(lpt, seq)),
+            None => {
+                let claim = self.lpt.claim(vpn, None)?;
+                changed = claim.is_some() && self.changed(&self.lpt.lock(), seq);
+                claim
+            }
+        };
+        let Some(claim) = claim else {
+            return Ok(None);
+        };
+        if changed && !still_mapped() {
+            // Nobody else touched the entry while it was ours: put it back as it was.
+            self.lpt
+                .end_claim(claim, seen.unwrap_or(Residency::Nowhere));
+            return Ok(None);
+        }
+        Ok(Some(claim))
     }
 
     /// Whether the address space was created by fork (see the field).
@@ -244,20 +436,26 @@ impl AddressSpace {
         self.inherited
     }
 
-    /// Starts a device-side update of the address space: returns the notifier sequence to check
-    /// with [`AddressSpace::changed`] once the device mapping is in place.  May sleep while an
-    /// invalidation is under way.
-    pub(crate) fn read_begin(&self) -> c_ulong {
-        // SAFETY: the notifier is registered (or was never used: then the sequence is 0).
-        unsafe { bindings::mmu_interval_read_begin(self.notifier.get()) }
+    /// The notifier of the window of address `va`, for [`Notifier::read_begin`].  `EFAULT`
+    /// if the window has none (see [`AddressSpace::cover`]).
+    pub(crate) fn window(&self, va: usize) -> Result<&Notifier> {
+        self.notifier(va).ok_or(EFAULT)
     }
 
-    /// Whether an invalidation ran since [`AddressSpace::read_begin`] returned `seq`.  The
-    /// caller holds the logical page table lock, under which `invalidate` updates the sequence.
-    pub(crate) fn changed(&self, _lpt: &Guard<'_, MappingBox>, seq: c_ulong) -> bool {
+    /// Whether an invalidation of its window ran since [`Notifier::read_begin`] returned
+    /// `seq`.  The caller holds the logical page table lock, under which `invalidate` updates
+    /// the sequence.
+    pub(crate) fn changed(&self, _lpt: &Guard<'_, MappingBox>, seq: &Seq<'_>) -> bool {
         // SAFETY: the field is written under the logical page table lock, which the caller
         // holds.
-        unsafe { core::ptr::read_volatile(&raw const (*self.notifier.get()).invalidate_seq) != seq }
+        let now = unsafe {
+            core::ptr::read_volatile(&raw const (*seq.notifier.mni.get()).invalidate_seq)
+        };
+        let changed = now != seq.seq;
+        if changed {
+            FAULT_RETRIES.fetch_add(1, Ordering::Relaxed);
+        }
+        changed
     }
 
     /// Drops the entries in `start..end` (addresses) that `select` picks: device pages go back
@@ -299,8 +497,10 @@ impl AddressSpace {
 
     /// Waits until no eviction holds a claim on a page of this address space.
     pub(crate) fn wait_moves(&self) {
-        while self.moving.load(Ordering::SeqCst) != 0 {
-            kernel::time::delay::fsleep(kernel::time::Delta::from_micros(10));
+        kernel::task::might_sleep();
+        let mut moves = self.moves.lock();
+        while moves.count != 0 {
+            self.moves_done.wait(&mut moves);
         }
     }
 
@@ -318,11 +518,18 @@ impl AddressSpace {
 #[pinned_drop]
 impl PinnedDrop for AddressSpace {
     fn drop(self: Pin<&mut Self>) {
-        if self.registered.load(Ordering::Acquire) {
-            // SAFETY: by the type invariant the notifier is registered.  This is not called
-            // from a notifier callback: address spaces are dropped by `gm_as_exit` or before
-            // they were published.
-            unsafe { bindings::mmu_interval_notifier_remove(self.notifier.get()) };
+        // The notifiers go first (each is removed from the mm when dropped).  This is not
+        // called from a notifier callback: address spaces are dropped by `gm_as_exit` or
+        // before they were published.
+        loop {
+            let notifier = {
+                let mut guard = self.notifiers.lock();
+                let Some((window, _)) = guard.find(0, usize::MAX) else {
+                    break;
+                };
+                guard.remove(window)
+            };
+            drop(notifier);
         }
         // Exit already dropped everything through MMU_NOTIFY_RELEASE; this catches an address
         // space that never saw its mm's exit (a fork that failed half-way).
@@ -360,41 +567,49 @@ unsafe extern "C" fn invalidate(
     range: *const bindings::mmu_notifier_range,
     cur_seq: c_ulong,
 ) -> bool {
-    // SAFETY: `mni` is the `notifier` field of a live, pinned `AddressSpace` (the notifier is
-    // unregistered before the address space is freed).
-    let this = unsafe {
+    // SAFETY: `mni` is the `mni` field of a live, pinned `Notifier` (notifiers are removed
+    // from the mm before they are freed).
+    let notifier = unsafe {
         &*kernel::container_of!(
             mni.cast::<Opaque<bindings::mmu_interval_notifier>>(),
-            AddressSpace,
-            notifier
+            Notifier,
+            mni
         )
     };
+    // SAFETY: by the type invariant of `Notifier` its address space outlives it.
+    let this = unsafe { &*notifier.space };
     // SAFETY: core MM passes a valid range for the duration of the call.
     let range = unsafe { &*range };
     let blockable = range.flags & bindings::MMU_NOTIFIER_RANGE_BLOCKABLE != 0;
-    let (start, end) = (range.start, range.end);
-
-    let device_work = matches!(
-        range.event,
-        bindings::mmu_notifier_event_MMU_NOTIFY_UNMAP
-            | bindings::mmu_notifier_event_MMU_NOTIFY_RELEASE
-            | bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_VMA
-            | bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_PAGE
-    );
-    // Device work may sleep.  The OOM reaper cannot wait: it skips this mm when a device
-    // holds pages of the range, and the exit path that follows frees them.
-    if !blockable && device_work && this.has_device_pages(start, end) {
-        return false;
-    }
+    // Only this notifier's window: the notifiers of the other windows the range covers are
+    // called for theirs.
+    let start = range.start.max(notifier.start);
+    let end = range.end.min(notifier.start.saturating_add(NOTIFIER_SIZE));
     {
         let _lpt = this.lpt.lock();
         // SAFETY: `mni` is valid; this is `mmu_interval_set_seq()`, done under the lock that
-        // device faults take to check the sequence, so they see the change.
+        // device faults take to check the sequence, so they see the change: a device mapping
+        // recorded from here on is removed again by the fault that made it.
         unsafe { core::ptr::write_volatile(&raw mut (*mni).invalidate_seq, cur_seq) };
     }
     match range.event {
         bindings::mmu_notifier_event_MMU_NOTIFY_UNMAP
-        | bindings::mmu_notifier_event_MMU_NOTIFY_RELEASE => this.drop_range(start, end, |_| true),
+        | bindings::mmu_notifier_event_MMU_NOTIFY_RELEASE => {
+            if blockable {
+                this.drop_range(start, end, |_| true);
+                return true;
+            }
+            // Device work may sleep.  The OOM reaper cannot wait: everything but device pages
+            // goes now, in the same look at each entry that finds the device pages; if there
+            // are some, the reaper skips this mm and the exit that follows frees them.
+            let mut device_pages = false;
+            this.drop_range(start, end, |r| {
+                let device = matches!(r, Residency::Device(_));
+                device_pages |= device;
+                !device
+            });
+            !device_pages
+        }
         // A cleared PTE does not mean that the data goes: copy-on-write, migration, KSM and
         // reclaim clear PTEs of pages that live on, and a copy-on-write fault notifies before
         // it checks the PTE, so the page may have moved to a device meanwhile (the fault then
@@ -402,19 +617,26 @@ unsafe extern "C" fn invalidate(
         // pages.  The zaps that discard data drop device and parked pages themselves
         // (`gm_as_dontneed()`, hmadvise).
         bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_VMA
-        | bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_PAGE => this.lpt.for_each_device_page(
-            start / PAGE_SIZE,
-            end.div_ceil(PAGE_SIZE),
-            |vpn, page| {
-                if let Some(device) = this.devices.get(page.dev) {
-                    device.unmap(vpn * PAGE_SIZE, page);
-                }
-            },
-        ),
+        | bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_PAGE => {
+            if !blockable {
+                // Nothing is changed: a device page mapped after the sequence above is
+                // unmapped again by its fault.
+                return !this.has_device_pages(start, end);
+            }
+            this.lpt.for_each_device_page(
+                start / PAGE_SIZE,
+                end.div_ceil(PAGE_SIZE),
+                |vpn, page| {
+                    if let Some(device) = this.devices.get(page.dev) {
+                        device.unmap(vpn * PAGE_SIZE, page);
+                    }
+                },
+            );
+            true
+        }
         // Soft-dirty tracking, migration and exclusive access concern host pages only.
-        _ => {}
+        _ => true,
     }
-    true
 }
 
 /// Faults the page at `addr` into the CPU page table of `mm` as a read access would, which
@@ -444,6 +666,40 @@ pub(crate) unsafe fn cpu_fault_in(mm: *mut bindings::mm_struct, addr: usize) -> 
     Ok(())
 }
 
+/// Brings page `vpn` of `this`, the address space of `mm`, into the CPU page table: waits for
+/// a claim on it to end, then faults it in if it is on a device or parked.  `EIO` if the page
+/// cannot come home.
+///
+/// # Safety
+///
+/// The caller holds `mm`'s mmap lock and `mm` has a user.
+pub(crate) unsafe fn fault_home(
+    this: &AddressSpace,
+    mm: *mut bindings::mm_struct,
+    vpn: usize,
+) -> Result {
+    loop {
+        this.lpt.wait_unclaimed(vpn);
+        match this.lpt.residency(vpn) {
+            Some(Residency::Device(_) | Residency::Parked(_)) => {}
+            // Home, dropped, or claimed again: the claim's holder brings it home or away.
+            Some(Residency::Nowhere) if this.lpt.lock().get(vpn).is_some_and(|m| m.busy()) => {
+                continue
+            }
+            _ => return Ok(()),
+        }
+        // SAFETY: as required of our caller.
+        unsafe { cpu_fault_in(mm, vpn * PAGE_SIZE) }?;
+        if matches!(
+            this.lpt.residency(vpn),
+            Some(Residency::Device(_) | Residency::Parked(_))
+        ) {
+            // The fault did not install the page (no VMA, or it gave up).
+            return Err(EIO);
+        }
+    }
+}
+
 fn errno(e: Error) -> c_int {
     e.to_errno()
 }
@@ -463,8 +719,8 @@ pub unsafe extern "C" fn gm_as_prepare(mm: *mut bindings::mm_struct) -> c_int {
         Ok(this) => this,
         Err(e) => return errno(e),
     };
-    // SAFETY: `mm` is live and not attached to `this` yet; the caller holds no mmap lock.
-    if let Err(e) = unsafe { this.register(mm, false) } {
+    // SAFETY: `mm` is live; the caller holds no mmap lock.
+    if let Err(e) = unsafe { AddressSpace::register(mm, false) } {
         return errno(e);
     }
     // SAFETY: as above.
@@ -472,6 +728,22 @@ pub unsafe extern "C" fn gm_as_prepare(mm: *mut bindings::mm_struct) -> c_int {
     // SAFETY: plain C call; the hooks of core MM start working from here on.
     unsafe { bindings::gm_enable() };
     0
+}
+
+/// Lets the address space of `mm` follow `len` bytes at `addr`, a range that mmap() just
+/// mapped peer-shared: registers the MMU interval notifiers of its windows.  A failure is not
+/// fatal: a device fault registers what it needs itself.
+///
+/// # Safety
+///
+/// `mm` is the current process's mm; the caller holds none of its locks.
+#[export]
+pub unsafe extern "C" fn gm_as_cover(mm: *mut bindings::mm_struct, addr: c_ulong, len: c_ulong) {
+    // SAFETY: `mm` is current's mm, alive for the whole call.
+    if let Some(this) = unsafe { AddressSpace::of(mm) } {
+        // SAFETY: as above; no mmap lock is held.
+        let _ = unsafe { this.cover(addr, addr.saturating_add(len), false) };
+    }
 }
 
 /// Prepares fork: brings the parent's device pages home and gives the child an address space.
@@ -492,8 +764,12 @@ pub unsafe extern "C" fn gm_as_fork(
     let Some(parent) = (unsafe { AddressSpace::of(oldmm) }) else {
         return 0;
     };
-    // A device-resident page has no PTE for fork to copy: fault it home first, like a CPU
-    // access would.  Faults under the write lock without FAULT_FLAG_ALLOW_RETRY never drop it.
+    // A device-resident or parked page has no PTE for fork to copy: fault it home first,
+    // like a CPU access would.  Faults under the write lock without FAULT_FLAG_ALLOW_RETRY
+    // never drop it.  A claimed entry may be an eviction under way, or a CPU fault under a
+    // VMA lock (fork write-locks the VMAs only later): its page is looked at again once the
+    // claim ended.  No device fault runs (they take the mmap lock), and evictions take device
+    // pages only, so none is left once the walk is done.
     let mut result = Ok(());
     parent
         .lpt
@@ -502,7 +778,7 @@ pub unsafe extern "C" fn gm_as_fork(
                 return;
             }
             // SAFETY: the caller holds `oldmm`'s mmap lock for writing.
-            result = unsafe { cpu_fault_in(oldmm, vpn * PAGE_SIZE) };
+            result = unsafe { fault_home(parent, oldmm, vpn) };
         });
     if let Err(e) = result {
         return errno(e);
@@ -512,7 +788,27 @@ pub unsafe extern "C" fn gm_as_fork(
         Err(e) => return errno(e),
     };
     // SAFETY: `mm` is the new, write-locked child mm, with no VMA yet.
-    if let Err(e) = unsafe { child.register(mm, true) } {
+    if let Err(e) = unsafe { AddressSpace::register(mm, true) } {
+        return errno(e);
+    }
+    // The child follows the windows the parent follows.
+    let mut covered = Ok(());
+    let mut window = 0;
+    while covered.is_ok() {
+        let next = {
+            let guard = parent.notifiers.lock();
+            guard
+                .find(window, usize::MAX >> NOTIFIER_SHIFT)
+                .map(|(w, _)| w)
+        };
+        let Some(found) = next else {
+            break;
+        };
+        // SAFETY: the caller holds the child's mmap lock for writing.
+        covered = unsafe { child.cover_window(found, true) };
+        window = found + 1;
+    }
+    if let Err(e) = covered {
         return errno(e);
     }
     // SAFETY: `mm` is live and locked; nothing else can publish an address space for it.
@@ -538,6 +834,7 @@ pub unsafe extern "C" fn gm_as_exit(mm: *mut bindings::mm_struct) {
 
 /// Moves the logical mappings of `len` bytes at `old` to `new` (mremap), before core MM moves
 /// the page tables.  Device pages stay where they are and are unmapped at their old address.
+/// With `undo` (moving them back when mremap failed), the move cannot fail.
 ///
 /// # Safety
 ///
@@ -549,16 +846,23 @@ pub unsafe extern "C" fn gm_as_mremap(
     old: c_ulong,
     new: c_ulong,
     len: c_ulong,
+    undo: bool,
 ) -> c_int {
     // SAFETY: `mm` is current's mm, locked by the caller.
     let Some(this) = (unsafe { AddressSpace::of(mm) }) else {
         return 0;
     };
-    this.remap_begin();
+    // The entries' new windows are followed before the entries move there.
+    // SAFETY: the caller holds the mmap lock for writing.
+    if let Err(e) = unsafe { this.cover(new, new.saturating_add(len), true) } {
+        return errno(e);
+    }
+    this.fence_moves();
     let moved = this.lpt.move_range(
         old / PAGE_SIZE,
         new / PAGE_SIZE,
         len / PAGE_SIZE,
+        undo,
         |vpn, page| {
             if let Some(device) = this.devices.get(page.dev) {
                 device.unmap(vpn * PAGE_SIZE, page);
@@ -567,7 +871,7 @@ pub unsafe extern "C" fn gm_as_mremap(
             }
         },
     );
-    this.remap_end();
+    this.unfence_moves();
     match moved {
         Ok(()) => 0,
         Err(e) => errno(e),
@@ -593,53 +897,76 @@ pub unsafe extern "C" fn gm_as_dontneed(
     }
 }
 
-/// Claims the page at `addr` for a CPU fault that will install `page` (see [`crate::fault`]).
+/// Claims the page at `addr` for a CPU fault that will install `page` (see [`crate::fault`]),
+/// and puts the page's data into `page`.  Sleeps while someone else moves the page.  On
+/// success, `*token` is what [`gm_cpu_fault_end`] takes to end the claim.
 ///
 /// # Safety
 ///
 /// Called by `do_anonymous_page()` on a peer-shared VMA of `mm`, with the mmap or VMA lock
-/// held and no spinlock; `page` is the new, exclusively owned page.
+/// held and no spinlock; `page` is the new, exclusively owned page; `token` is valid for a
+/// write.
 #[export]
 pub unsafe extern "C" fn gm_cpu_fault_begin(
     mm: *mut bindings::mm_struct,
     addr: c_ulong,
     page: *mut bindings::page,
+    token: *mut c_ulong,
 ) -> bindings::vm_fault_t {
     // SAFETY: `mm` is the faulting mm, alive during the fault.
     let Some(this) = (unsafe { AddressSpace::of(mm) }) else {
-        return 0;
+        return bindings::vm_fault_reason_VM_FAULT_SIGBUS;
     };
-    let Some(page) = NonNull::new(page) else {
+    let (Some(page), false) = (NonNull::new(page), token.is_null()) else {
         return bindings::vm_fault_reason_VM_FAULT_SIGBUS;
     };
     // SAFETY: the caller owns `page` for the duration of the call.
     let page = unsafe { BorrowedPage::from_raw(page) };
     let va = addr & !(PAGE_SIZE - 1);
     match cpu_fault_begin(&this.lpt, &this.devices, va / PAGE_SIZE, va, &page) {
-        Ok(Begin::Proceed) => 0,
-        // The access is retried once the page's owner is done with it.
-        Ok(Begin::Busy) => bindings::vm_fault_reason_VM_FAULT_NOPAGE,
+        Ok((claim, fill)) => {
+            let token_value = ((claim.into_token() as c_ulong) << 2) | fill.to_bits() as c_ulong;
+            // SAFETY: `token` is valid for a write, by the safety requirements.
+            unsafe { token.write(token_value) };
+            0
+        }
         Err(e) if e == ENOMEM => bindings::vm_fault_reason_VM_FAULT_OOM,
         Err(_) => bindings::vm_fault_reason_VM_FAULT_SIGBUS,
     }
 }
 
-/// Ends the CPU fault at `addr` that [`gm_cpu_fault_begin`] claimed.
+/// Ends the CPU fault at `addr` that [`gm_cpu_fault_begin`] claimed (`token`), which installs
+/// `page` if `install`.  Returns whether the page may be installed: `false` if its entry was
+/// dropped since the claim (the data copied is stale), and always when not `install` (the
+/// data `page` holds is kept in the entry).
 ///
 /// # Safety
 ///
-/// Called by `do_anonymous_page()` after a successful [`gm_cpu_fault_begin`] for the same page,
-/// with the page table lock held if `installed`.
+/// Called by `do_anonymous_page()` once for each successful [`gm_cpu_fault_begin`], with the
+/// same `mm`, `addr`, `page` and `token`; under the page table lock if `install`.
 #[export]
 pub unsafe extern "C" fn gm_cpu_fault_end(
     mm: *mut bindings::mm_struct,
     addr: c_ulong,
-    installed: bool,
-) {
+    page: *mut bindings::page,
+    token: c_ulong,
+    install: bool,
+) -> bool {
     // SAFETY: `mm` is the faulting mm, alive during the fault.
-    if let Some(this) = unsafe { AddressSpace::of(mm) } {
-        cpu_fault_end(&this.lpt, addr / PAGE_SIZE, installed);
-    }
+    let (Some(this), Some(page)) = (unsafe { AddressSpace::of(mm) }, NonNull::new(page)) else {
+        return false;
+    };
+    // SAFETY: the caller holds `page` for the duration of the call.
+    let page = unsafe { BorrowedPage::from_raw(page) };
+    // The token is the claim's generation and what `page` holds.
+    let claim = Claim::from_token(addr as usize / PAGE_SIZE, (token >> 2) as u32);
+    cpu_fault_end(
+        &this.lpt,
+        claim,
+        &page,
+        Fill::from_bits(token as u32),
+        install,
+    )
 }
 
 /// A counter shown as a debugfs file.
@@ -651,8 +978,9 @@ impl fmt::Debug for Counter {
     }
 }
 
-/// Creates `/sys/kernel/debug/gmem/`: `tracked_pages` (entries in every logical page table)
-/// and `address_spaces`.  They live as long as the kernel.
+/// Creates `/sys/kernel/debug/gmem/`: `tracked_pages` (entries in every logical page table),
+/// `address_spaces` and `fault_retries` (device faults that met an invalidation of their window
+/// and did the work again).  They live as long as the kernel.
 pub(crate) fn debugfs_init() -> Result {
     let dir = Dir::new(c_str!("gmem"));
     let tracked = KBox::pin_init(
@@ -663,6 +991,11 @@ pub(crate) fn debugfs_init() -> Result {
         dir.read_only_file(c_str!("address_spaces"), Counter(&ADDRESS_SPACES)),
         GFP_KERNEL,
     )?;
+    let retries = KBox::pin_init(
+        dir.read_only_file(c_str!("fault_retries"), Counter(&FAULT_RETRIES)),
+        GFP_KERNEL,
+    )?;
+    core::mem::forget(retries);
     core::mem::forget(tracked);
     core::mem::forget(spaces);
     core::mem::forget(dir);
@@ -683,6 +1016,9 @@ mod tests {
     /// pages 10..14: host, device (pfn 11), device (pfn 12), host.
     fn setup() -> Result<(Pin<KBox<AddressSpace>>, Arc<FakeDevice>)> {
         let this = AddressSpace::new(core::ptr::null_mut(), false)?;
+        // Without an mm, the notifier of the first window is made but not registered.
+        // SAFETY: there is no mm, and no lock to hold.
+        unsafe { this.cover(0, PAGE_SIZE, false) }?;
         let fake = FakeDevice::new(4, u64::MAX)?;
         this.devices.attach(fake.clone())?;
         assert_eq!(this.devices.attach(fake.clone()), Err(EEXIST));
@@ -717,7 +1053,10 @@ mod tests {
         };
         // SAFETY: `notifier` is the field of a live address space; the callback only writes its
         // sequence number.
-        unsafe { invalidate(this.notifier.get(), &range, 7) }
+        let notifier = this
+            .window(range.start)
+            .expect("the tests' pages are in window 0");
+        unsafe { invalidate(notifier.mni.get(), &range, 7) }
     }
 
     #[test]
@@ -777,7 +1116,6 @@ mod tests {
     #[test]
     fn claim_after_an_invalidation_is_refused() -> Result {
         let (this, _fake) = setup()?;
-        use crate::fault::{claim_since, unclaim};
         let host = Some(Residency::Host);
         // The notifier callback stores the sequence it is given (7).
         assert!(notify(
@@ -788,19 +1126,23 @@ mod tests {
             true
         ));
         // Nothing ran since 7: the page table is not even looked at.
-        assert_eq!(claim_since(&this, 10, host, 7, || false), Ok(true));
-        unclaim(&this, 10, Residency::Host);
+        let seq = || Seq {
+            notifier: this.window(0).expect("covered"),
+            seq: 7,
+        };
+        let claim = this.claim_since(10, host, &seq(), || false)?;
+        assert!(claim.is_some_and(|c| this.lpt.end_claim(c, Residency::Host)));
         // An invalidation ran since the pin (anywhere in the process)...
         // SAFETY: the notifier is a field of `this`, which no notifier callback uses now.
-        unsafe { (*this.notifier.get()).invalidate_seq = 9 };
+        unsafe { (*this.window(0)?.mni.get()).invalidate_seq = 9 };
         // ... it counts only if the pinned page is no longer the one mapped.
-        assert_eq!(claim_since(&this, 10, host, 7, || true), Ok(true));
-        unclaim(&this, 10, Residency::Host);
-        assert_eq!(claim_since(&this, 10, host, 7, || false), Ok(false));
+        let claim = this.claim_since(10, host, &seq(), || true)?;
+        assert!(claim.is_some_and(|c| this.lpt.end_claim(c, Residency::Host)));
+        assert!(this.claim_since(10, host, &seq(), || false)?.is_none());
         // Refused, the entry is as it was, not busy.
         assert_eq!(this.lpt.residency(10), Some(Residency::Host));
-        assert!(this.begin_move(10, Residency::Host));
-        assert!(this.end_move(10, Residency::Host));
+        let claim = this.begin_move(10, Residency::Host);
+        assert!(claim.is_some_and(|c| this.end_move(c, Residency::Host)));
         this.move_done();
         Ok(())
     }
@@ -809,13 +1151,13 @@ mod tests {
     fn no_eviction_claims_during_mremap() -> Result {
         let (this, _fake) = setup()?;
         let page = DevicePage { dev: 4, pfn: 11 };
-        this.remap_begin();
-        assert!(!this.begin_move(11, Residency::Device(page)));
+        this.fence_moves();
+        assert!(this.begin_move(11, Residency::Device(page)).is_none());
         // Refused, the entry is as it was.
         assert_eq!(this.lpt.residency(11), Some(Residency::Device(page)));
-        this.remap_end();
-        assert!(this.begin_move(11, Residency::Device(page)));
-        assert!(this.end_move(11, Residency::Device(page)));
+        this.unfence_moves();
+        let claim = this.begin_move(11, Residency::Device(page));
+        assert!(claim.is_some_and(|c| this.end_move(c, Residency::Device(page))));
         this.move_done();
         Ok(())
     }
@@ -825,11 +1167,11 @@ mod tests {
         let (this, fake) = setup()?;
         let page = DevicePage { dev: 4, pfn: 12 };
         // An eviction claims page 12; MADV_DONTNEED comes while it copies.
-        assert!(this.begin_move(12, Residency::Device(page)));
+        let claim = this.begin_move(12, Residency::Device(page)).ok_or(EBUSY)?;
         this.dontneed(12 * PAGE_SIZE, 13 * PAGE_SIZE);
         assert_eq!(this.lpt.residency(12), None);
         // Its end finds the entry gone: the data it copied is nobody's.
-        assert!(!this.end_move(12, Residency::Device(page)));
+        assert!(!this.end_move(claim, Residency::Device(page)));
         this.move_done();
         assert_eq!(this.lpt.residency(12), None);
         // Nothing was freed by the drop: the page was the eviction's.
@@ -838,6 +1180,27 @@ mod tests {
             this.lpt.residency(11),
             Some(Residency::Device(DevicePage { dev: 4, pfn: 11 }))
         );
+        Ok(())
+    }
+
+    /// The interleaving of the ownership issue: a device fault holds page 12's claim;
+    /// MADV_DONTNEED drops the entry; a CPU fault makes a fresh one and maps a new page.  The
+    /// device fault's end must not write its device page over the CPU's.
+    #[test]
+    fn a_claim_does_not_outlive_its_entry() -> Result {
+        let (this, _fake) = setup()?;
+        let old = DevicePage { dev: 4, pfn: 12 };
+        let device_fault = this
+            .lpt
+            .claim(12, Some(Residency::Device(old)))?
+            .ok_or(EBUSY)?;
+        this.dontneed(12 * PAGE_SIZE, 13 * PAGE_SIZE);
+        let (cpu_fault, was) = this.lpt.claim_any(12)?.ok_or(EBUSY)?;
+        assert_eq!(was, Residency::Nowhere);
+        assert!(!this.lpt.end_claim(device_fault, Residency::Device(old)));
+        // The CPU fault still holds its claim and ends it.
+        assert!(this.lpt.end_claim(cpu_fault, Residency::Host));
+        assert_eq!(this.lpt.residency(12), Some(Residency::Host));
         Ok(())
     }
 
@@ -883,6 +1246,8 @@ mod tests {
         Ok(())
     }
 
+    /// The non-blockable unmap (the OOM reaper) drops what needs no device work in the same
+    /// look that finds the device pages, and refuses if it found some.
     #[test]
     fn non_blockable_refuses_device_work() -> Result {
         let (this, fake) = setup()?;
@@ -893,7 +1258,21 @@ mod tests {
             14,
             false
         ));
-        assert_eq!(this.lpt.len(), 4);
+        assert_eq!(fake.take_ops().len(), 0);
+        assert_eq!(this.lpt.len(), 2);
+        assert_eq!(this.lpt.residency(10), None);
+        assert_eq!(
+            this.lpt.residency(11),
+            Some(Residency::Device(DevicePage { dev: 4, pfn: 11 }))
+        );
+        // Nor does a protection change unmap anything without blocking.
+        assert!(!notify(
+            &this,
+            bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_VMA,
+            10,
+            14,
+            false
+        ));
         assert_eq!(fake.take_ops().len(), 0);
         // A range without device pages is fine.
         assert!(notify(
@@ -903,7 +1282,7 @@ mod tests {
             14,
             false
         ));
-        assert_eq!(this.lpt.len(), 3);
+        assert_eq!(this.lpt.len(), 2);
         Ok(())
     }
 

@@ -195,6 +195,9 @@ impl Context {
                 }
             }
         }
+        // An eviction under way ends (parking its page, or giving it back) before the device's
+        // pages are taken: without a user of the mm too.
+        this.wait_moves();
         // What could not come home (no memory, or no VMA) is lost with the device.
         let id = self.dev.id;
         this.lpt.erase_range(

@@ -18,7 +18,7 @@
 //! can only live on a device that is attached.
 
 use crate::{
-    devmem::DeviceMemory,
+    devmem::{DeviceMemory, Refused},
     lpt::{DeviceId, DevicePage},
 };
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
@@ -120,7 +120,7 @@ impl WorkItem for Device {
         };
         while memory.free_pages() < reserve(memory.limit()).1 {
             // Nothing left to evict (all busy or held): the allocating path waits instead.
-            if crate::evict::evict(&this, crate::evict::EVICT_BATCH).is_err() {
+            if crate::evict::evict(&this, crate::evict::EVICT_BATCH, None).is_err() {
                 break;
             }
         }
@@ -162,12 +162,17 @@ impl Device {
             None => {
                 let memory = self.memory().ok_or(ENOMEM)?;
                 loop {
-                    match memory.alloc() {
-                        Err(e) if e == ENOMEM => {
-                            // Full: make room, a reserve for the faults that follow too.
-                            crate::evict::evict(self, crate::evict::EVICT_BATCH)?;
+                    match memory.alloc_charged() {
+                        Ok(pfn) => break pfn,
+                        // Full: make room, a reserve for the faults that follow too.
+                        Err(Refused::Full) => {
+                            crate::evict::evict(self, crate::evict::EVICT_BATCH, None)?;
                         }
-                        r => break r?,
+                        // The task's dmem cgroup is at its limit: make room in it.
+                        Err(Refused::Limit(pool)) => {
+                            crate::evict::evict(self, crate::evict::EVICT_BATCH, Some(&pool))?;
+                        }
+                        Err(Refused::Error(e)) => return Err(e),
                     }
                 }
             }
@@ -354,10 +359,13 @@ pub unsafe extern "C" fn gm_dev_register_physmem(
 ) -> c_int {
     // SAFETY: `dev` is live by the safety requirements.
     let dev = unsafe { device_ref(dev) };
-    let memory = match DeviceMemory::new(base, size, dev.mmu().pmap_clear_young.is_some()) {
+    let mut memory = match DeviceMemory::new(base, size, dev.mmu().pmap_clear_young.is_some()) {
         Ok(memory) => memory,
         Err(e) => return e.to_errno(),
     };
+    if let Err(e) = memory.as_mut().register_cgroup(&dev.name) {
+        return e.to_errno();
+    }
     if !dev.memory.populate(memory) {
         return EBUSY.to_errno();
     }

@@ -10,13 +10,27 @@
 //! bit under a spinlock; chunks that became empty go back to the buddy allocator from the
 //! allocation path, which may sleep.
 //!
-//! Each page also has a 16-byte [`Owner`]: the address space and page that hold it (the
-//! reverse map eviction needs) and a referenced bit for the clock that picks what to evict.
-//! Nothing like a `struct page` exists for device memory.
+//! Each page also has a 24-byte [`Owner`]: the address space and page that hold it (the
+//! reverse map eviction needs), a referenced bit for the clock that picks what to evict, and
+//! the dmem cgroup pool it is charged to.  Nothing like a `struct page` exists for device
+//! memory.
+//!
+//! # Accounting
+//!
+//! A device's memory is a region of the dmem cgroup controller (`dmem.capacity` lists it as
+//! `gmem/<device>`), as TTM registers VRAM: every page allocated is charged to the dmem cgroup
+//! of the task that allocates it (the process whose fault or prefetch needs it) and uncharged
+//! when it is freed, so a cgroup's `dmem.max` holds for device memory.  An allocation over the
+//! limit evicts pages of that cgroup first ([`LimitPool`]).
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::{
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
 use kernel::{
     alloc::{KVVec, KVec},
+    bindings,
+    error::to_result,
     gpu::buddy::{
         AllocatedBlocks, GpuBuddy, GpuBuddyAllocFlags, GpuBuddyAllocMode, GpuBuddyParams,
     },
@@ -24,6 +38,7 @@ use kernel::{
     page::PAGE_SIZE,
     prelude::*,
     ptr::Alignment,
+    str::CStr,
     sync::SpinLock,
 };
 
@@ -93,6 +108,8 @@ pub(crate) struct DeviceMemory {
     tracks_use: bool,
     #[pin]
     chunks: SpinLock<Chunks>,
+    /// The dmem cgroup region, once registered.
+    region: Option<DmemRegion>,
 }
 
 struct Chunks {
@@ -117,6 +134,77 @@ struct Owner {
     space: usize,
     /// The virtual page number, and `REFERENCED` / `EVICTING`.
     flags: u64,
+    /// The dmem cgroup pool the page is charged to (a reference), 0 if none.
+    pool: usize,
+}
+
+/// The memory of a device as a region of the dmem cgroup controller.
+///
+/// # Invariants
+///
+/// `0` is a registered region, unregistered when this is dropped.
+struct DmemRegion(NonNull<bindings::dmem_cgroup_region>);
+
+// SAFETY: the dmem controller's functions may be called on a region from any thread.
+unsafe impl Send for DmemRegion {}
+// SAFETY: as above.
+unsafe impl Sync for DmemRegion {}
+
+impl Drop for DmemRegion {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant the region is registered.
+        unsafe { bindings::dmem_cgroup_unregister_region(self.0.as_ptr()) };
+    }
+}
+
+/// The pool of the dmem cgroup whose limit an allocation hit: evicting pages charged to it (or
+/// to its descendants) makes room.
+///
+/// # Invariants
+///
+/// `0` is a pool reference of ours, put when this is dropped.
+pub(crate) struct LimitPool(NonNull<bindings::dmem_cgroup_pool_state>);
+
+// SAFETY: a pool reference may be used and put from any thread.
+unsafe impl Send for LimitPool {}
+
+impl LimitPool {
+    /// Whether evicting a page charged to `pool` (from a [`Victim`]) makes room under this
+    /// limit.
+    pub(crate) fn evicting_helps(&self, pool: usize) -> bool {
+        if pool == 0 {
+            return false;
+        }
+        let mut hit_low = false;
+        // SAFETY: both pools are live: ours by the type invariant, the victim's because its
+        // page holds a reference until it is freed (under the device memory's lock, which the
+        // caller of `pick_victim` holds).
+        unsafe {
+            bindings::dmem_cgroup_state_evict_valuable(
+                self.0.as_ptr(),
+                pool as *mut bindings::dmem_cgroup_pool_state,
+                true,
+                &mut hit_low,
+            )
+        }
+    }
+}
+
+impl Drop for LimitPool {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant the reference is ours.
+        unsafe { bindings::dmem_cgroup_pool_state_put(self.0.as_ptr()) };
+    }
+}
+
+/// Why [`DeviceMemory::alloc_charged`] gave no page.
+pub(crate) enum Refused {
+    /// The memory is full (or at its sysfs limit): evict any page.
+    Full,
+    /// The allocating task's dmem cgroup is at its limit: evict pages charged to this pool.
+    Limit(LimitPool),
+    /// Anything else.
+    Error(Error),
 }
 
 /// A page the eviction clock picked: its owner and where the owner maps it.
@@ -124,6 +212,8 @@ pub(crate) struct Victim {
     pub(crate) space: usize,
     pub(crate) vpn: usize,
     pub(crate) pfn: u64,
+    /// The dmem cgroup pool the page is charged to (see [`LimitPool::evicting_helps`]).
+    pub(crate) pool: usize,
 }
 
 impl DeviceMemory {
@@ -171,13 +261,83 @@ impl DeviceMemory {
                     Chunks { slots, used: 0, owners, hand: 0 },
                     "gmem_device_memory"
                 ),
+                region: None,
             }),
             GFP_KERNEL,
         )
     }
 
-    /// Allocates a device page; `ENOMEM` when the memory is full.
+    /// Registers the memory as the dmem cgroup region `gmem/<name>`: from now on every page is
+    /// charged to the dmem cgroup of the task that allocates it.
+    pub(crate) fn register_cgroup(self: Pin<&mut Self>, name: &CStr) -> Result {
+        // SAFETY: the format takes one string, `name`, valid for the call.
+        let region = kernel::error::from_err_ptr(unsafe {
+            bindings::dmem_cgroup_register_region(
+                self.pages * PAGE_SIZE as u64,
+                c"gmem/%s".as_ptr().cast(),
+                name.as_char_ptr(),
+            )
+        })?;
+        // NULL: the controller is compiled out, and there is nothing to charge.
+        let Some(region) = NonNull::new(region) else {
+            return Ok(());
+        };
+        // SAFETY: `region` is not structurally pinned.
+        // INVARIANT: the region was just registered.
+        unsafe { self.get_unchecked_mut() }.region = Some(DmemRegion(region));
+        Ok(())
+    }
+
+    /// Allocates a device page; `ENOMEM` when the memory is full, `EAGAIN` when the
+    /// allocating task's dmem cgroup is at its limit.
     pub(crate) fn alloc(&self) -> Result<u64> {
+        self.alloc_charged().map_err(|r| match r {
+            Refused::Full => ENOMEM,
+            Refused::Limit(_) => EAGAIN,
+            Refused::Error(e) => e,
+        })
+    }
+
+    /// Allocates a device page and charges it to the allocating task's dmem cgroup.
+    pub(crate) fn alloc_charged(&self) -> Result<u64, Refused> {
+        let pfn = self.alloc_uncharged().map_err(|e| {
+            if e == ENOMEM {
+                Refused::Full
+            } else {
+                Refused::Error(e)
+            }
+        })?;
+        let Some(region) = &self.region else {
+            return Ok(pfn);
+        };
+        let mut pool = core::ptr::null_mut();
+        let mut limit = core::ptr::null_mut();
+        // SAFETY: the region is registered (type invariant of `DmemRegion`); both pointers are
+        // valid for writes.
+        let charged = to_result(unsafe {
+            bindings::dmem_cgroup_try_charge(
+                region.0.as_ptr(),
+                PAGE_SIZE as u64,
+                &mut pool,
+                &mut limit,
+            )
+        });
+        if let Err(e) = charged {
+            self.free(pfn);
+            return Err(match NonNull::new(limit) {
+                // INVARIANT: `dmem_cgroup_try_charge()` gave us a reference to the pool.
+                Some(limit) => Refused::Limit(LimitPool(limit)),
+                None => Refused::Error(e),
+            });
+        }
+        if let Some(i) = self.index(pfn) {
+            self.chunks.lock().owners[i].pool = pool as usize;
+        }
+        Ok(pfn)
+    }
+
+    /// Allocates a device page, charged to nobody; `ENOMEM` when the memory is full.
+    fn alloc_uncharged(&self) -> Result<u64> {
         loop {
             let mut empty = KVec::new();
             {
@@ -288,7 +448,18 @@ impl DeviceMemory {
         // INVARIANT: one set bit was cleared.
         chunk.free += 1;
         chunks.used -= 1;
-        chunks.owners[index] = Owner::default();
+        let pool = core::mem::take(&mut chunks.owners[index]).pool;
+        drop(chunks);
+        if pool != 0 {
+            // SAFETY: the page held a charge of one page to `pool`, with its reference, which
+            // this gives back.  Uncharging never sleeps.
+            unsafe {
+                bindings::dmem_cgroup_uncharge(
+                    pool as *mut bindings::dmem_cgroup_pool_state,
+                    PAGE_SIZE as u64,
+                )
+            };
+        }
     }
 
     /// The page index of `pfn`, if it is one of ours.
@@ -308,10 +479,9 @@ impl DeviceMemory {
     pub(crate) fn set_owner(&self, pfn: u64, space: usize, vpn: usize) {
         let referenced = if self.tracks_use { 0 } else { REFERENCED };
         if let Some(i) = self.index(pfn) {
-            self.chunks.lock().owners[i] = Owner {
-                space,
-                flags: (vpn as u64 & VPN_MASK) | referenced,
-            };
+            let owner = &mut self.chunks.lock().owners[i];
+            owner.space = space;
+            owner.flags = (vpn as u64 & VPN_MASK) | referenced;
         }
     }
 
@@ -345,6 +515,7 @@ impl DeviceMemory {
                 space: owner.space,
                 vpn: (owner.flags & VPN_MASK) as usize,
                 pfn: self.base_pfn + i as u64,
+                pool: owner.pool,
             };
             if claim(&victim) {
                 owner.flags |= EVICTING;

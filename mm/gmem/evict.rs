@@ -9,9 +9,10 @@
 //! The victim is chosen by the clock of [`crate::devmem::DeviceMemory::pick_victim`]: a page
 //! mapped since the hand last passed gets a second chance; a page whose entry is busy (a fault
 //! or another move is using it) or that a running job holds (`gm_context_hold()`) is never
-//! taken.  Eviction copies the page into a host page and
-//! *parks* it in the logical page table ([`Residency::Parked`]): no mm lock is needed, so any
-//! path may evict pages of any process.  The next access from the CPU or a device moves the
+//! taken.  Eviction copies the page into a host page, charged to the memory cgroup of the
+//! process the page belongs to, and *parks* it in the logical page table
+//! ([`Residency::Parked`]): no mm lock is needed, so any path may evict pages of any process.
+//! A page whose owner's cgroup is at its limit stays on the device.  The next access from the CPU or a device moves the
 //! parked page where it is needed.
 //!
 //! Lock order: the device memory's spinlock, then the owner's device list lock, then the
@@ -21,8 +22,8 @@
 use crate::{
     address_space::AddressSpace,
     device::{Device, DeviceOps, Stats},
-    devmem::{DeviceMemory, Victim},
-    lpt::{DevicePage, ParkedPage, Residency},
+    devmem::{DeviceMemory, LimitPool, Victim},
+    lpt::{Claim, DevicePage, ParkedPage, Residency},
 };
 use kernel::{
     alloc::KVec,
@@ -38,16 +39,19 @@ pub(crate) const EVICT_BATCH: usize = 16;
 struct Claimed {
     victim: Victim,
     ctx: Arc<dyn DeviceOps>,
+    claim: Claim,
     host: Page,
 }
 
 /// Evicts up to `count` cold pages of `dev` to host memory, as one batch: the pages are
 /// claimed, their device mappings removed with one TLB invalidation per context, then copied
-/// out.  Returns how many went; `ENOMEM` if none could.
-pub(crate) fn evict(dev: &Device, count: usize) -> Result<usize> {
+/// out.  With `limit`, only pages whose eviction makes room under that dmem cgroup limit are
+/// taken.  Returns how many went; `ENOMEM` if none could.
+pub(crate) fn evict(dev: &Device, count: usize, limit: Option<&LimitPool>) -> Result<usize> {
     let memory = dev.memory().ok_or(ENOMEM)?;
-    // The host pages come first, before any page is claimed: allocating may reclaim, and
-    // reclaim must not find this thread holding a claimed page it waits for.
+    // Everything is allocated before the first claim, so that every claim is ended.
+    let mut batch = KVec::with_capacity(count, GFP_KERNEL)?;
+    let mut pages = KVec::with_capacity(count, GFP_KERNEL)?;
     let mut hosts = KVec::with_capacity(count, GFP_KERNEL)?;
     while hosts.len() < count {
         let Ok(host) = Page::alloc_page(GFP_KERNEL) else {
@@ -59,17 +63,26 @@ pub(crate) fn evict(dev: &Device, count: usize) -> Result<usize> {
     let picked = pick_cold(
         memory,
         hosts.len(),
-        |v| claim(dev, v),
-        |v, ctx| ctx.clear_young(v.vpn * PAGE_SIZE),
-        |v, ctx| give_back(dev, memory, v, &ctx),
+        |v| {
+            if limit.is_some_and(|l| !l.evicting_helps(v.pool)) {
+                return None;
+            }
+            claim(dev, v)
+        },
+        |v, (ctx, _)| ctx.clear_young(v.vpn * PAGE_SIZE),
+        |v, (ctx, claim)| give_back(dev, memory, v, &ctx, claim),
     )?;
     if picked.is_empty() {
         return Err(ENOMEM);
     }
-    let mut batch = KVec::with_capacity(picked.len(), GFP_KERNEL)?;
-    for ((victim, ctx), host) in picked.into_iter().zip(hosts) {
+    for ((victim, (ctx, claim)), host) in picked.into_iter().zip(hosts) {
         // Cannot fail: the capacity is there.
-        batch.push(Claimed { victim, ctx, host }, GFP_KERNEL)?;
+        let _ = batch.push_within_capacity(Claimed {
+            victim,
+            ctx,
+            claim,
+            host,
+        });
     }
     // One TLB invalidation per run of pages of one context (usually the whole batch).
     let mut start = 0;
@@ -79,13 +92,14 @@ pub(crate) fn evict(dev: &Device, count: usize) -> Result<usize> {
             .iter()
             .take_while(|c| Arc::ptr_eq(&c.ctx, ctx))
             .count();
-        let mut pages = KVec::with_capacity(len, GFP_KERNEL)?;
+        pages.clear();
         for c in &batch[start..start + len] {
             let page = DevicePage {
                 dev: dev.id,
                 pfn: c.victim.pfn,
             };
-            pages.push((c.victim.vpn * PAGE_SIZE, page), GFP_KERNEL)?;
+            // Cannot fail: the capacity is there.
+            let _ = pages.push_within_capacity((c.victim.vpn * PAGE_SIZE, page));
         }
         ctx.unmap_many(&pages);
         start += len;
@@ -146,7 +160,7 @@ fn pick_cold<C>(
 /// Claims `v`, a page of `dev`, from its address space for eviction: the context it is
 /// mapped in, if the page is not busy and no job holds it.  Runs under the device memory's
 /// lock.
-fn claim(dev: &Device, v: &Victim) -> Option<Arc<dyn DeviceOps>> {
+fn claim(dev: &Device, v: &Victim) -> Option<(Arc<dyn DeviceOps>, Claim)> {
     // SAFETY: `v.space` holds an allocated page of this device: an address space frees its
     // device pages (taking the device memory lock, which the caller holds) before it goes, and
     // waits for evictions it is part of (`begin_move`).
@@ -155,33 +169,57 @@ fn claim(dev: &Device, v: &Victim) -> Option<Arc<dyn DeviceOps>> {
         dev: dev.id,
         pfn: v.pfn,
     };
-    this.devices.get_if(dev.id, |ctx| {
-        !ctx.held(v.vpn * PAGE_SIZE) && this.begin_move(v.vpn, Residency::Device(page))
-    })
+    let mut claim = None;
+    let ctx = this.devices.get_if(dev.id, |ctx| {
+        if !ctx.held(v.vpn * PAGE_SIZE) {
+            claim = this.begin_move(v.vpn, Residency::Device(page));
+        }
+        claim.is_some()
+    })?;
+    Some((ctx, claim?))
 }
 
 /// Gives a claimed page back to its owner: it stays on the device.
-fn give_back(dev: &Device, memory: &DeviceMemory, victim: Victim, ctx: &Arc<dyn DeviceOps>) {
+fn give_back(
+    dev: &Device,
+    memory: &DeviceMemory,
+    victim: Victim,
+    ctx: &Arc<dyn DeviceOps>,
+    claim: Claim,
+) {
     memory.unpick(victim.pfn);
     let page = DevicePage {
         dev: dev.id,
         pfn: victim.pfn,
     };
-    end(&victim, ctx, Residency::Device(page));
+    end(&victim, ctx, claim, Residency::Device(page));
 }
 
 /// Copies a claimed, unmapped page out and parks it (or gives it back if the copy fails).
 fn finish(dev: &Device, c: Claimed) -> Result {
-    let Claimed { victim, ctx, host } = c;
+    let Claimed {
+        victim,
+        ctx,
+        claim,
+        host,
+    } = c;
     let page = DevicePage {
         dev: dev.id,
         pfn: victim.pfn,
     };
-    let (now, result) = match ctx.copy_to_host(page, &host) {
-        Ok(()) => {
+    // SAFETY: `begin_move` keeps the address space (and so its mm) until `end` is done.
+    let mm = unsafe { &*(victim.space as *const AddressSpace) }.mm();
+    // The host page is charged to the owner's memory cgroup, which may be at its limit: then
+    // the page stays on the device, and the caller looks for another victim.
+    let copied = ParkedPage::charged(host, mm, false).and_then(|parked| {
+        ctx.copy_to_host(page, &parked.page())?;
+        Ok(parked)
+    });
+    let (now, result) = match copied {
+        Ok(parked) => {
             ctx.free(page);
             Stats::inc(&dev.stats.evictions);
-            (Residency::Parked(ParkedPage::new(host).into_raw()), Ok(()))
+            (Residency::Parked(parked.into_raw()), Ok(()))
         }
         Err(e) => {
             if let Some(memory) = dev.memory() {
@@ -190,16 +228,16 @@ fn finish(dev: &Device, c: Claimed) -> Result {
             (Residency::Device(page), Err(e))
         }
     };
-    end(&victim, &ctx, now);
+    end(&victim, &ctx, claim, now);
     result
 }
 
 /// Ends the claim of `victim`, recording where it lives `now`; if its range was unmapped
 /// meanwhile, releases what `now` holds, which is nobody's.
-fn end(victim: &Victim, ctx: &Arc<dyn DeviceOps>, now: Residency) {
+fn end(victim: &Victim, ctx: &Arc<dyn DeviceOps>, claim: Claim, now: Residency) {
     // SAFETY: `begin_move` keeps the address space until `move_done` below.
     let this = unsafe { &*(victim.space as *const AddressSpace) };
-    if !this.end_move(victim.vpn, now) {
+    if !this.end_move(claim, now) {
         match now {
             // SAFETY: the parked page was never recorded: it is ours.
             Residency::Parked(raw) => drop(unsafe { ParkedPage::from_raw(raw) }),

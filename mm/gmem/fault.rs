@@ -6,16 +6,15 @@
 //! anonymous fault, with two calls into GMEM around it (see `do_anonymous_page()`):
 //!
 //! - [`cpu_fault_begin`], after the new host page is allocated and before the page table lock
-//!   is taken (it may sleep).  It claims the page's entry in the logical page table (marks it
-//!   busy) and, if the page lives on a device, stops the device's access to it, copies it into
-//!   the new host page and frees the device page.  If another fault or migration owns the entry
-//!   it returns [`Begin::Busy`]: the fault returns without installing anything and the access
-//!   is retried, so nobody waits with a lock held.
-//! - [`cpu_fault_end`], under the page table lock once the PTE is installed (or when core MM
-//!   gave up), records the page as host-resident and releases the entry.
-//!
-//! If core MM gives up after a page was copied home (which only happens when the address space
-//! is being torn down), the copy is lost with the address space.
+//!   is taken (it may sleep).  It claims the page's entry in the logical page table and, if the
+//!   page lives on a device, stops the device's access to it, copies it into the new host page
+//!   and frees the device page.  If someone else holds the claim, it sleeps until the claim
+//!   ends (see "Claims" in `crate::lpt`), then claims the page itself: the fault neither
+//!   returns to retry nor allocates its page again.
+//! - [`cpu_fault_end`], under the page table lock before the PTE is set, ends the claim:
+//!   records the page as host-resident, or tells core MM not to install the page if the entry
+//!   was dropped meanwhile (`MADV_DONTNEED`: the copy is stale).  If core MM gives up, the copy
+//!   is parked in the entry: no data is lost.
 //!
 //! # Device faults
 //!
@@ -32,109 +31,131 @@
 //!
 //! The device mapping is made last and checked against the MMU notifier sequence, like an HMM
 //! mirror does: if an invalidation ran meanwhile, the mapping is removed and the page faulted
-//! again.  A copy to the device that fails after the CPU mapping is gone loses the page's data
-//! (it reads as zeroes afterwards); only a device that stopped working fails copies.
+//! again.  A move that fails after the CPU mapping is gone leaves the data in the host page
+//! that was mapped, parked in the entry: the next CPU access maps it again.
 
 use crate::{
-    address_space::AddressSpace,
+    address_space::{AddressSpace, Seq},
     context::Context,
     device::{DeviceList, Stats},
-    lpt::{DevicePage, GmMapping, LogicalPageTable, ParkedPage, Residency},
+    lpt::{Claim, DevicePage, LogicalPageTable, ParkedPage, Residency},
     migrate::{to_device, PinnedPage, CHUNK_PAGES},
 };
 use kernel::{
     bindings,
-    ffi::{c_uint, c_ulong},
+    ffi::c_uint,
     mm::{
         virt::{flags, VmaRef},
         MmWithUser,
     },
     page::{Page, PAGE_SIZE},
     prelude::*,
-    time::{delay::fsleep, Delta},
 };
 
-/// What [`cpu_fault_begin`] decided.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Begin {
-    /// The entry is ours; install the host page, then call [`cpu_fault_end`].
-    Proceed,
-    /// Someone else is moving the page: return and let the access retry.
-    Busy,
+/// What a CPU fault's new page holds, from [`cpu_fault_begin`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fill {
+    /// Zeroes: the page was never touched, or its data was dropped.
+    Zero,
+    /// Zeroes, and the entry said the page is in host memory: the CPU page table maps it, or
+    /// did until `MADV_DONTNEED`.  (Another fault on the same page may have just mapped it.)
+    ZeroWasHost,
+    /// The page's data, copied from a device or a parked page.
+    Data,
 }
 
-/// Claims page `vpn` (virtual address `va`) for a CPU fault that installs `dst`.
+impl Fill {
+    /// As a number C keeps (see [`Claim::into_token`]): two bits.
+    pub(crate) fn to_bits(self) -> u32 {
+        match self {
+            Fill::Zero => 0,
+            Fill::ZeroWasHost => 1,
+            Fill::Data => 2,
+        }
+    }
+
+    /// Back from [`Fill::to_bits`].
+    pub(crate) fn from_bits(bits: u32) -> Self {
+        match bits & 3 {
+            1 => Fill::ZeroWasHost,
+            2 => Fill::Data,
+            _ => Fill::Zero,
+        }
+    }
+}
+
+/// Claims page `vpn` (virtual address `va`) for a CPU fault that installs `dst`, and copies
+/// the page's data into `dst` if it lives on a device or is parked.  Sleeps while someone else
+/// holds the page's claim.  Returns the claim and what `dst` holds.
 pub(crate) fn cpu_fault_begin(
     lpt: &LogicalPageTable,
     devices: &DeviceList,
     vpn: usize,
     va: usize,
     dst: &Page,
-) -> Result<Begin> {
+) -> Result<(Claim, Fill)> {
     loop {
-        let from_device = {
-            let mut guard = lpt.lock();
-            match guard.get_mut(vpn) {
-                Some(m) if m.busy() => return Ok(Begin::Busy),
-                Some(m) => {
-                    m.set_busy(true);
-                    match m.residency() {
-                        Residency::Device(page) => {
-                            // The page is ours to move; until it is installed it is nowhere.
-                            m.set(Residency::Nowhere);
-                            Some(page)
-                        }
-                        Residency::Parked(raw) => {
-                            m.set(Residency::Nowhere);
-                            drop(guard);
-                            // SAFETY: the entry gave up the parked page; it is ours.
-                            let parked = unsafe { ParkedPage::from_raw(raw) };
-                            copy_page(&parked.page(), dst)?;
-                            return Ok(Begin::Proceed);
-                        }
-                        _ => None,
-                    }
-                }
-                None => {
-                    drop(guard);
-                    match lpt.insert_mapping(vpn, GmMapping::claimed()) {
-                        // Raced with another fault on the same page: look again.
-                        Err(e) if e == EBUSY => continue,
-                        Err(e) => return Err(e),
-                        Ok(()) => return Ok(Begin::Proceed),
-                    }
-                }
-            }
+        let Some((claim, was)) = lpt.claim_any(vpn)? else {
+            lpt.wait_unclaimed(vpn);
+            continue;
         };
-        let Some(page) = from_device else {
-            return Ok(Begin::Proceed);
-        };
-        return match bring_home(devices, va, page, dst) {
-            Ok(()) => Ok(Begin::Proceed),
-            Err(e) => {
-                // The device copy is still good: give the entry its page back.
-                let mut guard = lpt.lock();
-                match guard.get_mut(vpn) {
-                    Some(m) => {
-                        m.set(Residency::Device(page));
-                        m.set_busy(false);
-                    }
-                    // Unmapped meanwhile: nobody else knows the device page.
-                    None => {
-                        drop(guard);
+        return match was {
+            Residency::Device(page) => match bring_home(devices, va, page, dst) {
+                Ok(()) => Ok((claim, Fill::Data)),
+                Err(e) => {
+                    // The device copy is still good: give the entry its page back.
+                    if !lpt.end_claim(claim, Residency::Device(page)) {
+                        // Dropped meanwhile: nobody else knows the device page.
                         devices.batch().push(va, page);
                     }
+                    Err(e)
                 }
-                Err(e)
+            },
+            Residency::Parked(raw) => {
+                // SAFETY: the claim took the parked page out of the entry: it is ours.
+                let parked = unsafe { ParkedPage::from_raw(raw) };
+                copy_page(&parked.page(), dst);
+                Ok((claim, Fill::Data))
             }
+            Residency::Host => Ok((claim, Fill::ZeroWasHost)),
+            Residency::Nowhere => Ok((claim, Fill::Zero)),
         };
     }
+}
+
+/// Ends the CPU fault that holds `claim`.  With `install`, called under the page table lock
+/// before the PTE of `page` is set: records the page as host-resident, or returns `false` if
+/// its entry was dropped meanwhile (`MADV_DONTNEED`, munmap), and then the fault must not
+/// install what it copied.  Without, the fault gave up, and the entry is as it was: a `page`
+/// that holds the data (`fill`) is parked in it, so that nothing is lost.
+pub(crate) fn cpu_fault_end(
+    lpt: &LogicalPageTable,
+    claim: Claim,
+    page: &Page,
+    fill: Fill,
+    install: bool,
+) -> bool {
+    if install {
+        return lpt.end_claim(claim, Residency::Host);
+    }
+    let now = match fill {
+        Fill::Data => Residency::Parked(ParkedPage::new_ref(page).into_raw()),
+        Fill::ZeroWasHost => Residency::Host,
+        Fill::Zero => Residency::Nowhere,
+    };
+    if !lpt.end_claim(claim, now) {
+        if let Residency::Parked(raw) = now {
+            // SAFETY: the entry is gone and never recorded the parked page: it is ours.
+            drop(unsafe { ParkedPage::from_raw(raw) });
+        }
+    }
+    false
 }
 
 /// Copies host page `src` into host page `dst`, in one go: both are mapped at once, as
 /// `copy_highpage()` does.  (Through a bounce buffer, 256 bytes at a time, the copy took a
 /// quarter of a prefetch to a host node.)
-pub(crate) fn copy_page(src: &Page, dst: &Page) -> Result {
+pub(crate) fn copy_page(src: &Page, dst: &Page) {
     // SAFETY: both pages are valid for the duration of the call (the caller holds them); the
     // local mappings are undone below in reverse order, on this CPU, before returning.
     unsafe {
@@ -146,26 +167,12 @@ pub(crate) fn copy_page(src: &Page, dst: &Page) -> Result {
         bindings::kunmap_local(to);
         bindings::kunmap_local(from);
     }
-    Ok(())
 }
 
 /// Stops the device's access to `page`, copies it into `dst` and frees it.
 fn bring_home(devices: &DeviceList, va: usize, page: DevicePage, dst: &Page) -> Result {
     // A page can only live on an attached device; a detached device took its pages with it.
     devices.get(page.dev).ok_or(EIO)?.move_home(va, page, dst)
-}
-
-/// Ends the CPU fault on page `vpn`: records it as host-resident if `installed`.
-pub(crate) fn cpu_fault_end(lpt: &LogicalPageTable, vpn: usize, installed: bool) {
-    let mut guard = lpt.lock();
-    if let Some(m) = guard.get_mut(vpn) {
-        if m.busy() {
-            if installed {
-                m.set(Residency::Host);
-            }
-            m.set_busy(false);
-        }
-    }
 }
 
 /// Pages a device fault of a range moves before it checks for a pending signal.
@@ -191,6 +198,10 @@ pub(crate) fn dev_fault(ctx: &Context, start: usize, len: usize, access: c_uint)
     // A range that reaches past the top of the address space is outside every mapping.
     let end = start.checked_add(len).ok_or(EFAULT)?;
     ctx.with_address_space(|this, mm| {
+        // The range's windows have notifiers before any of its pages is mapped on the device
+        // (a range that mmap() made has them; one that mremap() grew in place may not).
+        // SAFETY: `mm` has a user and no mmap lock is held.
+        unsafe { this.cover(start, end, false) }?;
         let guard = mm.mmap_read_lock();
         let mut va = start;
         let mut moved = 0;
@@ -228,105 +239,71 @@ pub(crate) fn dev_fault(ctx: &Context, start: usize, len: usize, access: c_uint)
     })
 }
 
-/// Claims the entry of `vpn` for a move, if it still is what the caller `seen`: it becomes
-/// busy and nowhere.  `false` if someone else got there first.
-pub(crate) fn claim(this: &AddressSpace, vpn: usize, seen: Option<Residency>) -> Result<bool> {
-    let Some(seen) = seen else {
-        return match this.lpt.insert_mapping(vpn, GmMapping::claimed()) {
-            Ok(()) => Ok(true),
-            Err(e) if e == EBUSY => Ok(false),
-            Err(e) => Err(e),
-        };
-    };
-    Ok(this.lpt.claim_if(vpn, seen, |_| {}))
-}
-
-/// Like [`claim`], for a move whose source is the host page the caller pinned before it
-/// claimed: only if that page is still the one mapped.  `seq` is from
-/// [`AddressSpace::read_begin`], taken before the pin; `still_mapped` looks at the CPU page
-/// table.
-///
-/// The entry may have been `seen` as host-resident, then left (another device took the page)
-/// and come back (a CPU fault brought it home into a new page, and the CPU wrote it) while the
-/// caller held the old page: the claim alone would succeed, and the old page's stale data
-/// would be copied over the new one.  Leaving the CPU page table takes an invalidation, so
-/// the page table is only looked at when the sequence moved: one sequence covers the whole
-/// process, and a process that keeps mapping and unmapping elsewhere would otherwise never
-/// get a claim through.
-pub(crate) fn claim_since(
-    this: &AddressSpace,
-    vpn: usize,
-    seen: Option<Residency>,
-    seq: c_ulong,
-    still_mapped: impl FnOnce() -> bool,
-) -> Result<bool> {
-    // The sequence is read in the claim's own critical section: a host page the fault saw
-    // needs no second trip through the lock.
-    let mut changed = true;
-    let claimed = match seen {
-        Some(seen) => this
-            .lpt
-            .claim_if(vpn, seen, |lpt| changed = this.changed(lpt, seq)),
-        None => {
-            let claimed = claim(this, vpn, None)?;
-            changed = claimed && this.changed(&this.lpt.lock(), seq);
-            claimed
-        }
-    };
-    if !claimed {
-        return Ok(false);
-    }
-    if changed && !still_mapped() {
-        // Nobody else touched the entry while it was ours: put it back as it was.
-        unclaim(this, vpn, seen.unwrap_or(Residency::Nowhere));
-        return Ok(false);
-    }
-    Ok(true)
-}
-
-/// Gives up a claim, recording where the page lives now.  `false` if the entry went meanwhile
-/// (the range was unmapped): then nothing recorded `now`.
-pub(crate) fn unclaim(this: &AddressSpace, vpn: usize, now: Residency) -> bool {
-    this.lpt.end_claim(vpn, now)
-}
-
-/// Records device page `pfn`, now mapped at `va`, as where page `vpn` lives.  `false` if an
-/// invalidation ran since `seq`: the device mapping is removed again and the fault retried.
+/// Records device page `pfn`, now mapped at `va`, as where the page of `claim` lives, and ends
+/// the claim.  `false` if the entry was dropped meanwhile (the page is freed) or an
+/// invalidation ran since `seq` (the device mapping is removed again): the fault is retried.
 fn complete(
     this: &AddressSpace,
     ctx: &Context,
-    vpn: usize,
+    claim: Claim,
     va: usize,
     pfn: u64,
-    seq: c_ulong,
+    seq: Seq<'_>,
 ) -> bool {
     let page = DevicePage {
         dev: ctx.dev.id,
         pfn,
     };
     if let Some(memory) = ctx.dev.memory() {
-        memory.set_owner(pfn, core::ptr::from_ref(this) as usize, vpn);
+        memory.set_owner(pfn, core::ptr::from_ref(this) as usize, claim.vpn());
     }
-    let mut guard = this.lpt.lock();
-    let Some(m) = guard.get_mut(vpn) else {
-        // Unmapped meanwhile: nobody else knows the page.
-        drop(guard);
+    let (ended, changed) = {
+        let mut guard = this.lpt.lock();
+        let ended = LogicalPageTable::end_claim_locked(&mut guard, claim, Residency::Device(page));
+        (ended, ended && this.changed(&guard, &seq))
+    };
+    this.lpt.wake();
+    if !ended {
+        // Dropped meanwhile: nobody else knows the page.
         ctx.unmap_va(va, PAGE_SIZE);
         ctx.dev.free_page(pfn);
         return false;
-    };
-    m.set(Residency::Device(page));
-    m.set_busy(false);
-    if this.changed(&guard, seq) {
-        drop(guard);
+    }
+    if changed {
         ctx.unmap_va(va, PAGE_SIZE);
         return false;
     }
     true
 }
 
+/// Ends `claim` after a failed move: the page lives `now` (where its data still is).  If the
+/// entry was dropped meanwhile, what `now` names is nobody's and goes.
+pub(crate) fn end_failed(this: &AddressSpace, claim: Claim, va: usize, now: Residency) {
+    if this.lpt.end_claim(claim, now) {
+        return;
+    }
+    match now {
+        // SAFETY: the entry is gone and never recorded the parked page: it is ours.
+        Residency::Parked(raw) => drop(unsafe { ParkedPage::from_raw(raw) }),
+        Residency::Device(page) => this.devices.batch().push(va, page),
+        _ => {}
+    }
+}
+
+/// Where a page whose CPU mapping was removed for a move lives after the move failed: parked
+/// in the host page that was mapped (`host`), which still holds the data.
+pub(crate) fn host_after_failure(host: Option<&Page>) -> Residency {
+    host.map_or(Residency::Nowhere, |page| {
+        Residency::Parked(ParkedPage::new_ref(page).into_raw())
+    })
+}
+
 /// Makes the page at `va` resident on the context's device and maps it with `prot`.  Returns
 /// whether a page moved (`false`: it was on the device already and is mapped again).
+///
+/// Sleeps while someone else holds the page's claim (a CPU fault, a migration or an
+/// eviction: none of them waits for anything this thread holds).  A move that fails leaves
+/// the data where it was: on the other device, or parked in host memory.
 pub(crate) fn fault_page(
     this: &AddressSpace,
     mm: &MmWithUser,
@@ -336,6 +313,7 @@ pub(crate) fn fault_page(
     prot: c_uint,
 ) -> Result<bool> {
     let vpn = va / PAGE_SIZE;
+    let window = this.window(va)?;
     loop {
         let seen = {
             let guard = this.lpt.lock();
@@ -346,9 +324,7 @@ pub(crate) fn fault_page(
             None => (None, false),
         };
         if busy {
-            // A CPU fault or another device is moving the page: it finishes without waiting
-            // for anything we hold.
-            fsleep(Delta::from_micros(20));
+            this.lpt.wait_unclaimed(vpn);
             continue;
         }
         match seen {
@@ -356,39 +332,35 @@ pub(crate) fn fault_page(
                 // Mapped again under a claim: a move that took the page meanwhile (a prefetch
                 // home, an eviction) would free it while the device maps it, and a job running
                 // on another thread could write into the freed page through that mapping.
-                if !claim(this, vpn, seen)? {
+                let Some(claim) = this.lpt.claim(vpn, seen)? else {
                     continue;
-                }
-                let seq = this.read_begin();
+                };
+                let seq = window.read_begin();
                 if let Err(e) = ctx.map(va, page.pfn, prot) {
-                    unclaim(this, vpn, Residency::Device(page));
+                    end_failed(this, claim, va, Residency::Device(page));
                     return Err(e);
                 }
                 // `complete()` records the page's owner again, which marks it used.
-                if complete(this, ctx, vpn, va, page.pfn, seq) {
+                if complete(this, ctx, claim, va, page.pfn, seq) {
                     return Ok(false);
                 }
             }
             Some(Residency::Parked(raw)) => {
                 let pfn = ctx.dev.alloc_page()?;
-                if !claim(this, vpn, seen)? {
+                let Some(claim) = this.lpt.claim(vpn, seen)? else {
                     ctx.dev.free_page(pfn);
                     continue;
-                }
+                };
                 // SAFETY: the claim took the parked page out of the entry: it is ours.
                 let parked = unsafe { ParkedPage::from_raw(raw) };
-                let seq = this.read_begin();
+                let seq = window.read_begin();
                 if let Err(e) = ctx.place(va, pfn, Some(&parked.page()), prot) {
                     ctx.dev.free_page(pfn);
-                    let raw = parked.into_raw();
-                    if !unclaim(this, vpn, Residency::Parked(raw)) {
-                        // SAFETY: nobody recorded it: still ours.
-                        drop(unsafe { ParkedPage::from_raw(raw) });
-                    }
+                    end_failed(this, claim, va, Residency::Parked(parked.into_raw()));
                     return Err(e);
                 }
                 drop(parked);
-                if complete(this, ctx, vpn, va, pfn, seq) {
+                if complete(this, ctx, claim, va, pfn, seq) {
                     return Ok(true);
                 }
             }
@@ -397,22 +369,24 @@ pub(crate) fn fault_page(
                 let peer = this.devices.get(page.dev).ok_or(EIO)?;
                 let bounce = Page::alloc_page(GFP_KERNEL)?;
                 let pfn = ctx.dev.alloc_page()?;
-                if !claim(this, vpn, seen)? {
+                let Some(claim) = this.lpt.claim(vpn, seen)? else {
                     ctx.dev.free_page(pfn);
                     continue;
-                }
+                };
                 if let Err(e) = peer.move_home(va, page, &bounce) {
                     ctx.dev.free_page(pfn);
-                    unclaim(this, vpn, Residency::Device(page));
+                    end_failed(this, claim, va, Residency::Device(page));
                     return Err(e);
                 }
-                let seq = this.read_begin();
+                let seq = window.read_begin();
                 if let Err(e) = ctx.place(va, pfn, Some(&bounce), prot) {
                     ctx.dev.free_page(pfn);
-                    unclaim(this, vpn, Residency::Nowhere);
+                    // The data is in the bounce page now.
+                    let parked = ParkedPage::new(bounce);
+                    end_failed(this, claim, va, Residency::Parked(parked.into_raw()));
                     return Err(e);
                 }
-                if complete(this, ctx, vpn, va, pfn, seq) {
+                if complete(this, ctx, claim, va, pfn, seq) {
                     return Ok(true);
                 }
             }
@@ -420,7 +394,7 @@ pub(crate) fn fault_page(
                 // A page the CPU touched, or any page of a forked process, may be swapped
                 // out: fault it in.  Otherwise only a present page counts.
                 let maybe_host = matches!(seen, Some(Residency::Host)) || this.inherited();
-                let pinned = this.read_begin();
+                let pinned = window.read_begin();
                 let host = match PinnedPage::get(mm, va, false)? {
                     Some(page) => Some(page),
                     None if maybe_host => PinnedPage::get(mm, va, true)?,
@@ -434,24 +408,24 @@ pub(crate) fn fault_page(
                     seen
                 };
                 let still_mapped = || host.as_ref().is_none_or(|h| h.still_mapped(mm, va));
-                if !claim_since(this, vpn, seen, pinned, still_mapped)? {
+                let Some(claim) = this.claim_since(vpn, seen, &pinned, still_mapped)? else {
                     ctx.dev.free_page(pfn);
                     continue;
-                }
+                };
                 if host.is_some() {
-                    // From here on a CPU access faults, finds the entry busy and retries until
-                    // the page is on the device; the pin keeps the page for the copy.
+                    // From here on a CPU access faults and sleeps until the page is on the
+                    // device; the pin keeps the page for the copy.
                     vma.zap_vma_range(va, PAGE_SIZE);
                 }
-                let seq = this.read_begin();
-                let placed = ctx.place(va, pfn, host.as_ref().map(PinnedPage::page), prot);
-                drop(host);
-                if let Err(e) = placed {
+                let seq = window.read_begin();
+                let host_page = host.as_ref().map(PinnedPage::page);
+                if let Err(e) = ctx.place(va, pfn, host_page, prot) {
                     ctx.dev.free_page(pfn);
-                    unclaim(this, vpn, Residency::Nowhere);
+                    end_failed(this, claim, va, host_after_failure(host_page));
                     return Err(e);
                 }
-                if complete(this, ctx, vpn, va, pfn, seq) {
+                drop(host);
+                if complete(this, ctx, claim, va, pfn, seq) {
                     return Ok(true);
                 }
             }
@@ -498,36 +472,32 @@ mod tests {
     #[test]
     fn first_touch_records_host() -> Result {
         let s = setup(u64::MAX)?;
-        assert_eq!(
-            cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?,
-            Begin::Proceed
-        );
+        let (claim, fill) = cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?;
+        assert_eq!(fill, Fill::Zero);
         assert_eq!(s.lpt.residency(VPN), Some(Residency::Nowhere));
-        cpu_fault_end(&s.lpt, VPN, true);
+        assert!(cpu_fault_end(&s.lpt, claim, &s.page, fill, true));
         assert_eq!(s.lpt.residency(VPN), Some(Residency::Host));
         assert_eq!(s.fake.take_ops().len(), 0);
         Ok(())
     }
 
     #[test]
-    fn busy_entry_makes_the_fault_retry() -> Result {
+    fn a_claimed_page_is_not_claimed_twice() -> Result {
         let s = setup(u64::MAX)?;
-        assert_eq!(
-            cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?,
-            Begin::Proceed
-        );
-        // A second fault on the same page while the first is under way.
-        assert_eq!(
-            cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?,
-            Begin::Busy
-        );
-        cpu_fault_end(&s.lpt, VPN, false);
+        let (claim, fill) = cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?;
+        // A second fault on the same page while the first is under way would sleep.
+        assert!(s.lpt.claim_any(VPN)?.is_none());
+        assert!(!cpu_fault_end(&s.lpt, claim, &s.page, fill, false));
         // The first fault gave up: the page is still nowhere, and free to claim again.
         assert_eq!(s.lpt.residency(VPN), Some(Residency::Nowhere));
-        assert_eq!(
-            cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?,
-            Begin::Proceed
-        );
+        let (claim, fill) = cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?;
+        assert!(cpu_fault_end(&s.lpt, claim, &s.page, fill, true));
+        // A fault that woke up after another one mapped the page claims a host page and gives
+        // up (the PTE is there): the page stays host-resident.
+        let (claim, fill) = cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?;
+        assert_eq!(fill, Fill::ZeroWasHost);
+        assert!(!cpu_fault_end(&s.lpt, claim, &s.page, fill, false));
+        assert_eq!(s.lpt.residency(VPN), Some(Residency::Host));
         Ok(())
     }
 
@@ -536,10 +506,8 @@ mod tests {
         let s = setup(u64::MAX)?;
         let page = DevicePage { dev: 7, pfn: 0x42 };
         s.lpt.insert(VPN, Residency::Device(page))?;
-        assert_eq!(
-            cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?,
-            Begin::Proceed
-        );
+        let (claim, fill) = cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?;
+        assert_eq!(fill, Fill::Data);
         // The device stopped accessing the page before it was copied, then freed it.
         assert_eq!(
             s.fake.take_ops(),
@@ -547,8 +515,39 @@ mod tests {
         );
         assert_eq!(byte_at(&s.page, 0)?, 0x42);
         assert_eq!(byte_at(&s.page, PAGE_SIZE - 1)?, 0x42);
-        cpu_fault_end(&s.lpt, VPN, true);
+        assert!(cpu_fault_end(&s.lpt, claim, &s.page, fill, true));
         assert_eq!(s.lpt.residency(VPN), Some(Residency::Host));
+        Ok(())
+    }
+
+    /// A fault that gives up after the page came home keeps the data: the next one finds it.
+    #[test]
+    fn a_fault_that_gives_up_keeps_the_data() -> Result {
+        let s = setup(u64::MAX)?;
+        let page = DevicePage { dev: 7, pfn: 0x42 };
+        s.lpt.insert(VPN, Residency::Device(page))?;
+        let (claim, fill) = cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?;
+        assert!(!cpu_fault_end(&s.lpt, claim, &s.page, fill, false));
+        assert!(matches!(s.lpt.residency(VPN), Some(Residency::Parked(_))));
+        let again = Page::alloc_page(GFP_KERNEL | __GFP_ZERO)?;
+        let (claim, fill) = cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &again)?;
+        assert_eq!(fill, Fill::Data);
+        assert_eq!(byte_at(&again, PAGE_SIZE - 1)?, 0x42);
+        assert!(cpu_fault_end(&s.lpt, claim, &again, fill, true));
+        Ok(())
+    }
+
+    /// MADV_DONTNEED while a CPU fault copies the page home: the copy is stale and must not be
+    /// installed.
+    #[test]
+    fn a_page_dropped_during_the_fault_is_not_installed() -> Result {
+        let s = setup(u64::MAX)?;
+        let page = DevicePage { dev: 7, pfn: 0x42 };
+        s.lpt.insert(VPN, Residency::Device(page))?;
+        let (claim, fill) = cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?;
+        s.lpt.erase_range(VPN, VPN + 1, |_| true, |_, _| {});
+        assert!(!cpu_fault_end(&s.lpt, claim, &s.page, fill, true));
+        assert_eq!(s.lpt.residency(VPN), None);
         Ok(())
     }
 

@@ -16,28 +16,45 @@
 //! A page of a peer-shared range that GMEM tracks (see [`lpt`]) is owned by exactly one side at
 //! a time: the host (the CPU page table maps it; core MM may swap or migrate it like any
 //! anonymous page) or one device (the CPU page table does not map it; the logical page table
-//! names the device and the device page).  A page moves only while its entry is marked busy,
-//! and the side that marks it does the whole move.  Data is coherent because a page is never
-//! mapped by two sides at once: the CPU faults a device page home, a device faults a host page
-//! over.
+//! names the device and the device page).  Data is coherent because a page is never mapped by
+//! two sides at once: the CPU faults a device page home, a device faults a host page over.
+//!
+//! A page moves only under a *claim* (`lpt::Claim`): a value, the page number and a generation
+//! stamped into the entry, that only its holder can end.  A claim ends by recording where the
+//! page lives now, and only if the entry still carries the claim's generation: when the entry
+//! was dropped meanwhile (munmap, `MADV_DONTNEED`, exit), or dropped and made again by a later
+//! fault, ending the claim records nothing and the holder frees what it moved.  Nobody but the
+//! holder writes a claimed entry; dropping it is the only other thing that may happen to it.
+//! A move that fails leaves the data where it was (the device page, or the host page that was
+//! mapped, parked in the entry): no error path drops data.
 //!
 //! # Locking
 //!
 //! The rules of GPU SVM (Documentation/gpu/rfc/gpusvm.rst): core-MM locks only around core-MM
-//! calls, retry loops instead of holding locks across device work.  From outer to inner:
+//! calls, sequence checks instead of holding locks across device work.  From outer to inner:
 //!
 //! 1. `mmap_lock` (or the per-VMA lock in the fault path): taken by core MM before it calls
 //!    GMEM.  GMEM never takes it in a path that core MM entered with it held.
 //! 2. The page table lock: held by core MM around `gm_cpu_fault_end()`.
-//! 3. The logical page table lock (the XArray's spinlock): protects every field of every
-//!    entry.  No allocation that may reclaim, and no device operation, under it.
-//! 4. A device list's spinlock: only to find a device; never held while calling one.
+//! 3. An address space's `moves` lock (evictions under way), then the logical page table lock
+//!    (the XArray's spinlock), which protects every field of every entry.  No allocation that
+//!    may reclaim, and no device operation, under either.
+//! 4. A device list's spinlock: only to find a device; never held while calling one.  The
+//!    table's `wait_lock` only orders a sleeper with its wake-up.
 //!
 //! Nothing that may sleep runs under 2, 3 or 4.  Device operations (copies, TLB invalidation,
-//! freeing device memory) run with at most `mmap_lock` held, on pages that were first marked
-//! busy or taken out of the table; whoever finds a busy entry retries (a CPU fault returns and
-//! the access faults again) instead of waiting.  The MMU notifier callback takes 3 and 4 and
-//! may sleep only when core MM says the invalidation is blockable.
+//! freeing device memory) run with at most `mmap_lock` held, on pages that were first claimed
+//! or taken out of the table.
+//!
+//! Whoever needs a claimed page sleeps until the claim ends (`LogicalPageTable::wait_unclaimed`,
+//! woken by every end of a claim and every drop of a claimed entry), with at most the mmap or
+//! VMA lock held.  That cannot deadlock because a claim holder never waits for another claim
+//! and never takes the mmap lock: CPU and device faults hold it already, migrations run under
+//! it, evictions never take it.  mremap and the teardown of an address space wait for the
+//! evictions under way (`moves`) instead; new evictions of that address space are refused
+//! meanwhile and pick another victim.  The MMU notifier callback never waits for a claim: it
+//! drops claimed entries, and their holders find them gone.  It may sleep (device work) only
+//! when core MM says the invalidation is blockable.
 //!
 //! C header: [`include/linux/gmem.h`](srctree/include/linux/gmem.h).
 //! UAPI: [`include/uapi/linux/gmem.h`](srctree/include/uapi/linux/gmem.h).

@@ -9,9 +9,23 @@
 //! [`Residency::Host`]: the CPU page table is the only truth for a page no device ever held.
 //!
 //! Every field of every [`GmMapping`] is protected by the XArray's lock.  Work that may sleep
-//! (device copies, TLB invalidation, freeing device memory) is never done under it: a page that
-//! such work is about is marked busy, the lock is dropped, and whoever else finds a busy entry
-//! retries later (see [`crate::fault`]).
+//! (device copies, TLB invalidation, freeing device memory) is never done under it: the page
+//! that such work is about is *claimed* first, and the lock is dropped.
+//!
+//! # Claims
+//!
+//! A claim ([`Claim`]) is the right to move one page.  Taking it marks the entry busy, sets it
+//! to [`Residency::Nowhere`] and stamps it with a generation that no other claim of this table
+//! has; the holder gets the page number and that generation back.  Only the holder ends the
+//! claim ([`LogicalPageTable::end_claim`]), and only while the entry still carries its
+//! generation: if the entry was dropped meanwhile (munmap, `MADV_DONTNEED`, exit), or dropped
+//! and made again by a later fault, ending the claim records nothing and the holder keeps what
+//! it moved, to free.  Nobody else writes a claimed entry; dropping it is the only other thing
+//! that may happen to it.
+//!
+//! Whoever finds an entry claimed and needs it sleeps until the claim ends
+//! ([`LogicalPageTable::wait_unclaimed`]): every end of a claim, and every drop of a claimed
+//! entry, wakes the waiters of the table.  A claim holder never waits for another claim.
 
 use core::{
     mem::ManuallyDrop,
@@ -19,11 +33,20 @@ use core::{
     sync::atomic::{AtomicPtr, AtomicUsize, Ordering},
 };
 use kernel::{
-    alloc::flags::GFP_KERNEL_ACCOUNT,
+    alloc::{
+        flags::{__GFP_NOFAIL, GFP_KERNEL_ACCOUNT},
+        Flags,
+    },
     bindings, c_str,
+    error::to_result,
     ffi::c_void,
+    new_condvar, new_spinlock,
     page::{BorrowedPage, Page},
     prelude::*,
+    sync::{
+        atomic::{Atomic, Relaxed},
+        CondVar, SpinLock,
+    },
     types::ForeignOwnable,
     xarray::{AllocKind, Guard, XArray},
 };
@@ -57,7 +80,7 @@ pub(crate) enum Residency {
 ///
 /// # Invariants
 ///
-/// `0` is a page of order 0 that this object owns.
+/// `0` is a page of order 0 of which this object owns a reference.
 pub(crate) struct ParkedPage(NonNull<bindings::page>);
 
 impl ParkedPage {
@@ -65,6 +88,37 @@ impl ParkedPage {
     pub(crate) fn new(page: Page) -> Self {
         let page = ManuallyDrop::new(page);
         // INVARIANT: the page is ours from now on; `Page` would have freed it.
+        // SAFETY: `Page::as_ptr` is never NULL.
+        Self(unsafe { NonNull::new_unchecked(page.as_ptr()) })
+    }
+
+    /// Parks `page`, a fresh page that holds data of the process whose mm is `mm`, and charges
+    /// it to that process's memory cgroup: not the caller's, since an eviction may run in
+    /// another process.  With `may_oom`, a cgroup at its limit reclaims and may OOM-kill like
+    /// for any allocation of the process; without (an eviction on behalf of someone else), the
+    /// charge just fails.  `ENOMEM` if it failed: the page is freed.
+    pub(crate) fn charged(page: Page, mm: *mut bindings::mm_struct, may_oom: bool) -> Result<Self> {
+        let parked = Self::new(page);
+        let gfp = if may_oom {
+            bindings::GFP_KERNEL
+        } else {
+            bindings::GFP_KERNEL | (1 << bindings::___GFP_RETRY_MAYFAIL_BIT)
+        };
+        // SAFETY: the page is ours alone, of order 0 and not charged yet; `mm` is live (the
+        // caller's address space keeps it) or NULL (the KUnit tests: the current cgroup).
+        to_result(unsafe {
+            bindings::mem_cgroup_charge(bindings::page_folio(parked.0.as_ptr()), mm, gfp)
+        })?;
+        // Freed with `put_page()` (see `drop`), which uncharges it.
+        Ok(parked)
+    }
+
+    /// Parks `page`, a page that someone else may hold too (a page of a process): the parked
+    /// page holds a reference of its own.
+    pub(crate) fn new_ref(page: &Page) -> Self {
+        // SAFETY: `page` is a valid page; the reference taken here is dropped by `drop`.
+        unsafe { bindings::get_page(page.as_ptr()) };
+        // INVARIANT: the page is kept by the reference just taken.
         // SAFETY: `Page::as_ptr` is never NULL.
         Self(unsafe { NonNull::new_unchecked(page.as_ptr()) })
     }
@@ -93,8 +147,10 @@ impl ParkedPage {
 
 impl Drop for ParkedPage {
     fn drop(&mut self) {
-        // SAFETY: by the type invariant the page is ours; order 0.
-        unsafe { bindings::__free_pages(self.0.as_ptr(), 0) };
+        // SAFETY: by the type invariant we own a reference to the page.  A page from
+        // `alloc_page()` has only ours and is freed; a page of a process goes when its last
+        // user lets it go.
+        unsafe { bindings::put_page(self.0.as_ptr()) };
     }
 }
 
@@ -121,8 +177,8 @@ pub(crate) struct GmMapping {
     dev: DeviceId,
     state: u8,
     flags: u8,
-    /// Kept for the eviction clock of device pages (an accessed bit and an age).
-    _reserved: u32,
+    /// The generation of the claim that holds the entry (or held it last).
+    gen: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<GmMapping>() == 16);
@@ -134,15 +190,10 @@ impl GmMapping {
             dev: 0,
             state: STATE_NOWHERE,
             flags: if busy { FLAG_BUSY } else { 0 },
-            _reserved: 0,
+            gen: 0,
         };
         m.set(residency);
         m
-    }
-
-    /// A busy entry for a page that is nowhere yet: what a first fault inserts.
-    pub(crate) fn claimed() -> Self {
-        Self::new(Residency::Nowhere, true)
     }
 
     /// Where the page lives.
@@ -235,14 +286,15 @@ unsafe impl Sync for MappingBox {}
 
 impl MappingBox {
     /// Allocates a mapping with the given contents (may sleep; charged to the caller's
-    /// memory cgroup).
-    pub(crate) fn new(mapping: GmMapping) -> Result<Self> {
+    /// memory cgroup).  With `nofail` (an undo), the allocation does not fail.
+    pub(crate) fn new(mapping: GmMapping, nofail: bool) -> Result<Self> {
         let cache = MAPPING_CACHE.load(Ordering::Acquire);
         if cache.is_null() {
             return Err(ENOMEM);
         }
+        let flags = bindings::GFP_KERNEL_ACCOUNT | if nofail { bindings::__GFP_NOFAIL } else { 0 };
         // SAFETY: `cache` is the live `gmem_mapping` cache, which is never destroyed.
-        let ptr = unsafe { bindings::kmem_cache_alloc_noprof(cache, bindings::GFP_KERNEL_ACCOUNT) };
+        let ptr = unsafe { bindings::kmem_cache_alloc_noprof(cache, flags) };
         let ptr = NonNull::new(ptr.cast::<GmMapping>()).ok_or(ENOMEM)?;
         // SAFETY: `ptr` is a fresh allocation of the cache's object size, suitably aligned.
         unsafe { ptr.as_ptr().write(mapping) };
@@ -297,6 +349,44 @@ unsafe impl ForeignOwnable for MappingBox {
 /// so a walk over a large range never keeps the lock long.
 const WALK_BATCH: usize = 16;
 
+/// The right to move one page: see "Claims" in the module documentation.
+///
+/// Taken by [`LogicalPageTable::claim_if`], [`LogicalPageTable::claim`] or
+/// [`LogicalPageTable::claim_any`]; ended, exactly once, by [`LogicalPageTable::end_claim`] (or
+/// handed to C as a token with [`Claim::into_token`] and taken back with [`Claim::from_token`]).
+/// Dropping a claim without ending it would leave its entry busy for good: it warns.
+#[must_use = "a claim is ended with `LogicalPageTable::end_claim`"]
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Claim {
+    vpn: usize,
+    gen: u32,
+}
+
+impl Claim {
+    /// The claimed page.
+    pub(crate) fn vpn(&self) -> usize {
+        self.vpn
+    }
+
+    /// The claim as a number C code keeps for a while (a CPU fault's): its generation.
+    pub(crate) fn into_token(self) -> u32 {
+        ManuallyDrop::new(self).gen
+    }
+
+    /// Takes back the claim of page `vpn` given out as `token` by [`Claim::into_token`].
+    pub(crate) fn from_token(vpn: usize, token: u32) -> Self {
+        Self { vpn, gen: token }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // A claim that is not ended keeps its entry busy, and everyone who waits for the page
+        // waits forever.
+        kernel::warn_on!(true);
+    }
+}
+
 /// The logical page table of one address space.
 ///
 /// # Examples
@@ -312,6 +402,16 @@ pub(crate) struct LogicalPageTable {
     pages: XArray<MappingBox>,
     /// Entries in `pages`; changed only under the lock.
     len: AtomicUsize,
+    /// The generation of the next claim.
+    next_gen: Atomic<u32>,
+    /// Sleepers in [`LogicalPageTable::wait_unclaimed`]; changed under `wait_lock`.
+    waiters: Atomic<u32>,
+    /// Signalled when a claim ends or a claimed entry is dropped.
+    #[pin]
+    unclaimed: CondVar,
+    /// Orders a sleeper's look at its entry with the wake-up that follows a change of it.
+    #[pin]
+    wait_lock: SpinLock<()>,
 }
 
 impl LogicalPageTable {
@@ -320,6 +420,10 @@ impl LogicalPageTable {
         pin_init!(Self {
             pages <- XArray::new(AllocKind::Alloc),
             len: AtomicUsize::new(0),
+            next_gen: Atomic::new(1u32),
+            waiters: Atomic::new(0u32),
+            unclaimed <- new_condvar!("gmem_lpt::unclaimed"),
+            wait_lock <- new_spinlock!((), "gmem_lpt::wait_lock"),
         })
     }
 
@@ -328,39 +432,124 @@ impl LogicalPageTable {
         self.pages.lock()
     }
 
+    /// Claims the entry `m` of page `vpn`, found not busy under the lock.
+    fn take(&self, m: &mut GmMapping, vpn: usize) -> Claim {
+        let gen = self.next_gen.fetch_add(1u32, Relaxed);
+        m.gen = gen;
+        m.set_busy(true);
+        m.set(Residency::Nowhere);
+        Claim { vpn, gen }
+    }
+
     /// Claims page `vpn` for a move if its entry is `expect` and not busy: it becomes busy and
-    /// nowhere, and `claimed` runs under the lock (given its guard).  `false` if someone else
-    /// got there first.
+    /// nowhere, and `claimed` runs under the lock (given its guard).  `None` if the entry is
+    /// something else, gone or claimed.
     pub(crate) fn claim_if(
         &self,
         vpn: usize,
         expect: Residency,
         claimed: impl FnOnce(&Guard<'_, MappingBox>),
-    ) -> bool {
+    ) -> Option<Claim> {
         let mut guard = self.lock();
         match guard.get_mut(vpn) {
             Some(m) if !m.busy() && m.residency() == expect => {
-                m.set_busy(true);
-                m.set(Residency::Nowhere);
+                let claim = self.take(m, vpn);
                 claimed(&guard);
-                true
+                Some(claim)
             }
-            _ => false,
+            _ => None,
         }
     }
 
-    /// Ends a claim, recording where the page lives now.  `false` if the entry went meanwhile
-    /// (the range was unmapped): then the caller still owns what `now` names.
-    pub(crate) fn end_claim(&self, vpn: usize, now: Residency) -> bool {
-        let mut guard = self.lock();
-        match guard.get_mut(vpn) {
-            Some(m) if m.busy() => {
+    /// Claims page `vpn` if its entry is still what the caller `seen` (`None`: no entry, and
+    /// then a claimed one is made).  `None` if someone else got there first.
+    pub(crate) fn claim(&self, vpn: usize, seen: Option<Residency>) -> Result<Option<Claim>> {
+        match seen {
+            Some(seen) => Ok(self.claim_if(vpn, seen, |_| {})),
+            None => self.claim_new(vpn),
+        }
+    }
+
+    /// Claims page `vpn` whatever it holds, making its entry if there is none: the claim and
+    /// where the page was.  `None` if it is claimed already.
+    pub(crate) fn claim_any(&self, vpn: usize) -> Result<Option<(Claim, Residency)>> {
+        loop {
+            {
+                let mut guard = self.lock();
+                if let Some(m) = guard.get_mut(vpn) {
+                    if m.busy() {
+                        return Ok(None);
+                    }
+                    let was = m.residency();
+                    return Ok(Some((self.take(m, vpn), was)));
+                }
+            }
+            if let Some(claim) = self.claim_new(vpn)? {
+                return Ok(Some((claim, Residency::Nowhere)));
+            }
+            // Made by someone else meanwhile: look again.
+        }
+    }
+
+    /// Makes a claimed entry for untracked page `vpn`.  `None` if it is tracked.
+    fn claim_new(&self, vpn: usize) -> Result<Option<Claim>> {
+        let gen = self.next_gen.fetch_add(1u32, Relaxed);
+        let mut mapping = GmMapping::new(Residency::Nowhere, true);
+        mapping.gen = gen;
+        match self.insert_mapping(vpn, mapping) {
+            Ok(()) => Ok(Some(Claim { vpn, gen })),
+            Err(e) if e == EBUSY => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ends `claim` under the lock the caller holds, recording where the page lives `now`;
+    /// the caller calls [`LogicalPageTable::wake`] once it dropped the lock.  `false` if the
+    /// entry was dropped (or dropped and made again) meanwhile: nothing was recorded, and the
+    /// caller still owns what `now` names.
+    pub(crate) fn end_claim_locked(
+        guard: &mut Guard<'_, MappingBox>,
+        claim: Claim,
+        now: Residency,
+    ) -> bool {
+        let claim = ManuallyDrop::new(claim);
+        match guard.get_mut(claim.vpn) {
+            Some(m) if m.busy() && m.gen == claim.gen => {
                 m.set(now);
                 m.set_busy(false);
                 true
             }
             _ => false,
         }
+    }
+
+    /// Ends `claim`, recording where the page lives `now`, and wakes those who wait for it.
+    /// `false` if the entry went meanwhile: then the caller still owns what `now` names.
+    pub(crate) fn end_claim(&self, claim: Claim, now: Residency) -> bool {
+        let ended = Self::end_claim_locked(&mut self.lock(), claim, now);
+        self.wake();
+        ended
+    }
+
+    /// Wakes those who wait for a claim of this table to end.
+    pub(crate) fn wake(&self) {
+        // A sleeper counted itself before it looked at its entry under the table's lock, and
+        // the entry was changed under that lock before this: the count is seen.
+        if self.waiters.load(Relaxed) != 0 {
+            let _guard = self.wait_lock.lock();
+            self.unclaimed.notify_all();
+        }
+    }
+
+    /// Sleeps until page `vpn` is not claimed (its claim ended or its entry went).
+    pub(crate) fn wait_unclaimed(&self, vpn: usize) {
+        kernel::task::might_sleep();
+        let mut guard = self.wait_lock.lock();
+        self.waiters.fetch_add(1u32, Relaxed);
+        while self.lock().get(vpn).is_some_and(|m| m.busy()) {
+            self.unclaimed.wait(&mut guard);
+        }
+        self.waiters.fetch_sub(1u32, Relaxed);
     }
 
     /// Number of pages tracked.
@@ -383,11 +572,16 @@ impl LogicalPageTable {
 
     /// Stores `mapping` at `vpn`, which must be untracked (`EBUSY` otherwise).
     pub(crate) fn insert_mapping(&self, vpn: usize, mapping: GmMapping) -> Result {
+        self.insert_mapping_gfp(vpn, mapping, GFP_KERNEL_ACCOUNT)
+    }
+
+    /// [`LogicalPageTable::insert_mapping`] with allocation flags `gfp`.
+    fn insert_mapping_gfp(&self, vpn: usize, mapping: GmMapping, gfp: Flags) -> Result {
         // Allocate before taking the lock: the XArray may still drop it to allocate nodes,
         // but `insert` never overwrites what was stored meanwhile.
-        let new = MappingBox::new(mapping)?;
+        let new = MappingBox::new(mapping, gfp.contains(__GFP_NOFAIL))?;
         let mut guard = self.lock();
-        guard.insert(vpn, new, GFP_KERNEL_ACCOUNT)?;
+        guard.insert(vpn, new, gfp)?;
         self.account(1);
         Ok(())
     }
@@ -443,9 +637,9 @@ impl LogicalPageTable {
     /// Stops tracking the pages `start..end` for which `select` is true.
     ///
     /// `released(vpn, residency)` is called, without the lock, for every device or parked page
-    /// whose entry was removed: the caller now owns that page.  Busy entries are removed too;
-    /// their owner finds them gone and keeps what it moved.  Returns the number of entries
-    /// removed.
+    /// whose entry was removed: the caller now owns that page.  Claimed entries are removed
+    /// too: their holders find them gone when they end their claims, and keep what they moved.
+    /// Returns the number of entries removed.
     pub(crate) fn erase_range(
         &self,
         start: usize,
@@ -454,6 +648,7 @@ impl LogicalPageTable {
         released: impl FnMut(usize, Residency),
     ) -> usize {
         let mut removed = 0;
+        let mut claimed = false;
         self.walk(
             start,
             end,
@@ -461,6 +656,7 @@ impl LogicalPageTable {
                 if !select(residency) {
                     return None;
                 }
+                claimed |= guard.get(vpn).is_some_and(|m| m.busy());
                 drop(guard.remove(vpn));
                 self.account(-1);
                 removed += 1;
@@ -471,17 +667,23 @@ impl LogicalPageTable {
             },
             released,
         );
+        if claimed {
+            // Their holders find them gone when they end their claims; those who wait for
+            // the pages find them gone now.
+            self.wake();
+        }
         removed
     }
 
     /// Calls `f(vpn)`, without the lock, for every page in `start..end` that the CPU page table
-    /// cannot map as it is: device-resident or parked.
+    /// cannot map as it is: device-resident, parked, or claimed (moving).
     pub(crate) fn for_each_away_page(&self, start: usize, end: usize, mut f: impl FnMut(usize)) {
         self.walk(
             start,
             end,
-            |_, _, residency| match residency {
+            |guard, vpn, residency| match residency {
                 Residency::Device(_) | Residency::Parked(_) => Some(residency),
+                _ if guard.get(vpn).is_some_and(|m| m.busy()) => Some(residency),
                 _ => None,
             },
             |vpn, _| f(vpn),
@@ -516,13 +718,21 @@ impl LogicalPageTable {
     /// them are in place are the old ones removed, so `ENOMEM` leaves the table as it was.
     /// The two ranges must not overlap.  `moved(old_vpn, page)` is called, without the lock,
     /// for each device page that moved: the device still maps it at its old address.
+    ///
+    /// With `nofail` (the undo of a move, which cannot fail), allocations do not fail.
     pub(crate) fn move_range(
         &self,
         from: usize,
         to: usize,
         count: usize,
+        nofail: bool,
         moved: impl FnMut(usize, DevicePage),
     ) -> Result {
+        let gfp = if nofail {
+            GFP_KERNEL_ACCOUNT | __GFP_NOFAIL
+        } else {
+            GFP_KERNEL_ACCOUNT
+        };
         let end = from.checked_add(count).ok_or(EINVAL)?;
         let to_end = to.checked_add(count).ok_or(EINVAL)?;
         if count == 0 || (from < to_end && to < end) {
@@ -540,7 +750,7 @@ impl LogicalPageTable {
             let Some((vpn, mapping)) = found else {
                 break Ok(());
             };
-            if let Err(e) = self.insert_mapping(vpn - from + to, mapping) {
+            if let Err(e) = self.insert_mapping_gfp(vpn - from + to, mapping, gfp) {
                 break Err(e);
             }
             next = vpn + 1;
@@ -621,6 +831,34 @@ mod tests {
             m.set_busy(false);
             assert!(!m.busy());
         }
+        Ok(())
+    }
+
+    /// Only the holder of a claim ends it, and only while its entry lives: a claim whose entry
+    /// was dropped and made again by someone else records nothing.
+    #[test]
+    fn claims_are_owned() -> Result {
+        let lpt = table()?;
+        lpt.insert(5, dev(1))?;
+        let first = lpt.claim_if(5, dev(1), |_| {}).ok_or(EBUSY)?;
+        // Claimed: nobody else gets it, whatever they expect.
+        assert!(lpt.claim_if(5, Residency::Nowhere, |_| {}).is_none());
+        assert!(lpt.claim_any(5)?.is_none());
+        // Dropped (MADV_DONTNEED) and made again by a fault.
+        lpt.erase_range(5, 6, |_| true, |_, _| {});
+        let (second, was) = lpt.claim_any(5)?.ok_or(EBUSY)?;
+        assert_eq!(was, Residency::Nowhere);
+        assert!(!lpt.end_claim(first, dev(1)));
+        assert_eq!(lpt.residency(5), Some(Residency::Nowhere));
+        assert!(lpt.end_claim(second, Residency::Host));
+        assert_eq!(lpt.residency(5), Some(Residency::Host));
+        // Not claimed: nothing to wait for.
+        lpt.wait_unclaimed(5);
+        lpt.wait_unclaimed(6);
+        // A claim given to C and taken back is the same claim.
+        let (claim, _) = lpt.claim_any(6)?.ok_or(EBUSY)?;
+        let token = claim.into_token();
+        assert!(lpt.end_claim(Claim::from_token(6, token), Residency::Host));
         Ok(())
     }
 
@@ -714,7 +952,7 @@ mod tests {
             lpt.insert(vpn, if vpn == 1001 { dev(5) } else { Residency::Host })?;
         }
         let mut moved = KVec::new();
-        lpt.move_range(1000, 4, 4, |vpn, p| {
+        lpt.move_range(1000, 4, 4, false, |vpn, p| {
             let _ = moved.push((vpn, p.pfn), GFP_KERNEL);
         })?;
         // The device page moved with its entry; the device learns its old address.
@@ -726,11 +964,11 @@ mod tests {
         assert_eq!(lpt.residency(1001), None);
         assert_eq!(lpt.len(), 8);
         // Overlapping ranges are refused and change nothing.
-        assert_eq!(lpt.move_range(0, 2, 4, |_, _| {}), Err(EINVAL));
+        assert_eq!(lpt.move_range(0, 2, 4, false, |_, _| {}), Err(EINVAL));
         assert_eq!(lpt.len(), 8);
         // A move onto tracked pages fails as a whole.
         lpt.insert(20, Residency::Host)?;
-        assert_eq!(lpt.move_range(0, 18, 4, |_, _| {}), Err(EBUSY));
+        assert_eq!(lpt.move_range(0, 18, 4, false, |_, _| {}), Err(EBUSY));
         for vpn in 0..4 {
             assert!(lpt.residency(vpn).is_some());
         }

@@ -19,11 +19,11 @@
 //! CPU fault that follows installs each page without calling the device again.
 
 use crate::{
-    address_space::AddressSpace,
+    address_space::{AddressSpace, NOTIFIER_SHIFT},
     context::Context,
     device::DeviceOps,
-    fault::{claim_since, fault_page, unclaim},
-    lpt::{DevicePage, ParkedPage, Residency},
+    fault::{end_failed, fault_page, host_after_failure},
+    lpt::{Claim, DevicePage, LogicalPageTable, ParkedPage, Residency},
 };
 use core::ptr::NonNull;
 use kernel::{
@@ -36,6 +36,9 @@ use kernel::{
 
 /// Pages moved at once: 2 MiB.
 pub(crate) const CHUNK_PAGES: usize = 512;
+
+// A chunk lies in one notifier window: one sequence check covers it.
+const _: () = assert!((1 << NOTIFIER_SHIFT) % (CHUNK_PAGES * PAGE_SIZE) == 0);
 
 /// A host page pinned with `pin_user_pages_remote()`, unpinned on drop.
 pub(crate) struct PinnedPage(BorrowedPage<'static>);
@@ -127,8 +130,10 @@ struct Slot {
     host: Option<PinnedPage>,
     /// The device page allocated for it.
     pfn: Option<u64>,
-    /// Whether the entry is ours (busy).
-    claimed: bool,
+    /// The entry's claim, while the page moves.
+    claim: Option<Claim>,
+    /// Whether the page moved and was recorded on the device.
+    done: bool,
 }
 
 /// The first run of consecutive pages among `slots[from..]` that `pick` picks: (first index,
@@ -168,6 +173,8 @@ pub(crate) fn to_device(
     prot: c_uint,
 ) -> Result<usize> {
     let first = start / PAGE_SIZE;
+    // A chunk lies in one window (both are aligned, and a window is a whole number of chunks).
+    let window = this.window(start)?;
     let mut slots: KVec<Slot> = KVec::with_capacity(n, GFP_KERNEL)?;
     let mut slow: KVec<usize> = KVec::with_capacity(n, GFP_KERNEL)?;
     {
@@ -181,7 +188,8 @@ pub(crate) fn to_device(
                         seen: seen.map(|(r, _)| r),
                         host: None,
                         pfn: None,
-                        claimed: false,
+                        claim: None,
+                        done: false,
                     })
                     .is_ok(),
                 Some(_) => slow.push_within_capacity(vpn).is_ok(),
@@ -197,7 +205,7 @@ pub(crate) fn to_device(
     // unless the CPU touched it (it may be swapped out) or the process was forked: those are
     // faulted in.  An invalidation from here to the claims means that a pinned page may no
     // longer be the page mapped (see `claim_since`).
-    let pinned_at = this.read_begin();
+    let pinned_at = window.read_begin();
     let mut pinned: KVec<PinnedPage> = KVec::with_capacity(slots.len(), GFP_KERNEL)?;
     let mut i = 0;
     while i < slots.len() {
@@ -244,21 +252,20 @@ pub(crate) fn to_device(
     let mut moves = KVec::with_capacity(slots.len(), GFP_KERNEL)?;
     let mut result = Ok(());
     for s in slots.iter_mut() {
-        s.claimed = match s.pfn {
+        s.claim = match s.pfn {
             Some(_) => {
                 let still_mapped = || {
                     s.host
                         .as_ref()
                         .is_none_or(|h| h.still_mapped(mm, s.vpn * PAGE_SIZE))
                 };
-                matches!(
-                    claim_since(this, s.vpn, s.seen, pinned_at, still_mapped),
-                    Ok(true)
-                )
+                this.claim_since(s.vpn, s.seen, &pinned_at, still_mapped)
+                    .ok()
+                    .flatten()
             }
-            None => false,
+            None => None,
         };
-        if !s.claimed {
+        if s.claim.is_none() {
             // No device page, or someone else got there first (or no memory for the entry):
             // one by one.
             if let Some(pfn) = s.pfn.take() {
@@ -269,16 +276,16 @@ pub(crate) fn to_device(
         }
     }
 
-    // From here on a CPU access faults, finds the entry busy and retries until the page is on
-    // the device; the pins keep the pages for the copy.  One zap (one TLB flush) per run.
+    // From here on a CPU access faults and sleeps until the page is on the device; the pins
+    // keep the pages for the copy.  One zap (one TLB flush) per run.
     for_each_run(
         &slots,
-        |s| s.claimed && s.host.is_some(),
+        |s| s.claim.is_some() && s.host.is_some(),
         |i, len| vma.zap_vma_range(slots[i].vpn * PAGE_SIZE, len * PAGE_SIZE),
     );
-    let seq = this.read_begin();
+    let seq = window.read_begin();
     let mut at = 0;
-    while let Some((i, len)) = next_run(&slots, at, |s| s.claimed) {
+    while let Some((i, len)) = next_run(&slots, at, |s| s.claim.is_some()) {
         at = i + len;
         moves.clear();
         for s in &slots[i..i + len] {
@@ -292,13 +299,15 @@ pub(crate) fn to_device(
             });
         }
         if let Err(e) = ctx.place_run(slots[i].vpn * PAGE_SIZE, &moves, prot) {
-            // The device failed: the pages' data is lost (see `crate::fault`).
+            // The device failed: the data stays in the host pages, parked.
             for s in &mut slots[i..i + len] {
                 if let Some(pfn) = s.pfn.take() {
                     ctx.dev.free_page(pfn);
                 }
-                unclaim(this, s.vpn, Residency::Nowhere);
-                s.claimed = false;
+                if let Some(claim) = s.claim.take() {
+                    let now = host_after_failure(s.host.as_ref().map(PinnedPage::page));
+                    end_failed(this, claim, s.vpn * PAGE_SIZE, now);
+                }
             }
             result = Err(e);
         }
@@ -311,7 +320,7 @@ pub(crate) fn to_device(
     // Record the device pages, with one notifier check for the chunk.
     let space = core::ptr::from_ref(this) as usize;
     if let Some(memory) = ctx.dev.memory() {
-        for s in slots.iter().filter(|s| s.claimed) {
+        for s in slots.iter().filter(|s| s.claim.is_some()) {
             if let Some(pfn) = s.pfn {
                 memory.set_owner(pfn, space, s.vpn);
             }
@@ -320,23 +329,22 @@ pub(crate) fn to_device(
     let mut moved = 0;
     let changed = {
         let mut guard = this.lpt.lock();
-        for s in slots.iter_mut().filter(|s| s.claimed) {
-            match (guard.get_mut(s.vpn), s.pfn) {
-                (Some(m), Some(pfn)) => {
-                    m.set(Residency::Device(DevicePage {
-                        dev: ctx.dev.id,
-                        pfn,
-                    }));
-                    m.set_busy(false);
-                    moved += 1;
-                }
-                // Unmapped meanwhile: nobody else knows the page (freed below).
-                _ => s.claimed = false,
-            }
+        for s in slots.iter_mut() {
+            let (Some(claim), Some(pfn)) = (s.claim.take(), s.pfn) else {
+                continue;
+            };
+            let page = DevicePage {
+                dev: ctx.dev.id,
+                pfn,
+            };
+            // Dropped meanwhile: nobody else knows the page (freed below).
+            s.done = LogicalPageTable::end_claim_locked(&mut guard, claim, Residency::Device(page));
+            moved += usize::from(s.done);
         }
-        this.changed(&guard, seq)
+        this.changed(&guard, &seq)
     };
-    for s in slots.iter_mut().filter(|s| !s.claimed) {
+    this.lpt.wake();
+    for s in slots.iter_mut().filter(|s| !s.done) {
         if let Some(pfn) = s.pfn.take() {
             ctx.unmap_va(s.vpn * PAGE_SIZE, PAGE_SIZE);
             ctx.dev.free_page(pfn);
@@ -347,13 +355,13 @@ pub(crate) fn to_device(
         // be stale.  Remove them and map the pages again one by one.
         for_each_run(
             &slots,
-            |s| s.claimed,
+            |s| s.done,
             |i, len| ctx.unmap_va(slots[i].vpn * PAGE_SIZE, len * PAGE_SIZE),
         );
     }
     result?;
     if changed {
-        for s in slots.iter().filter(|s| s.claimed) {
+        for s in slots.iter().filter(|s| s.done) {
             slow.push(s.vpn, GFP_KERNEL)?;
         }
     }
@@ -420,7 +428,7 @@ pub(crate) fn park_run_home(
     for _ in run {
         hosts.push(Some(Page::alloc_page(GFP_KERNEL)?), GFP_KERNEL)?;
     }
-    let mut claimed = KVec::with_capacity(run.len(), GFP_KERNEL)?;
+    let mut claimed: KVec<Option<Claim>> = KVec::with_capacity(run.len(), GFP_KERNEL)?;
     for &(vpn, page) in run {
         let _ =
             claimed.push_within_capacity(this.lpt.claim_if(vpn, Residency::Device(page), |_| {}));
@@ -429,7 +437,7 @@ pub(crate) fn park_run_home(
     let mut result = Ok(());
     let mut i = 0;
     while i < run.len() {
-        let len = claimed[i..].iter().take_while(|&&c| c).count();
+        let len = claimed[i..].iter().take_while(|c| c.is_some()).count();
         if len == 0 {
             i += 1;
             continue;
@@ -446,16 +454,24 @@ pub(crate) fn park_run_home(
                 dev.copy_run_home(run[i].0 * PAGE_SIZE, &pairs)
             });
         for k in i..i + len {
-            let (vpn, page) = run[k];
-            let now = match (&copied, hosts[k].take()) {
-                (Ok(()), Some(host)) => {
+            let (_, page) = run[k];
+            let Some(claim) = claimed[k].take() else {
+                continue;
+            };
+            let charged = match (&copied, hosts[k].take()) {
+                // Charged to the process, which asked for its pages to come home.
+                (Ok(()), Some(host)) => ParkedPage::charged(host, this.mm(), true).ok(),
+                _ => None,
+            };
+            let now = match charged {
+                Some(parked) => {
                     dev.free(page);
-                    Residency::Parked(ParkedPage::new(host).into_raw())
+                    Residency::Parked(parked.into_raw())
                 }
                 // The device pages are intact: they stay (the device faults them in again).
-                _ => Residency::Device(page),
+                None => Residency::Device(page),
             };
-            if this.lpt.end_claim(vpn, now) {
+            if this.lpt.end_claim(claim, now) {
                 parked += usize::from(matches!(now, Residency::Parked(_)));
                 continue;
             }
@@ -485,13 +501,14 @@ mod tests {
     };
     use kernel::sync::Arc;
 
-    fn slot(vpn: usize, claimed: bool) -> Slot {
+    fn slot(vpn: usize, done: bool) -> Slot {
         Slot {
             vpn,
             seen: None,
             host: None,
             pfn: None,
-            claimed,
+            claim: None,
+            done,
         }
     }
 
@@ -509,14 +526,14 @@ mod tests {
         let mut runs = KVec::new();
         for_each_run(
             &slots,
-            |s| s.claimed,
+            |s| s.done,
             |i, len| {
                 let _ = runs.push((i, len), GFP_KERNEL);
             },
         );
         assert_eq!(&runs[..], &[(0, 2), (3, 2), (5, 1)]);
-        assert_eq!(next_run(&slots, 6, |s| s.claimed), None);
-        assert_eq!(next_run(&slots, 0, |s| !s.claimed), Some((2, 1)));
+        assert_eq!(next_run(&slots, 6, |s| s.done), None);
+        assert_eq!(next_run(&slots, 0, |s| !s.done), Some((2, 1)));
         Ok(())
     }
 
@@ -590,7 +607,9 @@ mod tests {
             };
             assert_eq!(this.lpt.residency(vpn), Some(Residency::Device(page)));
             // Not left busy: a second claim works.
-            assert!(this.lpt.claim_if(vpn, Residency::Device(page), |_| {}));
+            let claim = this.lpt.claim_if(vpn, Residency::Device(page), |_| {});
+            assert!(claim.is_some());
+            assert!(claim.is_some_and(|c| this.lpt.end_claim(c, Residency::Device(page))));
         }
         Ok(())
     }

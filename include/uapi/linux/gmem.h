@@ -16,10 +16,12 @@
  * The value is bit 27.  No architecture's <asm/mman.h> uses it: bits 26-31
  * are the hugetlb page-size field (MAP_HUGE_SHIFT is 26 everywhere), which
  * means something only together with MAP_HUGETLB; MAP_UNINITIALIZED (bit 26)
- * reuses the field the same way.  MAP_PEER_SHARED with MAP_HUGETLB, with
- * MAP_SHARED or with a file is rejected with EINVAL, so the two meanings of
- * the bit can never meet.  Kernels without GMEM ignore the bit for
- * MAP_PRIVATE mappings, like any unknown legacy flag.
+ * reuses the field the same way.  So the bit is MAP_PEER_SHARED only
+ * without MAP_HUGETLB: with it, the bit is part of the huge page size
+ * (MAP_HUGE_1GB, MAP_HUGE_16KB, ...) exactly as on a kernel without GMEM.
+ * MAP_PEER_SHARED with MAP_SHARED or with a file is rejected with EINVAL.
+ * Kernels without GMEM ignore the bit for MAP_PRIVATE mappings, like any
+ * unknown legacy flag.
  */
 #define MAP_PEER_SHARED		0x8000000
 

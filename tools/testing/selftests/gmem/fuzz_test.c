@@ -609,12 +609,20 @@ static void do_mmap(void)
 		a = 0;
 
 	/*
-	 * What the arguments alone decide, in the kernel's order: the
-	 * MAP_PEER_SHARED check comes first (private anonymous memory only,
-	 * no hugetlb), then the file, then the length.
+	 * What the arguments alone decide, in the kernel's order.  With
+	 * MAP_HUGETLB, the bit of MAP_PEER_SHARED is part of the huge page
+	 * size, as without GMEM: size code 2 has no pool, so EBADF for a bad
+	 * file, EINVAL otherwise.  Without it, the MAP_PEER_SHARED check comes
+	 * first (private anonymous memory only), then the file, then the
+	 * length.
 	 */
-	if (peer && ((flags & MAP_TYPE) != MAP_PRIVATE ||
-		     !(flags & MAP_ANONYMOUS) || flags & MAP_HUGETLB)) {
+	if (peer && flags & MAP_HUGETLB) {
+		allowed = !(flags & MAP_ANONYMOUS) &&
+			  (fd < 0 || fd == F.closedfd || fd == 9999) ?
+			  BIT(EBADF) : BIT(EINVAL);
+		exact = 1;
+	} else if (peer && ((flags & MAP_TYPE) != MAP_PRIVATE ||
+			    !(flags & MAP_ANONYMOUS))) {
 		allowed = BIT(EINVAL);
 		exact = 1;
 	} else if (!(flags & MAP_ANONYMOUS) &&

@@ -303,4 +303,84 @@ TEST_F(mmap_invalid, hugetlb)
 		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1);
 }
 
+/*
+ * With MAP_HUGETLB, the bits of MAP_PEER_SHARED are part of the hugetlb page
+ * size (MAP_HUGE_1GB, MAP_HUGE_16KB, ...): every size code behaves as on a
+ * kernel without GMEM.  A size the kernel has no huge page pool for fails
+ * with EINVAL; one it has maps, or fails with ENOMEM when the pool is empty,
+ * and the mapping is not peer-shared.
+ */
+TEST(hugetlb_size_codes)
+{
+	static const int shifts[] = {
+		14, 16, 19, 20, 21, 23, 24, 25, 28, 29, 30, 31, 34,
+	};
+	int pools_with_bit = 0;
+
+	for (size_t i = 0; i < sizeof(shifts) / sizeof(shifts[0]); i++) {
+		int shift = shifts[i];
+		unsigned long size = 1UL << shift;
+		int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB |
+			    (shift << MAP_HUGE_SHIFT);
+		char pool[128];
+		int exists;
+		void *p;
+
+		snprintf(pool, sizeof(pool),
+			 "/sys/kernel/mm/hugepages/hugepages-%lukB", size >> 10);
+		exists = !access(pool, F_OK);
+		if (exists && (flags & MAP_PEER_SHARED))
+			pools_with_bit++;
+		errno = 0;
+		p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, -1, 0);
+		if (!exists) {
+			ASSERT_EQ(MAP_FAILED, p) TH_LOG("2^%d bytes", shift);
+			ASSERT_EQ(EINVAL, errno) TH_LOG("2^%d bytes", shift);
+			continue;
+		}
+		if (p == MAP_FAILED) {
+			/* No page reserved in the pool. */
+			ASSERT_EQ(ENOMEM, errno) TH_LOG("2^%d bytes", shift);
+			continue;
+		}
+		ASSERT_EQ(0, vma_has_flag(p, "ps")) TH_LOG("2^%d bytes", shift);
+		ASSERT_EQ(0, munmap(p, size));
+	}
+	TH_LOG("%d huge page pools whose size code has bit 27", pools_with_bit);
+}
+
+/* A huge page from the 2 MiB pool maps and holds data; it is not peer-shared. */
+TEST(hugetlb_2mib_page)
+{
+	const char *nr = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+	size_t size = 2UL << 20;
+	char old[32] = "0";
+	int fd, n;
+	char *p;
+
+	fd = open(nr, O_RDWR);
+	if (fd < 0)
+		SKIP(return, "no 2 MiB huge page pool");
+	n = read(fd, old, sizeof(old) - 1);
+	old[n > 0 ? n : 0] = '\0';
+	if (pwrite(fd, "1", 1, 0) != 1) {
+		close(fd);
+		SKIP(return, "cannot reserve a 2 MiB huge page");
+	}
+	p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_2MB, -1, 0);
+	if (p == MAP_FAILED && errno == ENOMEM) {
+		pwrite(fd, old, strlen(old), 0);
+		close(fd);
+		SKIP(return, "no free 2 MiB page");
+	}
+	ASSERT_NE(MAP_FAILED, p);
+	fill_pattern(p, size, 7);
+	ASSERT_EQ(-1, check_pattern(p, size, 7));
+	ASSERT_EQ(0, vma_has_flag(p, "ps"));
+	ASSERT_EQ(0, munmap(p, size));
+	pwrite(fd, old, strlen(old), 0);
+	close(fd);
+}
+
 TEST_HARNESS_MAIN

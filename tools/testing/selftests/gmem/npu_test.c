@@ -1659,4 +1659,209 @@ TEST_F(npu, prefetch_interrupted)
 	expect_resident(_metadata, self->fd, self->start);
 }
 
+/*
+ * A move to the NPU that the driver fails after the CPU mapping is gone
+ * leaves the data where it was.  The NPU has 4 MiB of page-table pages: one
+ * page in each of 1200 2 MiB regions needs more leaf tables than that, so
+ * mapping them fails with ENOMEM part of the way.  Every page the CPU wrote
+ * still reads back, moved or not.
+ */
+TEST_F_TIMEOUT(npu, failed_move_keeps_the_data, 300)
+{
+	const size_t region = 2UL << 20, regions = 1200;
+	size_t len = region * regions, moved = 0;
+	long ret = 0;
+	char *p;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_PEER_SHARED,
+		 -1, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	for (size_t i = 0; i < regions; i++)
+		*(unsigned long *)(p + i * region) = i + 1;
+	for (; moved < regions; moved++) {
+		ret = hmadvise(self->info[0].hnid,
+			       (unsigned long)(p + moved * region), self->page,
+			       MADV_PREFETCH);
+		if (ret)
+			break;
+	}
+	TH_LOG("%zu of %zu pages moved before the NPU failed", moved, regions);
+	ASSERT_EQ(-1, ret);
+	ASSERT_EQ(ENOMEM, errno);
+	/* The page that failed, and those after it, are where they were. */
+	for (size_t i = 0; i < regions; i++) {
+		ASSERT_EQ(i + 1, *(unsigned long *)(p + i * region))
+			TH_LOG("page %zu of %zu (the move of page %zu failed)",
+			       i, regions, moved);
+	}
+	ASSERT_EQ(0, munmap(p, len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/* The value of @name in /proc/vmstat, or -1. */
+static long long vmstat(const char *name)
+{
+	char line[256];
+	size_t n = strlen(name);
+	long long v = -1;
+	FILE *f = fopen("/proc/vmstat", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, name, n) && line[n] == ' ')
+			v = atoll(line + n + 1);
+	fclose(f);
+	return v;
+}
+
+#define NUMAB_DIR "/sys/kernel/debug/sched/numa_balancing/"
+
+/*
+ * NUMA balancing leaves peer-shared ranges alone: its scan makes PTEs
+ * PROT_NONE, and the protection change would unmap every page of the range
+ * from the NPU.  A prefaulting NPU (faultable=0) would then fail its next
+ * job with EFAULT; a faulting one would fault every page again.  The test
+ * scans until NUMA balancing has changed PTEs of an ordinary buffer (so the
+ * scanner did pass over the process), then runs a job on the buffer the
+ * NPU holds.
+ */
+TEST_F_TIMEOUT(npu, numa_balancing_leaves_npu_mappings, 120)
+{
+	static const char *const knobs[] = { "scan_delay_ms", "scan_period_min_ms" };
+	unsigned long long old_knob[2], old_mode = 0;
+	size_t other_len = 4UL << 20;
+	struct gmem_npu_stats s;
+	long long before, after = -1;
+	struct npu_delta d;
+	char *other, path[256];
+	__u64 sum;
+	void *p;
+
+	if (access("/sys/devices/system/node/node1", F_OK))
+		SKIP(return, "one host NUMA node: no NUMA balancing");
+	if (read_ull("/proc/sys/kernel/numa_balancing", &old_mode) ||
+	    write_ull("/proc/sys/kernel/numa_balancing", 1))
+		SKIP(return, "no NUMA balancing (CONFIG_NUMA_BALANCING)");
+	for (int i = 0; i < 2; i++) {
+		snprintf(path, sizeof(path), NUMAB_DIR "%s", knobs[i]);
+		old_knob[i] = ~0ULL;
+		if (!read_ull(path, &old_knob[i]))
+			write_ull(path, i ? 10 : 0);
+	}
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	fill_words(p, self->len, 5, 2);
+	ASSERT_EQ(0, hmadvise(self->info[0].hnid, (unsigned long)p, self->len,
+			      MADV_PREFETCH));
+	other = mmap(NULL, other_len, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, other);
+	memset(other, 1, other_len);
+	before = vmstat("numa_pte_updates");
+	/* Run on the CPU until a scan passed (task_numa_work runs on return to user space). */
+	for (int i = 0; i < 2000 && after <= before; i++) {
+		for (size_t k = 0; k < other_len; k += self->page)
+			other[k]++;
+		usleep(5000);
+		after = vmstat("numa_pte_updates");
+	}
+	write_ull("/proc/sys/kernel/numa_balancing", old_mode);
+	for (int i = 0; i < 2; i++) {
+		snprintf(path, sizeof(path), NUMAB_DIR "%s", knobs[i]);
+		if (old_knob[i] != ~0ULL)
+			write_ull(path, old_knob[i]);
+	}
+	if (after <= before)
+		SKIP(return, "NUMA balancing never scanned (numa_pte_updates %lld)", after);
+	TH_LOG("NUMA balancing updated %lld PTEs", after - before);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, npu_sum(self->fd[0], p, self->len, &sum));
+	ASSERT_EQ(sum_words(self->len, 5, 2), sum);
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	/* The NPU's mappings are all still there (a prefaulting NPU asks anyway). */
+	if (self->faultable)
+		ASSERT_EQ(0, d.faults);
+	ASSERT_EQ(0, d.to_dev);
+	ASSERT_EQ(0, munmap(other, other_len));
+	ASSERT_EQ(0, munmap(p, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+struct storm {
+	char *at;		/* where the storm maps and unmaps */
+	atomic_int stop;
+	atomic_long rounds;
+};
+
+/* mmap() and munmap() 64 KiB at @at until told to stop. */
+static void *storm_thread(void *arg)
+{
+	struct storm *st = arg;
+
+	while (!atomic_load(&st->stop)) {
+		char *q = mmap(st->at, 64 << 10, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+
+		if (q == MAP_FAILED)
+			break;
+		q[0] = 1;
+		munmap(q, 64 << 10);
+		st->rounds++;
+	}
+	return NULL;
+}
+
+/*
+ * A storm of munmap() elsewhere in the process does not send device faults
+ * back to retry: each window of the address space has an MMU notifier of
+ * its own, and the storm is in another window than the buffer the NPU
+ * moves.  (With one notifier over the whole process, every munmap made
+ * every device fault in flight start over, with no bound.)
+ */
+TEST_F_TIMEOUT(npu, unrelated_munmaps_retry_no_device_fault, 300)
+{
+	const unsigned long window = 64UL << 20;
+	struct storm st = { 0 };
+	long before, after;
+	pthread_t thread;
+	char *p, *reserve;
+
+	before = gmem_stat("fault_retries");
+	ASSERT_LE(0, before) TH_LOG("no " GMEM_DEBUGFS "fault_retries");
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	fill_words(p, self->len, 11, 4);
+	/* The storm's place: a window of a reserved range that is not the buffer's. */
+	reserve = mmap(NULL, 3 * window, PROT_NONE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	ASSERT_NE(MAP_FAILED, reserve);
+	st.at = (char *)(((unsigned long)reserve + window - 1) & ~(window - 1));
+	if ((unsigned long)st.at / window == (unsigned long)p / window)
+		st.at += window;
+	ASSERT_EQ(0, pthread_create(&thread, NULL, storm_thread, &st));
+	/* At least 20 round trips, and on until the storm made 500 munmaps. */
+	for (int i = 0; i < 2000 && (i < 20 || atomic_load(&st.rounds) < 500); i++) {
+		ASSERT_EQ(0, hmadvise(self->info[0].hnid, (unsigned long)p,
+				      self->len, MADV_PREFETCH));
+		ASSERT_EQ(0, hmadvise(0, (unsigned long)p, self->len,
+				      MADV_PREFETCH));
+	}
+	atomic_store(&st.stop, 1);
+	ASSERT_EQ(0, pthread_join(thread, NULL));
+	after = gmem_stat("fault_retries");
+	TH_LOG("%ld munmaps meanwhile, %ld device fault retries", atomic_load(&st.rounds),
+	       after - before);
+	ASSERT_LE(500, atomic_load(&st.rounds));
+	ASSERT_EQ(before, after);
+	ASSERT_EQ(-1, check_words(p, self->len, 11, 4));
+	ASSERT_EQ(0, munmap(reserve, 3 * window));
+	ASSERT_EQ(0, munmap(p, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
 TEST_HARNESS_MAIN

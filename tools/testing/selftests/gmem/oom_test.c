@@ -242,7 +242,8 @@ static int gmem_then_hog(int hnid, const char *cgroup)
 {
 	int fd;
 
-	if (cgroup ? join_memcg(cgroup) : set_oom_score_adj(1000))
+	/* The OOM killer's choice, in the cgroup too (the test process is -1000). */
+	if ((cgroup && join_memcg(cgroup)) || set_oom_score_adj(1000))
 		return 1;
 	fd = npu_open_attached(0);
 	if (fd < 0 || !spread_gmem(hnid, 4 * OOM_LIMIT))
@@ -401,6 +402,155 @@ TEST_F_TIMEOUT(oom, prefetch_home_without_memory, 300)
 TEST_F_TIMEOUT(oom, eviction_without_memory, 300)
 {
 	under_pressure(_metadata, self->info.hnid, 0);
+}
+
+/* A number from @file of @cgroup (the first if there are several), or -1. */
+static long long cg_read(const char *cgroup, const char *file)
+{
+	char path[256];
+	long long v = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", cgroup, file);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	if (fscanf(f, "%lld", &v) != 1)
+		v = -1;
+	fclose(f);
+	return v;
+}
+
+/* The value for @region in a dmem file of @cgroup ("<region> <value>" lines), or -1. */
+static long long dmem_read(const char *cgroup, const char *file, const char *region)
+{
+	char path[256], name[128];
+	long long v = -1, x;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", cgroup, file);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fscanf(f, "%127s %lld", name, &x) == 2)
+		if (!strcmp(name, region))
+			v = x;
+	fclose(f);
+	return v;
+}
+
+#define CG_EVICT_LEN	(16UL << 20)	/* four times npu0's limit */
+#define CG_DMEM_MAX	(1UL << 20)	/* the child's share of npu0 */
+
+/*
+ * In the child cgroup: the NPU fills a buffer four times its limit, so that
+ * three quarters of it is evicted into host pages, which are charged to the
+ * cgroup's memory (they are the child's data); then, with a dmem.max below
+ * the NPU's limit, it fills another and never holds more NPU memory than
+ * that.  Every byte is checked.  Returns 0, or the step that failed.
+ */
+static int cgroup_child(const char *cgroup, const char *region, int hnid)
+{
+	long long before, after, used;
+	char path[256], limit[160];
+	__u32 *p, *q;
+	int fd;
+
+	if (join_memcg(cgroup))
+		return 1;
+	fd = npu_open_attached(0);
+	if (fd < 0)
+		return 2;
+	p = mmap_peer_shared(NULL, CG_EVICT_LEN, 0);
+	if (p == MAP_FAILED)
+		return 3;
+	before = cg_read(cgroup, "memory.current");
+	if (npu_fill(fd, p, CG_EVICT_LEN, 0x5a5a0001))
+		return 4;
+	after = cg_read(cgroup, "memory.current");
+	fprintf(stderr, "# memory.current %lld -> %lld after evicting %lu KiB\n",
+		before, after, (CG_EVICT_LEN - OOM_LIMIT) >> 10);
+	/* The evicted pages are charged to the child (some slack for its NPU's jobs). */
+	if (after - before < (long long)(CG_EVICT_LEN - OOM_LIMIT) * 9 / 10)
+		return 5;
+	for (size_t i = 0; i < CG_EVICT_LEN / 4; i++)
+		if (p[i] != 0x5a5a0001)
+			return 6;
+	if (munmap(p, CG_EVICT_LEN))
+		return 7;
+
+	snprintf(path, sizeof(path), "%s/dmem.max", cgroup);
+	snprintf(limit, sizeof(limit), "%s %lu\n", region, CG_DMEM_MAX);
+	if (write_str(path, limit))
+		return 8;
+	q = mmap_peer_shared(NULL, 2 * OOM_LIMIT, 0);
+	if (q == MAP_FAILED)
+		return 9;
+	if (npu_fill(fd, q, 2 * OOM_LIMIT, 0x5a5a0002))
+		return 10;
+	used = dmem_read(cgroup, "dmem.current", region);
+	fprintf(stderr, "# dmem.current %lld (dmem.max %lu), npu0 resident %lld pages\n",
+		used, CG_DMEM_MAX, gm_node_read(hnid, "resident"));
+	if (used < 0 || used > (long long)CG_DMEM_MAX)
+		return 11;
+	if (gm_node_read(hnid, "resident") > (long long)(CG_DMEM_MAX >> 12) + 1024)
+		return 12;
+	for (size_t i = 0; i < 2 * OOM_LIMIT / 4; i++)
+		if (q[i] != 0x5a5a0002)
+			return 13;
+	return 0;
+}
+
+/*
+ * A cgroup's limits hold for what GMEM keeps: the host pages that hold
+ * pages evicted from a device are charged to the memory cgroup of the
+ * process they belong to, and device memory to its dmem cgroup (each NPU's
+ * memory is the region gmem/<name>).
+ */
+TEST_F_TIMEOUT(oom, cgroup_limits_hold_for_evicted_and_device_memory, 300)
+{
+	char name[64] = "", region[96], path[256], buf[512] = "";
+	int dmem_enabled = 0, ret;
+	FILE *f;
+	pid_t pid;
+
+	if (make_memcg(self->cgroup, sizeof(self->cgroup),
+		       &self->subtree_memory, "max"))
+		SKIP(return, "no cgroup v2 memory controller (CONFIG_MEMCG)");
+	f = fopen(CGROUP_ROOT "/cgroup.controllers", "r");
+	ASSERT_NE(NULL, f);
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = '\0';
+	fclose(f);
+	if (!strstr(buf, "dmem"))
+		SKIP(return, "no dmem cgroup controller (CONFIG_CGROUP_DMEM)");
+	snprintf(path, sizeof(path), "/sys/kernel/mm/gmem/node%u/name", self->info.hnid);
+	f = fopen(path, "r");
+	ASSERT_NE(NULL, f);
+	ASSERT_EQ(1, fscanf(f, "%63s", name));
+	fclose(f);
+	snprintf(region, sizeof(region), "gmem/%s", name);
+	/* GMEM registered the NPU's memory with the dmem controller. */
+	ASSERT_LT(0, dmem_read(CGROUP_ROOT, "dmem.capacity", region))
+		TH_LOG("no region %s in dmem.capacity", region);
+	/* The child cgroup gets the dmem controller (memory is on already). */
+	f = fopen(CGROUP_ROOT "/cgroup.subtree_control", "r");
+	ASSERT_NE(NULL, f);
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = '\0';
+	fclose(f);
+	if (!strstr(buf, "dmem")) {
+		ASSERT_EQ(0, write_str(CGROUP_ROOT "/cgroup.subtree_control", "+dmem"));
+		dmem_enabled = 1;
+	}
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (!pid)
+		_exit(cgroup_child(self->cgroup, region, self->info.hnid));
+	ret = wait_child(pid);
+	if (dmem_enabled)
+		EXPECT_EQ(0, write_str(CGROUP_ROOT "/cgroup.subtree_control", "-dmem"));
+	ASSERT_EQ(0, ret) TH_LOG("the child failed at step %d", ret);
 }
 
 TEST_HARNESS_MAIN
