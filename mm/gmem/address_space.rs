@@ -283,9 +283,9 @@ impl AddressSpace {
                 }
             })?;
         }
-        // SAFETY: only `registered` changes; the box stays pinned.
         let mut notifier = notifier;
         // INVARIANT: the notifier was just registered if `registered` is set.
+        // SAFETY: only `registered` changes; the box stays pinned.
         unsafe { Pin::get_unchecked_mut(notifier.as_mut()) }.registered = registered;
         // A failure drops (and unregisters) the notifier.
         self.notifiers
@@ -959,7 +959,7 @@ pub unsafe extern "C" fn gm_cpu_fault_end(
     // SAFETY: the caller holds `page` for the duration of the call.
     let page = unsafe { BorrowedPage::from_raw(page) };
     // The token is the claim's generation and what `page` holds.
-    let claim = Claim::from_token(addr as usize / PAGE_SIZE, (token >> 2) as u32);
+    let claim = Claim::from_token(addr / PAGE_SIZE, (token >> 2) as u32);
     cpu_fault_end(
         &this.lpt,
         claim,
@@ -1051,11 +1051,11 @@ mod tests {
         } else {
             0
         };
-        // SAFETY: `notifier` is the field of a live address space; the callback only writes its
-        // sequence number.
         let notifier = this
             .window(range.start)
             .expect("the tests' pages are in window 0");
+        // SAFETY: `notifier` is the field of a live address space; the callback only writes its
+        // sequence number.
         unsafe { invalidate(notifier.mni.get(), &range, 7) }
     }
 

@@ -274,7 +274,7 @@ impl DeviceMemory {
         let region = kernel::error::from_err_ptr(unsafe {
             bindings::dmem_cgroup_register_region(
                 self.pages * PAGE_SIZE as u64,
-                c"gmem/%s".as_ptr().cast(),
+                c"gmem/%s".as_char_ptr(),
                 name.as_char_ptr(),
             )
         })?;

@@ -317,7 +317,7 @@ TEST(hugetlb_size_codes)
 	};
 	int pools_with_bit = 0;
 
-	for (size_t i = 0; i < sizeof(shifts) / sizeof(shifts[0]); i++) {
+	for (size_t i = 0; i < ARRAY_SIZE(shifts); i++) {
 		int shift = shifts[i];
 		unsigned long size = 1UL << shift;
 		int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB |

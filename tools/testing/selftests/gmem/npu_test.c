@@ -1701,7 +1701,7 @@ TEST_F_TIMEOUT(npu, failed_move_keeps_the_data, 300)
 }
 
 /* The value of @name in /proc/vmstat, or -1. */
-static long long vmstat(const char *name)
+static long long vmstat_value(const char *name)
 {
 	char line[256];
 	size_t n = strlen(name);
@@ -1761,13 +1761,13 @@ TEST_F_TIMEOUT(npu, numa_balancing_leaves_npu_mappings, 120)
 		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT_NE(MAP_FAILED, other);
 	memset(other, 1, other_len);
-	before = vmstat("numa_pte_updates");
+	before = vmstat_value("numa_pte_updates");
 	/* Run on the CPU until a scan passed (task_numa_work runs on return to user space). */
 	for (int i = 0; i < 2000 && after <= before; i++) {
 		for (size_t k = 0; k < other_len; k += self->page)
 			other[k]++;
 		usleep(5000);
-		after = vmstat("numa_pte_updates");
+		after = vmstat_value("numa_pte_updates");
 	}
 	write_ull("/proc/sys/kernel/numa_balancing", old_mode);
 	for (int i = 0; i < 2; i++) {
