@@ -125,14 +125,19 @@ struct Chunks {
 const REFERENCED: u64 = 1 << 63;
 /// Set while the page is being evicted.
 const EVICTING: u64 = 1 << 62;
-const VPN_MASK: u64 = EVICTING - 1;
+/// Set when a device that tracks use had used the page when the clock last passed it.
+const SEEN: u64 = 1 << 61;
+/// Set when such a device used the page on two passes of the clock in a row: the page is
+/// kept for one more pass without use (see [`DeviceMemory::keep`]).
+const ACTIVE: u64 = 1 << 60;
+const VPN_MASK: u64 = ACTIVE - 1;
 
 /// The reverse map of one device page.
 #[derive(Clone, Copy, Default)]
 struct Owner {
     /// The address space holding the page (as an address), 0 if none does.
     space: usize,
-    /// The virtual page number, and `REFERENCED` / `EVICTING`.
+    /// The virtual page number, and `REFERENCED`, `EVICTING`, `SEEN`, `ACTIVE`.
     flags: u64,
     /// The dmem cgroup pool the page is charged to (a reference), 0 if none.
     pool: usize,
@@ -523,6 +528,35 @@ impl DeviceMemory {
             }
         }
         None
+    }
+
+    /// The clock's verdict on page `pfn`, picked and claimed, of a device that tracks use:
+    /// whether it stays.  `young` is whether the device used the page since the hand last
+    /// passed.
+    ///
+    /// A page used once and then not again goes on the next pass, as with a plain clock.  A
+    /// page used on two passes in a row is active and survives one pass without use: so when
+    /// a stream has made every page young at once and the hand turns a whole round clearing
+    /// bits, it takes the stream's pages on its second round, not the pages the device keeps
+    /// using, whose bits it cleared at the start of the first.
+    pub(crate) fn keep(&self, pfn: u64, young: bool) -> bool {
+        let Some(i) = self.index(pfn) else {
+            return false;
+        };
+        let flags = &mut self.chunks.lock().owners[i].flags;
+        if young {
+            if *flags & SEEN != 0 {
+                *flags |= ACTIVE;
+            }
+            *flags |= SEEN;
+            return true;
+        }
+        let active = *flags & ACTIVE != 0;
+        *flags &= !(SEEN | ACTIVE);
+        if active {
+            *flags |= SEEN;
+        }
+        active
     }
 
     /// Gives up the eviction of page `pfn` (it stays where it is).

@@ -123,8 +123,9 @@ pub(crate) fn evict(dev: &Device, count: usize, limit: Option<&LimitPool>) -> Re
 /// claimed page that stays.
 ///
 /// A page the device used since the hand last passed gets a second chance, as a page GMEM saw
-/// mapped or faulted on does in [`DeviceMemory::pick_victim`].  At most one turn of the clock
-/// (a chance per page in use) is given per call: a device that uses every page still gets
+/// mapped or faulted on does in [`DeviceMemory::pick_victim`], and a page it used on two
+/// passes in a row a third ([`DeviceMemory::keep`]).  At most two turns of the clock (two
+/// chances per page in use) are given per call: a device that uses every page still gets
 /// room.
 fn pick_cold<C>(
     memory: &DeviceMemory,
@@ -134,7 +135,7 @@ fn pick_cold<C>(
     mut give_back: impl FnMut(Victim, C),
 ) -> Result<KVec<(Victim, C)>> {
     let mut picked = KVec::with_capacity(count, GFP_KERNEL)?;
-    let mut chances = memory.usage().used;
+    let mut chances = 2 * memory.usage().used;
     while picked.len() < count {
         let mut claimed = None;
         let Some(victim) = memory.pick_victim(|v| {
@@ -146,7 +147,7 @@ fn pick_cold<C>(
         let Some(c) = claimed else {
             break;
         };
-        if chances > 0 && young(&victim, &c) {
+        if chances > 0 && memory.keep(victim.pfn, young(&victim, &c)) {
             chances -= 1;
             give_back(victim, c);
             continue;
@@ -305,10 +306,40 @@ mod tests {
     }
 
     #[test]
+    fn a_page_used_on_every_pass_outlives_a_stream() -> Result {
+        let (mem, _pfns) = memory(4)?;
+        // The device uses page 100; the clock passes it and takes 101.
+        let mut used = [true, false, false, false];
+        let picked = pick_cold(
+            &mem,
+            1,
+            |_| Some(()),
+            |v, ()| core::mem::take(&mut used[v.vpn - 100]),
+            |v, ()| mem.unpick(v.pfn),
+        )?;
+        assert_eq!(&vpns(&picked)?[..], &[101]);
+        for (v, ()) in picked {
+            mem.unpick(v.pfn);
+        }
+        // A stream used every page once, and the device used page 100 again: the hand turns a
+        // whole round clearing bits, then takes the stream's pages, not page 100.
+        let mut used = [true; 4];
+        let picked = pick_cold(
+            &mem,
+            3,
+            |_| Some(()),
+            |v, ()| core::mem::take(&mut used[v.vpn - 100]),
+            |v, ()| mem.unpick(v.pfn),
+        )?;
+        assert_eq!(&vpns(&picked)?[..], &[101, 102, 103]);
+        Ok(())
+    }
+
+    #[test]
     fn a_device_that_uses_everything_still_gets_room() -> Result {
         let (mem, _pfns) = memory(4)?;
         let mut asked = 0;
-        // Every page is always young: after one chance per page in use, pages are taken.
+        // Every page is always young: after two chances per page in use, pages are taken.
         let picked = pick_cold(
             &mem,
             3,
@@ -320,7 +351,7 @@ mod tests {
             |v, ()| mem.unpick(v.pfn),
         )?;
         assert_eq!(picked.len(), 3);
-        assert_eq!(asked, 4);
+        assert_eq!(asked, 8);
         Ok(())
     }
 
