@@ -23,6 +23,7 @@
 use crate::{
     address_space::{cpu_fault_in, AddressSpace},
     device::{device_arc, Device, DeviceOps, Stats},
+    devmem::DmemCgroup,
     fault::dev_fault,
     lpt::{DeviceId, DevicePage, Residency},
 };
@@ -62,6 +63,9 @@ pub(crate) struct Context {
     holds: SpinLock<KVec<(usize, usize)>>,
     /// Set by `detach`: no page of the context is evicted any more.
     detaching: AtomicBool,
+    /// The dmem cgroup of the task that attached the device: it pays for the device memory
+    /// the context's faults and prefetches allocate, whichever thread runs them.
+    dmem: Option<DmemCgroup>,
 }
 
 // SAFETY: the driver's operations may be called from any thread (`struct gm_mmu`); the address
@@ -73,6 +77,11 @@ unsafe impl Sync for Context {}
 impl Context {
     fn raw_dev(&self) -> *mut bindings::gm_dev {
         self.dev.as_raw()
+    }
+
+    /// Allocates a device page for this context, charged to its dmem cgroup.
+    pub(crate) fn alloc_page(&self) -> Result<u64> {
+        self.dev.alloc_page(self.dmem.as_ref())
     }
 
     /// Removes the device's mappings of `len` bytes at `va` and invalidates its TLB for them.
@@ -473,6 +482,7 @@ fn attach(this: &AddressSpace, dev: Arc<Device>) -> Result<Arc<Context>> {
             attached <- new_mutex!(Some(NonNull::from(this)), "gmem_context"),
             holds <- new_spinlock!(KVec::new(), "gmem_context_holds"),
             detaching: AtomicBool::new(false),
+            dmem: DmemCgroup::current(),
         }),
         GFP_KERNEL,
     )?;

@@ -18,7 +18,7 @@
 //! can only live on a device that is attached.
 
 use crate::{
-    devmem::{DeviceMemory, Refused},
+    devmem::{DeviceMemory, DmemCgroup, Refused},
     lpt::{DeviceId, DevicePage},
 };
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
@@ -150,8 +150,9 @@ impl Device {
         self.memory.as_ref().map(|m| &**m)
     }
 
-    /// Allocates a device page, from the driver's allocator if it has one.
-    pub(crate) fn alloc_page(&self) -> Result<u64> {
+    /// Allocates a device page, from the driver's allocator if it has one; GMEM's charges it to
+    /// dmem cgroup `cgroup` (see [`DmemCgroup`]).
+    pub(crate) fn alloc_page(&self, cgroup: Option<&DmemCgroup>) -> Result<u64> {
         let pfn = match self.mmu().alloc_page {
             Some(alloc) => {
                 let mut pfn = 0u64;
@@ -162,7 +163,7 @@ impl Device {
             None => {
                 let memory = self.memory().ok_or(ENOMEM)?;
                 loop {
-                    match memory.alloc_charged() {
+                    match memory.alloc_charged(cgroup) {
                         Ok(pfn) => break pfn,
                         // Full: make room, a reserve for the faults that follow too.
                         Err(Refused::Full) => {

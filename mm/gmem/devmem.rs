@@ -162,6 +162,35 @@ impl Drop for DmemRegion {
     }
 }
 
+/// The dmem cgroup that pays for a process's device memory: the cgroup of the task that
+/// attached the device, kept so that allocations made for it elsewhere (a device fault served
+/// by a driver's worker) are charged to it, not to whoever runs them.
+///
+/// # Invariants
+///
+/// `0` is a reference to a dmem cgroup's state, put when this is dropped.
+pub(crate) struct DmemCgroup(NonNull<bindings::dmemcg_state>);
+
+// SAFETY: a cgroup reference may be used and put from any thread.
+unsafe impl Send for DmemCgroup {}
+// SAFETY: charging through a shared reference is safe from any thread.
+unsafe impl Sync for DmemCgroup {}
+
+impl DmemCgroup {
+    /// The dmem cgroup of the current task; `None` without the controller.
+    pub(crate) fn current() -> Option<Self> {
+        // SAFETY: no requirement; the reference returned is ours.
+        NonNull::new(unsafe { bindings::dmem_cgroup_get_current() }).map(Self)
+    }
+}
+
+impl Drop for DmemCgroup {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant the reference is ours.
+        unsafe { bindings::dmem_cgroup_put(self.0.as_ptr()) };
+    }
+}
+
 /// The pool of the dmem cgroup whose limit an allocation hit: evicting pages charged to it (or
 /// to its descendants) makes room.
 ///
@@ -296,15 +325,16 @@ impl DeviceMemory {
     /// Allocates a device page; `ENOMEM` when the memory is full, `EAGAIN` when the
     /// allocating task's dmem cgroup is at its limit.
     pub(crate) fn alloc(&self) -> Result<u64> {
-        self.alloc_charged().map_err(|r| match r {
+        self.alloc_charged(None).map_err(|r| match r {
             Refused::Full => ENOMEM,
             Refused::Limit(_) => EAGAIN,
             Refused::Error(e) => e,
         })
     }
 
-    /// Allocates a device page and charges it to the allocating task's dmem cgroup.
-    pub(crate) fn alloc_charged(&self) -> Result<u64, Refused> {
+    /// Allocates a device page and charges it to dmem cgroup `cgroup`, or to the allocating
+    /// task's.
+    pub(crate) fn alloc_charged(&self, cgroup: Option<&DmemCgroup>) -> Result<u64, Refused> {
         let pfn = self.alloc_uncharged().map_err(|e| {
             if e == ENOMEM {
                 Refused::Full
@@ -320,12 +350,22 @@ impl DeviceMemory {
         // SAFETY: the region is registered (type invariant of `DmemRegion`); both pointers are
         // valid for writes.
         let charged = to_result(unsafe {
-            bindings::dmem_cgroup_try_charge(
-                region.0.as_ptr(),
-                PAGE_SIZE as u64,
-                &mut pool,
-                &mut limit,
-            )
+            match cgroup {
+                // `cgroup` is a live reference by its type invariant.
+                Some(cg) => bindings::dmem_cgroup_try_charge_to(
+                    cg.0.as_ptr(),
+                    region.0.as_ptr(),
+                    PAGE_SIZE as u64,
+                    &mut pool,
+                    &mut limit,
+                ),
+                None => bindings::dmem_cgroup_try_charge(
+                    region.0.as_ptr(),
+                    PAGE_SIZE as u64,
+                    &mut pool,
+                    &mut limit,
+                ),
+            }
         });
         if let Err(e) = charged {
             self.free(pfn);

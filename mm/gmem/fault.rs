@@ -346,7 +346,7 @@ pub(crate) fn fault_page(
                 }
             }
             Some(Residency::Parked(raw)) => {
-                let pfn = ctx.dev.alloc_page()?;
+                let pfn = ctx.alloc_page()?;
                 let Some(claim) = this.lpt.claim(vpn, seen)? else {
                     ctx.dev.free_page(pfn);
                     continue;
@@ -368,7 +368,7 @@ pub(crate) fn fault_page(
                 // A page can only live on an attached device.
                 let peer = this.devices.get(page.dev).ok_or(EIO)?;
                 let bounce = Page::alloc_page(GFP_KERNEL)?;
-                let pfn = ctx.dev.alloc_page()?;
+                let pfn = ctx.alloc_page()?;
                 let Some(claim) = this.lpt.claim(vpn, seen)? else {
                     ctx.dev.free_page(pfn);
                     continue;
@@ -400,7 +400,7 @@ pub(crate) fn fault_page(
                     None if maybe_host => PinnedPage::get(mm, va, true)?,
                     None => None,
                 };
-                let pfn = ctx.dev.alloc_page()?;
+                let pfn = ctx.alloc_page()?;
                 // After the fault-in above, a present page has a `Host` entry.
                 let seen = if host.is_some() && seen.is_none() && maybe_host {
                     this.lpt.residency(vpn)

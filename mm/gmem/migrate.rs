@@ -240,7 +240,7 @@ pub(crate) fn to_device(
     // Device pages, before any claim: allocating may evict (and sleep).  What does not fit
     // goes the per-page way, which evicts the pages this chunk placed.
     for (k, s) in slots.iter_mut().enumerate() {
-        match ctx.dev.alloc_page() {
+        match ctx.alloc_page() {
             Ok(pfn) => s.pfn = Some(pfn),
             Err(e) if k == 0 => return Err(e),
             Err(_) => break,

@@ -440,18 +440,20 @@ static long long dmem_read(const char *cgroup, const char *file, const char *reg
 }
 
 #define CG_EVICT_LEN	(16UL << 20)	/* four times npu0's limit */
+#define CG_DMEM_MAX	(1UL << 20)	/* the child cgroup's share of npu0 */
 
 /*
- * In the child cgroup: the NPU fills a buffer four times its limit, so that
- * three quarters of it is evicted into host pages, which are charged to the
- * cgroup's memory (they are the child's data).  Every byte is checked.
- * Returns 0, or the step that failed.  (That dmem.max holds for the NPU's
- * memory is not checked yet: in the first run the child's dmem.current
- * stayed 0 while it held NPU pages.)
+ * In the child cgroup, whose dmem.max lets it hold 1 MiB of npu0: the NPU
+ * fills a buffer sixteen times that, so that the child's own pages are
+ * evicted into host pages, which are charged to the cgroup's memory (they
+ * are the child's data) while its device memory stays under dmem.max.
+ * The child does not run the NPU's faults itself (the driver's worker
+ * does): GMEM charges the cgroup of the task that attached the device.
+ * Every byte is checked.  Returns 0, or the step that failed.
  */
-static int cgroup_child(const char *cgroup)
+static int cgroup_child(const char *cgroup, const char *region)
 {
-	long long before, after;
+	long long before, after, dmem;
 	__u32 *p;
 	int fd;
 
@@ -467,17 +469,23 @@ static int cgroup_child(const char *cgroup)
 	if (npu_fill(fd, p, CG_EVICT_LEN, 0x5a5a0001))
 		return 4;
 	after = cg_read(cgroup, "memory.current");
-	fprintf(stderr, "# memory.current %lld -> %lld after evicting %lu KiB\n",
-		before, after, (CG_EVICT_LEN - OOM_LIMIT) >> 10);
-	/* The evicted pages are charged to the child (some slack for its NPU's jobs). */
-	if (after - before < (long long)(CG_EVICT_LEN - OOM_LIMIT) * 9 / 10)
+	dmem = dmem_read(cgroup, "dmem.current", region);
+	fprintf(stderr, "# memory.current %lld -> %lld, dmem.current %lld (max %lu)\n",
+		before, after, dmem, CG_DMEM_MAX);
+	/* The NPU holds some of the child's pages, charged to it, within its limit. */
+	if (dmem <= 0 || dmem > (long long)CG_DMEM_MAX)
 		return 5;
+	/* The evicted pages are charged to the child (some slack for its NPU's jobs). */
+	if (after - before < (long long)(CG_EVICT_LEN - CG_DMEM_MAX) * 9 / 10)
+		return 6;
 	for (size_t i = 0; i < CG_EVICT_LEN / 4; i++)
 		if (p[i] != 0x5a5a0001)
-			return 6;
+			return 7;
 	if (munmap(p, CG_EVICT_LEN))
-		return 7;
-
+		return 8;
+	/* Unmapped: its device memory is uncharged. */
+	if (dmem_read(cgroup, "dmem.current", region) != 0)
+		return 9;
 	return 0;
 }
 
@@ -485,9 +493,9 @@ static int cgroup_child(const char *cgroup)
  * A cgroup's limits hold for what GMEM keeps: the host pages that hold
  * pages evicted from a device are charged to the memory cgroup of the
  * process they belong to, and device memory to its dmem cgroup (each NPU's
- * memory is the region gmem/<name>).
+ * memory is the region gmem/<name>), whose dmem.max holds.
  */
-TEST_F_TIMEOUT(oom, cgroup_charges_evicted_pages_and_lists_device_memory, 300)
+TEST_F_TIMEOUT(oom, cgroup_limits_hold_for_evicted_and_device_memory, 300)
 {
 	char name[64] = "", region[96], path[256], buf[512] = "";
 	int dmem_enabled = 0, ret;
@@ -523,10 +531,14 @@ TEST_F_TIMEOUT(oom, cgroup_charges_evicted_pages_and_lists_device_memory, 300)
 		ASSERT_EQ(0, write_str(CGROUP_ROOT "/cgroup.subtree_control", "+dmem"));
 		dmem_enabled = 1;
 	}
+	snprintf(path, sizeof(path), "%s/dmem.max", self->cgroup);
+	snprintf(buf, sizeof(buf), "%s %lu", region, CG_DMEM_MAX);
+	ASSERT_EQ(0, write_str(path, buf));
+	ASSERT_EQ((long long)CG_DMEM_MAX, dmem_read(self->cgroup, "dmem.max", region));
 	pid = fork();
 	ASSERT_LE(0, pid);
 	if (!pid)
-		_exit(cgroup_child(self->cgroup));
+		_exit(cgroup_child(self->cgroup, region));
 	ret = wait_child(pid);
 	if (dmem_enabled)
 		EXPECT_EQ(0, write_str(CGROUP_ROOT "/cgroup.subtree_control", "-dmem"));
