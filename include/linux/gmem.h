@@ -418,6 +418,11 @@ void gm_enable(void);
 void *gm_sysfs_add_node(struct gm_dev *dev, int hnid);
 void gm_sysfs_remove_node(void *node);
 
+/* mm/memory.c */
+int gm_map_anon_folios(struct vm_area_struct *vma, unsigned long addr,
+		       struct folio **folios, unsigned int nr,
+		       bool (*commit)(void *arg, unsigned int i), void *arg);
+
 /* The core (Rust). */
 int gm_core_init(void);
 long gm_hmadvise(int hnid, unsigned long start, size_t len, int advice);

@@ -646,6 +646,8 @@ unsafe extern "C" fn invalidate(
 ///
 /// The caller holds `mm`'s mmap lock and `mm` has a user.
 pub(crate) unsafe fn cpu_fault_in(mm: *mut bindings::mm_struct, addr: usize) -> Result {
+    // SAFETY: `mm` is live, by the safety requirements.
+    unsafe { bindings::mmap_assert_locked(mm) };
     // SAFETY: the caller holds the mmap lock, which `find_vma` requires.
     let vma = unsafe { bindings::find_vma(mm, addr) };
     if vma.is_null() {
@@ -678,6 +680,8 @@ pub(crate) unsafe fn fault_home(
     mm: *mut bindings::mm_struct,
     vpn: usize,
 ) -> Result {
+    // SAFETY: `mm` is live, by the safety requirements.
+    unsafe { bindings::mmap_assert_locked(mm) };
     loop {
         this.lpt.wait_unclaimed(vpn);
         match this.lpt.residency(vpn) {
@@ -760,6 +764,11 @@ pub unsafe extern "C" fn gm_as_fork(
     oldmm: *mut bindings::mm_struct,
     mm: *mut bindings::mm_struct,
 ) -> c_int {
+    // SAFETY: both mms are live (the caller's and the one it is making).
+    unsafe {
+        bindings::mmap_assert_write_locked(oldmm);
+        bindings::mmap_assert_write_locked(mm);
+    }
     // SAFETY: `oldmm` is the forking process's mm, locked by the caller.
     let Some(parent) = (unsafe { AddressSpace::of(oldmm) }) else {
         return 0;
@@ -848,6 +857,8 @@ pub unsafe extern "C" fn gm_as_mremap(
     len: c_ulong,
     undo: bool,
 ) -> c_int {
+    // SAFETY: `mm` is current's mm, live.
+    unsafe { bindings::mmap_assert_write_locked(mm) };
     // SAFETY: `mm` is current's mm, locked by the caller.
     let Some(this) = (unsafe { AddressSpace::of(mm) }) else {
         return 0;

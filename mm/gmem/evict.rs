@@ -10,10 +10,14 @@
 //! mapped since the hand last passed gets a second chance; a page whose entry is busy (a fault
 //! or another move is using it) or that a running job holds (`gm_context_hold()`) is never
 //! taken.  Eviction copies the page into a host page, charged to the memory cgroup of the
-//! process the page belongs to, and *parks* it in the logical page table
-//! ([`Residency::Parked`]): no mm lock is needed, so any path may evict pages of any process.
-//! A page whose owner's cgroup is at its limit stays on the device.  The next access from the CPU or a device moves the
-//! parked page where it is needed.
+//! process the page belongs to, and maps it in that process's CPU page table
+//! ([`crate::migrate::map_home`], one page table lock per run): it becomes an ordinary
+//! anonymous page, on the LRU and swappable.  Eviction may run in any process (the one whose
+//! allocation found the memory full), so it only *tries* the owner's mmap lock; when it cannot
+//! get it (a writer holds it or waits: mmap, munmap, mremap), or the owner is exiting, it parks
+//! the copy in the logical page table ([`Residency::Parked`]) instead, and the next access
+//! from the CPU or a device moves it where it is needed.  A page whose owner's cgroup is at
+//! its limit stays on the device.
 //!
 //! Lock order: the device memory's spinlock, then the owner's device list lock, then the
 //! context's hold list and the owner's logical page table lock (all taken only to claim the
@@ -24,9 +28,11 @@ use crate::{
     device::{Device, DeviceOps, Stats},
     devmem::{DeviceMemory, LimitPool, Victim},
     lpt::{Claim, DevicePage, ParkedPage, Residency},
+    migrate::map_run_home,
 };
 use kernel::{
     alloc::KVec,
+    mm::{Mm, MmWithUser},
     page::{Page, PAGE_SIZE},
     prelude::*,
     sync::Arc,
@@ -39,8 +45,8 @@ pub(crate) const EVICT_BATCH: usize = 16;
 struct Claimed {
     victim: Victim,
     ctx: Arc<dyn DeviceOps>,
-    claim: Claim,
-    host: Page,
+    /// The host page to copy into, until [`copy_out`] takes it.
+    host: Option<Page>,
 }
 
 /// Evicts up to `count` cold pages of `dev` to host memory, as one batch: the pages are
@@ -52,6 +58,8 @@ pub(crate) fn evict(dev: &Device, count: usize, limit: Option<&LimitPool>) -> Re
     // Everything is allocated before the first claim, so that every claim is ended.
     let mut batch = KVec::with_capacity(count, GFP_KERNEL)?;
     let mut pages = KVec::with_capacity(count, GFP_KERNEL)?;
+    let mut copies = KVec::with_capacity(count, GFP_KERNEL)?;
+    let mut claims = KVec::with_capacity(count, GFP_KERNEL)?;
     let mut hosts = KVec::with_capacity(count, GFP_KERNEL)?;
     while hosts.len() < count {
         let Ok(host) = Page::alloc_page(GFP_KERNEL) else {
@@ -77,11 +85,11 @@ pub(crate) fn evict(dev: &Device, count: usize, limit: Option<&LimitPool>) -> Re
     }
     for ((victim, (ctx, claim)), host) in picked.into_iter().zip(hosts) {
         // Cannot fail: the capacity is there.
+        let _ = claims.push_within_capacity(Some(claim));
         let _ = batch.push_within_capacity(Claimed {
             victim,
             ctx,
-            claim,
-            host,
+            host: Some(host),
         });
     }
     // One TLB invalidation per run of pages of one context (usually the whole batch).
@@ -104,9 +112,30 @@ pub(crate) fn evict(dev: &Device, count: usize, limit: Option<&LimitPool>) -> Re
         ctx.unmap_many(&pages);
         start += len;
     }
+    for c in batch.iter_mut() {
+        // Cannot fail: the capacity is there.
+        let _ = copies.push_within_capacity(copy_out(dev, c));
+    }
+    // Into the owners' CPU page tables, a run of consecutive pages of one owner at a time.
+    let mut start = 0;
+    while start < batch.len() {
+        let (space, vpn) = (batch[start].victim.space, batch[start].victim.vpn);
+        let len = batch[start..]
+            .iter()
+            .enumerate()
+            .take_while(|(k, c)| c.victim.space == space && c.victim.vpn == vpn + k)
+            .count();
+        map_evicted(
+            space,
+            vpn,
+            &mut copies[start..start + len],
+            &mut claims[start..start + len],
+        );
+        start += len;
+    }
     let mut done = 0;
-    for c in batch {
-        if finish(dev, c).is_ok() {
+    for ((c, copy), claim) in batch.into_iter().zip(copies).zip(claims) {
+        if finish(dev, c, copy, claim) {
             done += 1;
         }
     }
@@ -196,41 +225,83 @@ fn give_back(
     end(&victim, ctx, claim, Residency::Device(page));
 }
 
-/// Copies a claimed, unmapped page out and parks it (or gives it back if the copy fails).
-fn finish(dev: &Device, c: Claimed) -> Result {
-    let Claimed {
-        victim,
-        ctx,
-        claim,
-        host,
-    } = c;
+/// Copies a claimed, unmapped page out into a host page charged to the owner's memory
+/// cgroup; `None` if that failed (the page stays on the device).
+fn copy_out(dev: &Device, c: &mut Claimed) -> Option<ParkedPage> {
+    let page = DevicePage {
+        dev: dev.id,
+        pfn: c.victim.pfn,
+    };
+    let host = c.host.take()?;
+    // SAFETY: `begin_move` keeps the address space (and so its mm) until `end` is done.
+    let mm = unsafe { &*(c.victim.space as *const AddressSpace) }.mm();
+    // The host page is charged to the owner's memory cgroup, which may be at its limit: then
+    // the page stays on the device, and the caller looks for another victim.
+    let copy = ParkedPage::charged(host, mm, false).ok()?;
+    c.ctx.copy_to_host(page, &copy.page()).ok()?;
+    Some(copy)
+}
+
+/// Maps the copies of the run of pages from `vpn` of address space `space` in its CPU page
+/// table ([`map_run_home`]), if the owner is alive and its mmap lock free for reading.
+fn map_evicted(
+    space: usize,
+    vpn: usize,
+    copies: &mut [Option<ParkedPage>],
+    claims: &mut [Option<Claim>],
+) {
+    // SAFETY: `begin_move` keeps the address space until `move_done`.
+    let this = unsafe { &*(space as *const AddressSpace) };
+    // SAFETY: the address space lives as long as its mm, which is therefore not freed.
+    let mm = unsafe { Mm::from_raw(this.mm()) };
+    // Dropped with `mmput_async()`: never the exit of the owner's mm here, where its evictions
+    // (this one) are under way.
+    let Some(mm) = mm.mmget_not_zero().map(MmWithUser::into_mmput_async) else {
+        return;
+    };
+    // Only tried: the caller may hold another mmap lock (its own fault's), and a writer
+    // of this one (mremap) may be waiting for this eviction.
+    let Some(mmap) = mm.mmap_read_trylock() else {
+        return;
+    };
+    map_run_home(this, &mmap, vpn, copies, claims);
+}
+
+/// Ends the eviction of `c`: the copy was mapped in the CPU page table (`copy` and `claim`
+/// both gone), or is parked; or the copy failed and the page stays on the device.  Returns
+/// whether the page left the device.
+fn finish(dev: &Device, c: Claimed, copy: Option<ParkedPage>, claim: Option<Claim>) -> bool {
+    let Claimed { victim, ctx, .. } = c;
     let page = DevicePage {
         dev: dev.id,
         pfn: victim.pfn,
     };
-    // SAFETY: `begin_move` keeps the address space (and so its mm) until `end` is done.
-    let mm = unsafe { &*(victim.space as *const AddressSpace) }.mm();
-    // The host page is charged to the owner's memory cgroup, which may be at its limit: then
-    // the page stays on the device, and the caller looks for another victim.
-    let copied = ParkedPage::charged(host, mm, false).and_then(|parked| {
-        ctx.copy_to_host(page, &parked.page())?;
-        Ok(parked)
-    });
-    let (now, result) = match copied {
-        Ok(parked) => {
+    let (now, claim) = match (copy, claim) {
+        // Mapped in the CPU page table; or the page was dropped while it was being mapped,
+        // and the copy is nobody's.  Either way the device page is free.
+        (copy, None) => {
+            drop(copy);
             ctx.free(page);
             Stats::inc(&dev.stats.evictions);
-            (Residency::Parked(parked.into_raw()), Ok(()))
+            // SAFETY: `begin_move` keeps the address space until `move_done`.
+            unsafe { &*(victim.space as *const AddressSpace) }.move_done();
+            return true;
         }
-        Err(e) => {
+        (Some(copy), Some(claim)) => {
+            ctx.free(page);
+            Stats::inc(&dev.stats.evictions);
+            (Residency::Parked(copy.into_raw()), claim)
+        }
+        (None, Some(claim)) => {
             if let Some(memory) = dev.memory() {
                 memory.unpick(victim.pfn);
             }
-            (Residency::Device(page), Err(e))
+            (Residency::Device(page), claim)
         }
     };
+    let left = !matches!(now, Residency::Device(_));
     end(&victim, &ctx, claim, now);
-    result
+    left
 }
 
 /// Ends the claim of `victim`, recording where it lives `now`; if its range was unmapped

@@ -142,9 +142,10 @@ impl Request {
                 let Some(this) = this else {
                     return Ok(());
                 };
-                // Device pages are copied out a run at a time and parked, then everything
-                // parked is faulted into the CPU page table.
-                park_home(this, first, last)?;
+                // Device pages are copied out a run at a time and mapped in the CPU page
+                // table; what is parked (evicted without the owner's mmap lock) is faulted
+                // in after.
+                park_home(this, Some(&mmap), first, last)?;
                 let mut home = KVec::new();
                 let mut pushed = Ok(());
                 this.lpt.for_each_away_page(first, last, |vpn| {

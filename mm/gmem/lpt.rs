@@ -123,6 +123,12 @@ impl ParkedPage {
         Self(unsafe { NonNull::new_unchecked(page.as_ptr()) })
     }
 
+    /// The page's folio (of order 0).
+    pub(crate) fn folio(&self) -> *mut bindings::folio {
+        // SAFETY: by the type invariant the page is valid while `self` lives.
+        unsafe { bindings::page_folio(self.0.as_ptr()) }
+    }
+
     /// The entry's representation.
     pub(crate) fn into_raw(self) -> u64 {
         ManuallyDrop::new(self).0.as_ptr() as u64

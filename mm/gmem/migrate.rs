@@ -15,8 +15,11 @@
 //! which handles every case.
 //!
 //! [`park_run_home`] is the way back for a prefetch to a host node: a run of a device's pages
-//! is unmapped and copied out with one `peer_unmap` and parked in the logical page table; the
-//! CPU fault that follows installs each page without calling the device again.
+//! is unmapped and copied out with one `peer_unmap`, and the copies are mapped in the CPU page
+//! table with [`map_home`], one page table lock per page table: they are ordinary anonymous
+//! pages from then on (on the LRU, swappable, in RSS).  Without the mmap lock (the KUnit
+//! tests), or if a page table cannot be allocated, the copies are parked in the logical page
+//! table instead, and the CPU fault that follows installs them without calling the device.
 
 use crate::{
     address_space::{AddressSpace, NOTIFIER_SHIFT},
@@ -25,11 +28,16 @@ use crate::{
     fault::{end_failed, fault_page, host_after_failure},
     lpt::{Claim, DevicePage, LogicalPageTable, ParkedPage, Residency},
 };
-use core::ptr::NonNull;
+use core::ptr::{self, NonNull};
+use kernel::ffi::c_void;
 use kernel::{
     bindings,
     ffi::{c_uint, c_ulong},
-    mm::{virt::VmaRef, MmWithUser},
+    error::to_result,
+    mm::{
+        virt::{flags, VmaRef},
+        MmWithUser, MmapReadGuard,
+    },
     page::{BorrowedPage, Page, PAGE_SIZE},
     prelude::*,
 };
@@ -374,9 +382,99 @@ pub(crate) fn to_device(
     Ok(moved)
 }
 
+/// Pages of one page table: [`map_home`] maps at most this many with one lock.
+const PMD_PAGES: usize = bindings::PTRS_PER_PTE as usize;
+
+/// What the page table lock's holder needs to end the claims of [`map_home`].
+struct Commit<'a> {
+    lpt: &'a LogicalPageTable,
+    claims: &'a mut [Option<Claim>],
+}
+
+/// `gm_map_anon_folios()`'s callback: ends the claim of page `i` of the run, under the page
+/// table lock, with the page in host memory.  `false` (do not map) if the entry was dropped.
+///
+/// # Safety
+///
+/// `arg` is the [`Commit`] that [`map_home`] passed, alive and not otherwise used during the
+/// call.
+unsafe extern "C" fn commit_home(arg: *mut c_void, i: c_uint) -> bool {
+    // SAFETY: by the safety requirements.
+    let commit = unsafe { &mut *arg.cast::<Commit<'_>>() };
+    match commit.claims.get_mut(i as usize).and_then(Option::take) {
+        Some(claim) => commit.lpt.end_claim(claim, Residency::Host),
+        None => false,
+    }
+}
+
+/// Maps host pages that came home in the CPU page table, as ordinary anonymous pages, one page
+/// table (and one lock) at a time.  `pages[k]`, filled and charged to the mm's memory cgroup,
+/// holds the data of virtual page `first + k`, claimed by `claims[k]`; every page lies in
+/// `vma`, whose mmap lock the caller holds.
+///
+/// A mapped page leaves both its slots empty: its reference went to the page table, its claim
+/// ended with the page in host memory.  A page whose entry was dropped meanwhile leaves its
+/// claim slot empty and its page to the caller, who frees it.  A page that could not be mapped
+/// (no memory for a page table) keeps both: the caller still owns it.
+fn map_home(
+    lpt: &LogicalPageTable,
+    vma: &VmaRef,
+    first: usize,
+    pages: &mut [Option<ParkedPage>],
+    claims: &mut [Option<Claim>],
+) {
+    let Ok(mut folios) = KVec::with_capacity(pages.len().min(PMD_PAGES), GFP_KERNEL) else {
+        return;
+    };
+    let mut start = 0;
+    while start < pages.len() {
+        let vpn = first + start;
+        let len = (PMD_PAGES - vpn % PMD_PAGES).min(pages.len() - start);
+        folios.clear();
+        for page in &pages[start..start + len] {
+            let folio = page.as_ref().map_or(ptr::null_mut(), |p| p.folio());
+            // Cannot fail: the capacity is there.
+            let _ = folios.push_within_capacity(folio);
+        }
+        let mut commit = Commit {
+            lpt,
+            claims: &mut claims[start..start + len],
+        };
+        // SAFETY: the caller holds the mmap lock of `vma`, which holds the run; the folios are
+        // new, ours and charged; `commit` lives for the call and `commit_home` takes it.
+        let mapped = to_result(unsafe {
+            bindings::gm_map_anon_folios(
+                vma.as_ptr(),
+                (vpn * PAGE_SIZE) as c_ulong,
+                folios.as_mut_ptr(),
+                len as c_uint,
+                Some(commit_home),
+                (&raw mut commit).cast(),
+            )
+        });
+        if mapped.is_ok() {
+            for (k, folio) in folios.iter().enumerate() {
+                if folio.is_null() {
+                    // Mapped (or never there): the page table holds its reference now.
+                    if let Some(page) = pages[start + k].take() {
+                        let _ = page.into_raw();
+                    }
+                }
+            }
+        }
+        start += len;
+    }
+}
+
 /// Brings the device pages of `first..last` home: a run of consecutive pages of one device at
-/// a time, at most a chunk, with [`park_run_home`].  The CPU faults them in afterwards.
-pub(crate) fn park_home(this: &AddressSpace, first: usize, last: usize) -> Result {
+/// a time, at most a chunk, with [`park_run_home`].  With the mmap lock (`mmap`), the pages are
+/// mapped in the CPU page table; without, the CPU faults them in afterwards.
+pub(crate) fn park_home(
+    this: &AddressSpace,
+    mmap: Option<&MmapReadGuard<'_>>,
+    first: usize,
+    last: usize,
+) -> Result {
     let mut pages: KVec<(usize, DevicePage)> = KVec::new();
     let mut start = first;
     let mut parked = 0;
@@ -402,7 +500,7 @@ pub(crate) fn park_home(this: &AddressSpace, first: usize, last: usize) -> Resul
                 .count();
             // A page can only live on an attached device.
             let dev = this.devices.get(page.dev).ok_or(EIO)?;
-            parked += park_run_home(this, &*dev, &pages[i..i + len])?;
+            parked += park_run_home(this, &*dev, &pages[i..i + len], mmap)?;
             i += len;
         }
         // After some progress, like a device prefetch (see `crate::fault`).
@@ -414,14 +512,47 @@ pub(crate) fn park_home(this: &AddressSpace, first: usize, last: usize) -> Resul
     Ok(())
 }
 
+/// [`map_home`] for a run of pages from virtual page `first` that may span several VMAs (each
+/// page of an address space lies in a peer-shared VMA of its mm).
+pub(crate) fn map_run_home(
+    this: &AddressSpace,
+    mmap: &MmapReadGuard<'_>,
+    first: usize,
+    pages: &mut [Option<ParkedPage>],
+    claims: &mut [Option<Claim>],
+) {
+    let mut k = 0;
+    while k < pages.len() {
+        let vma = mmap
+            .vma_lookup((first + k) * PAGE_SIZE)
+            .filter(|vma| vma.flags() & flags::PEER_SHARED != 0);
+        let Some(vma) = vma else {
+            k += 1;
+            continue;
+        };
+        let len = (vma.end() / PAGE_SIZE - (first + k)).min(pages.len() - k);
+        map_home(
+            &this.lpt,
+            vma,
+            first + k,
+            &mut pages[k..k + len],
+            &mut claims[k..k + len],
+        );
+        k += len;
+    }
+}
+
 /// Brings the run `run` of pages of the device `dev` home (`run[i]` is the page of virtual
 /// page `run[0].0 + i`): claims them, unmaps and copies them out with one `peer_unmap` per run
-/// of claimed pages, frees them and parks the host copies in the logical page table.  Pages
-/// someone else is moving are left alone.  Returns how many pages it parked.
+/// of claimed pages, frees them and maps the host copies in the CPU page table
+/// ([`map_home`]) if the caller holds the mmap lock (`mmap`), or parks them in the logical
+/// page table.  Pages someone else is moving are left alone.  Returns how many pages came
+/// home.
 pub(crate) fn park_run_home(
     this: &AddressSpace,
     dev: &dyn DeviceOps,
     run: &[(usize, DevicePage)],
+    mmap: Option<&MmapReadGuard<'_>>,
 ) -> Result<usize> {
     // Everything is allocated before the first claim, so that every claim is ended.
     let mut hosts = KVec::with_capacity(run.len(), GFP_KERNEL)?;
@@ -453,17 +584,30 @@ pub(crate) fn park_run_home(
                 }
                 dev.copy_run_home(run[i].0 * PAGE_SIZE, &pairs)
             });
+        // Charged to the process, which asked for its pages to come home.
+        let mut charged: KVec<Option<ParkedPage>> = KVec::with_capacity(len, GFP_KERNEL)?;
         for k in i..i + len {
-            let (_, page) = run[k];
-            let Some(claim) = claimed[k].take() else {
-                continue;
-            };
-            let charged = match (&copied, hosts[k].take()) {
-                // Charged to the process, which asked for its pages to come home.
+            let host = match (&copied, hosts[k].take()) {
                 (Ok(()), Some(host)) => ParkedPage::charged(host, this.mm(), true).ok(),
                 _ => None,
             };
-            let now = match charged {
+            let _ = charged.push_within_capacity(host);
+        }
+        if let (Ok(()), Some(mmap)) = (&copied, mmap) {
+            map_run_home(this, mmap, run[i].0, &mut charged, &mut claimed[i..i + len]);
+        }
+        for k in i..i + len {
+            let (_, page) = run[k];
+            let Some(claim) = claimed[k].take() else {
+                if copied.is_ok() {
+                    // Mapped in the CPU page table, or dropped meanwhile (then the copy,
+                    // left in `charged`, goes below): the device page is nobody's.
+                    dev.free(page);
+                    parked += usize::from(charged[k - i].is_none());
+                }
+                continue;
+            };
+            let now = match charged[k - i].take() {
                 Some(parked) => {
                     dev.free(page);
                     Residency::Parked(parked.into_raw())
@@ -559,7 +703,7 @@ mod tests {
     #[test]
     fn park_home_moves_runs_and_parks_them() -> Result {
         let (this, fake) = setup(u64::MAX)?;
-        park_home(&this, 10, 15)?;
+        park_home(&this, None, 10, 15)?;
         // One run of three pages: all unmapped before the first copy, then freed.
         let va = |vpn: usize| vpn * PAGE_SIZE;
         assert_eq!(
@@ -597,7 +741,7 @@ mod tests {
     #[test]
     fn a_failed_copy_keeps_the_device_pages() -> Result {
         let (this, fake) = setup(11)?;
-        assert_eq!(park_home(&this, 10, 13), Err(EIO));
+        assert_eq!(park_home(&this, None, 10, 13), Err(EIO));
         let ops = fake.take_ops();
         assert!(!ops.iter().any(|op| matches!(op, Op::Free(_))));
         for vpn in [10, 11, 12] {
