@@ -32,8 +32,8 @@ use core::ptr::{self, NonNull};
 use kernel::ffi::c_void;
 use kernel::{
     bindings,
-    ffi::{c_uint, c_ulong},
     error::to_result,
+    ffi::{c_uint, c_ulong},
     mm::{
         virt::{flags, VmaRef},
         MmWithUser, MmapReadGuard,

@@ -1440,7 +1440,7 @@ static __u64 pagemap_entry(const void *addr, long page)
 }
 
 /* The /proc/kpageflags flags of @pfn, or 0. */
-static __u64 kpageflags(__u64 pfn)
+static __u64 page_flags(__u64 pfn)
 {
 	__u64 f = 0;
 	int fd = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
@@ -1469,10 +1469,10 @@ static long long rss_anon_kib(void)
 	return v;
 }
 
-#define PM_PRESENT	(1ULL << 63)
-#define PM_PFN_MASK	((1ULL << 55) - 1)
-#define KPF_LRU		(1ULL << 5)
-#define KPF_ANON	(1ULL << 12)
+#define PM_PRESENT	0x8000000000000000ULL	/* bit 63 */
+#define PM_PFN_MASK	0x007fffffffffffffULL	/* bits 0-54 */
+#define KPF_LRU		0x20ULL			/* bit 5 */
+#define KPF_ANON	0x1000ULL		/* bit 12 */
 
 /*
  * A page evicted from an NPU becomes an ordinary anonymous page of its
@@ -1517,12 +1517,13 @@ TEST_F_TIMEOUT(npu, evicted_pages_are_anonymous_memory, 300)
 		if (!(e & PM_PRESENT))
 			continue;
 		present++;
-		flags = kpageflags(e & PM_PFN_MASK);
+		flags = page_flags(e & PM_PFN_MASK);
 		anon += !!(flags & KPF_ANON);
 		lru += !!(flags & KPF_LRU);
 	}
-	TH_LOG("%llu evictions; %zu of %zu pages present, %zu anonymous, %zu on the LRU; RssAnon %lld -> %lld KiB",
-	       evictions, present, pages, anon, lru, rss_before, rss_after);
+	TH_LOG("%llu evictions; %zu of %zu pages present, %zu anonymous, %zu on the LRU",
+	       evictions, present, pages, anon, lru);
+	TH_LOG("RssAnon %lld -> %lld KiB", rss_before, rss_after);
 	ASSERT_LE((len - OVERSUB_LIMIT) / self->page, evictions);
 	EXPECT_LE((len - OVERSUB_LIMIT) / self->page * 9 / 10, present);
 	EXPECT_EQ(present, anon);

@@ -440,7 +440,7 @@ static long long dmem_read(const char *cgroup, const char *file, const char *reg
 }
 
 #define CG_EVICT_LEN	(16UL << 20)	/* four times npu0's limit */
-#define CG_DMEM_MAX	(1UL << 20)	/* the child cgroup's share of npu0 */
+#define CG_DMEM_MAX	(1024UL * 1024)	/* the child cgroup's share of npu0 */
 
 /*
  * In the child cgroup, whose dmem.max lets it hold 1 MiB of npu0: the NPU
