@@ -30,7 +30,6 @@
 
 use crate::{
     device::DeviceList,
-    fault::{cpu_fault_begin, cpu_fault_end, Fill},
     lpt::{Claim, LogicalPageTable, MappingBox, ParkedPage, Residency},
 };
 use core::{
@@ -45,7 +44,7 @@ use kernel::{
     ffi::{c_int, c_ulong},
     mm::virt::VmaRef,
     new_condvar, new_mutex, new_spinlock,
-    page::{BorrowedPage, PAGE_SIZE},
+    page::PAGE_SIZE,
     prelude::*,
     sync::{CondVar, Mutex, SpinLock},
     types::Opaque,
@@ -878,7 +877,11 @@ pub unsafe extern "C" fn gm_as_mremap(
             if let Some(device) = this.devices.get(page.dev) {
                 device.unmap(vpn * PAGE_SIZE, page);
                 // Eviction finds the page at its new address.
-                device.moved(page, this, vpn - old / PAGE_SIZE + new / PAGE_SIZE);
+                device.moved(
+                    page,
+                    core::ptr::from_ref(this) as usize,
+                    vpn - old / PAGE_SIZE + new / PAGE_SIZE,
+                );
             }
         },
     );
@@ -906,78 +909,6 @@ pub unsafe extern "C" fn gm_as_dontneed(
     if let Some(this) = unsafe { AddressSpace::of(mm) } {
         this.dontneed(start, end);
     }
-}
-
-/// Claims the page at `addr` for a CPU fault that will install `page` (see [`crate::fault`]),
-/// and puts the page's data into `page`.  Sleeps while someone else moves the page.  On
-/// success, `*token` is what [`gm_cpu_fault_end`] takes to end the claim.
-///
-/// # Safety
-///
-/// Called by `do_anonymous_page()` on a peer-shared VMA of `mm`, with the mmap or VMA lock
-/// held and no spinlock; `page` is the new, exclusively owned page; `token` is valid for a
-/// write.
-#[export]
-pub unsafe extern "C" fn gm_cpu_fault_begin(
-    mm: *mut bindings::mm_struct,
-    addr: c_ulong,
-    page: *mut bindings::page,
-    token: *mut c_ulong,
-) -> bindings::vm_fault_t {
-    // SAFETY: `mm` is the faulting mm, alive during the fault.
-    let Some(this) = (unsafe { AddressSpace::of(mm) }) else {
-        return bindings::vm_fault_reason_VM_FAULT_SIGBUS;
-    };
-    let (Some(page), false) = (NonNull::new(page), token.is_null()) else {
-        return bindings::vm_fault_reason_VM_FAULT_SIGBUS;
-    };
-    // SAFETY: the caller owns `page` for the duration of the call.
-    let page = unsafe { BorrowedPage::from_raw(page) };
-    let va = addr & !(PAGE_SIZE - 1);
-    match cpu_fault_begin(&this.lpt, &this.devices, va / PAGE_SIZE, va, &page) {
-        Ok((claim, fill)) => {
-            let token_value = ((claim.into_token() as c_ulong) << 2) | fill.to_bits() as c_ulong;
-            // SAFETY: `token` is valid for a write, by the safety requirements.
-            unsafe { token.write(token_value) };
-            0
-        }
-        Err(e) if e == ENOMEM => bindings::vm_fault_reason_VM_FAULT_OOM,
-        Err(_) => bindings::vm_fault_reason_VM_FAULT_SIGBUS,
-    }
-}
-
-/// Ends the CPU fault at `addr` that [`gm_cpu_fault_begin`] claimed (`token`), which installs
-/// `page` if `install`.  Returns whether the page may be installed: `false` if its entry was
-/// dropped since the claim (the data copied is stale), and always when not `install` (the
-/// data `page` holds is kept in the entry).
-///
-/// # Safety
-///
-/// Called by `do_anonymous_page()` once for each successful [`gm_cpu_fault_begin`], with the
-/// same `mm`, `addr`, `page` and `token`; under the page table lock if `install`.
-#[export]
-pub unsafe extern "C" fn gm_cpu_fault_end(
-    mm: *mut bindings::mm_struct,
-    addr: c_ulong,
-    page: *mut bindings::page,
-    token: c_ulong,
-    install: bool,
-) -> bool {
-    // SAFETY: `mm` is the faulting mm, alive during the fault.
-    let (Some(this), Some(page)) = (unsafe { AddressSpace::of(mm) }, NonNull::new(page)) else {
-        return false;
-    };
-    // SAFETY: the caller holds `page` for the duration of the call.
-    let page = unsafe { BorrowedPage::from_raw(page) };
-    // The token is the claim's generation and what `page` holds.
-    let claim = Claim::from_token(addr / PAGE_SIZE, (token >> 2) as u32);
-    cpu_fault_end(
-        &this.lpt,
-        claim,
-        &page,
-        Fill::from_bits(token as u32),
-        install,
-    )
 }
 
 /// A counter shown as a debugfs file.

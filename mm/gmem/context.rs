@@ -24,7 +24,7 @@ use crate::{
     address_space::{cpu_fault_in, AddressSpace},
     device::{device_arc, Device, DeviceOps, Stats},
     devmem::DmemCgroup,
-    fault::dev_fault,
+    fault::{check_fault, dev_fault},
     lpt::{DeviceId, DevicePage, Residency},
 };
 use core::{
@@ -79,21 +79,6 @@ impl Context {
         self.dev.as_raw()
     }
 
-    /// Allocates a device page for this context, charged to its dmem cgroup.
-    pub(crate) fn alloc_page(&self) -> Result<u64> {
-        self.dev.alloc_page(self.dmem.as_ref())
-    }
-
-    /// Removes the device's mappings of `len` bytes at `va` and invalidates its TLB for them.
-    pub(crate) fn unmap_va(&self, va: usize, len: usize) {
-        if let Some(release) = self.dev.mmu().pmap_release {
-            // SAFETY: `pmap_release` is required (checked at `gm_dev_create()`); `pmap` is this
-            // context's page table.
-            unsafe { release(self.raw_dev(), self.pmap, va as c_ulong, len as c_ulong) };
-        }
-        self.unmap_tlb(va, len);
-    }
-
     /// Invalidates the device TLB for `len` bytes at `va`.
     fn unmap_tlb(&self, va: usize, len: usize) {
         if let Some(invl) = self.dev.mmu().tlb_invl {
@@ -102,58 +87,12 @@ impl Context {
         }
     }
 
-    /// Maps device page `pfn` at `va`.
-    pub(crate) fn map(&self, va: usize, pfn: u64, prot: c_uint) -> Result {
-        let enter = self.dev.mmu().pmap_enter.ok_or(EINVAL)?;
-        // SAFETY: `pmap` is this context's page table; the driver checks `pfn` is its own.
-        to_result(unsafe { enter(self.raw_dev(), self.pmap, va as c_ulong, pfn, prot) })
-    }
-
-    /// Fills device page `pfn` from `src` (zeroes if `None`) and maps it at `va`.
-    pub(crate) fn place(&self, va: usize, pfn: u64, src: Option<&Page>, prot: c_uint) -> Result {
-        let page = src.map_or(core::ptr::null_mut(), |p| p.as_ptr());
-        self.place_run(va, &[bindings::gm_move { pfn, page }], prot)
-    }
-
-    /// Fills the device pages of `moves` from their host pages (zeroes where there is none)
-    /// and maps them at `va`, `va + PAGE_SIZE`, ...: one `peer_map` for the run, or
-    /// `prepare_page` and `pmap_enter` per page.  On an error no page of the run stays mapped.
-    pub(crate) fn place_run(&self, va: usize, moves: &[bindings::gm_move], prot: c_uint) -> Result {
-        let mmu = self.dev.mmu();
-        let placed = if let Some(peer_map) = mmu.peer_map {
-            // SAFETY: `pmap` is this context's page table; the pages of `moves` are held by
-            // the caller for the duration of the call.
-            to_result(unsafe {
-                peer_map(
-                    self.raw_dev(),
-                    self.pmap,
-                    va as c_ulong,
-                    moves.as_ptr(),
-                    moves.len() as c_uint,
-                    prot,
-                )
-            })
-        } else {
-            let prepare = mmu.prepare_page.ok_or(EINVAL)?;
-            moves.iter().enumerate().try_for_each(|(i, m)| {
-                // SAFETY: as above; `m.pfn` was allocated for this move.
-                to_result(unsafe { prepare(self.raw_dev(), m.pfn, m.page) })?;
-                self.map(va + i * PAGE_SIZE, m.pfn, prot)
-            })
-        };
-        if let Err(e) = placed {
-            self.unmap_va(va, moves.len() * PAGE_SIZE);
-            return Err(e);
-        }
-        let stats = &self.dev.stats;
-        for m in moves {
-            Stats::inc(if m.page.is_null() {
-                &stats.zero_fills
-            } else {
-                &stats.migrations_to_dev
-            });
-        }
-        Ok(())
+    /// Makes `len` bytes at `start` resident on the device and mapped there, with the rights
+    /// `access` asks for (see [`check_fault`] and [`dev_fault`] for the errors); `ESRCH` once
+    /// the process is gone.
+    pub(crate) fn fault(&self, start: usize, len: usize, access: c_uint) -> Result {
+        let end = check_fault(start, len, access)?;
+        self.with_address_space(|this, mm| dev_fault(this, mm, self, start, end, access))
     }
 
     /// Runs `f` on the address space this context is attached to, with a user of its mm.
@@ -233,6 +172,73 @@ impl DeviceOps for Context {
         self.dev.id
     }
 
+    /// Allocates a device page for this context, charged to its dmem cgroup.
+    fn alloc_page(&self) -> Result<u64> {
+        crate::evict::alloc_page(&self.dev, self.dmem.as_ref())
+    }
+
+    /// Removes the device's mappings of `len` bytes at `va` and invalidates its TLB for them.
+    fn unmap_va(&self, va: usize, len: usize) {
+        if let Some(release) = self.dev.mmu().pmap_release {
+            // SAFETY: `pmap_release` is required (checked at `gm_dev_create()`); `pmap` is this
+            // context's page table.
+            unsafe { release(self.raw_dev(), self.pmap, va as c_ulong, len as c_ulong) };
+        }
+        self.unmap_tlb(va, len);
+    }
+
+    /// Maps device page `pfn` at `va`.
+    fn map(&self, va: usize, pfn: u64, prot: c_uint) -> Result {
+        let enter = self.dev.mmu().pmap_enter.ok_or(EINVAL)?;
+        // SAFETY: `pmap` is this context's page table; the driver checks `pfn` is its own.
+        to_result(unsafe { enter(self.raw_dev(), self.pmap, va as c_ulong, pfn, prot) })
+    }
+
+    /// Fills the device pages of `moves` from their host pages (zeroes where there is none)
+    /// and maps them at `va`, `va + PAGE_SIZE`, ...: one `peer_map` for the run, or
+    /// `prepare_page` and `pmap_enter` per page.  On an error no page of the run stays mapped.
+    fn place_run(&self, va: usize, moves: &[bindings::gm_move], prot: c_uint) -> Result {
+        let mmu = self.dev.mmu();
+        let placed = if let Some(peer_map) = mmu.peer_map {
+            // SAFETY: `pmap` is this context's page table; the pages of `moves` are held by
+            // the caller for the duration of the call.
+            to_result(unsafe {
+                peer_map(
+                    self.raw_dev(),
+                    self.pmap,
+                    va as c_ulong,
+                    moves.as_ptr(),
+                    moves.len() as c_uint,
+                    prot,
+                )
+            })
+        } else {
+            let prepare = mmu.prepare_page.ok_or(EINVAL)?;
+            moves.iter().enumerate().try_for_each(|(i, m)| {
+                // SAFETY: as above; `m.pfn` was allocated for this move.
+                to_result(unsafe { prepare(self.raw_dev(), m.pfn, m.page) })?;
+                self.map(va + i * PAGE_SIZE, m.pfn, prot)
+            })
+        };
+        if let Err(e) = placed {
+            self.unmap_va(va, moves.len() * PAGE_SIZE);
+            return Err(e);
+        }
+        let stats = &self.dev.stats;
+        for m in moves {
+            Stats::inc(if m.page.is_null() {
+                &stats.zero_fills
+            } else {
+                &stats.migrations_to_dev
+            });
+        }
+        Ok(())
+    }
+
+    fn count_faults(&self, n: usize) {
+        Stats::add(&self.dev.stats.faults, n);
+    }
+
     fn unmap(&self, va: usize, _page: DevicePage) {
         self.unmap_va(va, PAGE_SIZE);
     }
@@ -291,9 +297,9 @@ impl DeviceOps for Context {
         Ok(())
     }
 
-    fn moved(&self, page: DevicePage, space: &AddressSpace, vpn: usize) {
+    fn moved(&self, page: DevicePage, space: usize, vpn: usize) {
         if let Some(memory) = self.dev.memory() {
-            memory.set_owner(page.pfn, core::ptr::from_ref(space) as usize, vpn);
+            memory.set_owner(page.pfn, space, vpn);
         }
     }
 
@@ -364,7 +370,7 @@ impl DeviceOps for Context {
     }
 
     fn prefetch(&self, start: usize, end: usize) -> Result {
-        dev_fault(self, start, end - start, bindings::GM_ACCESS_READ)
+        self.fault(start, end - start, bindings::GM_ACCESS_READ)
     }
 }
 
@@ -569,7 +575,7 @@ pub unsafe extern "C" fn gm_dev_fault_range(
 ) -> c_int {
     // SAFETY: `ctx` is live by the safety requirements.
     let ctx = unsafe { &*ctx.cast_const().cast::<Context>() };
-    match dev_fault(ctx, start, len, access) {
+    match ctx.fault(start, len, access) {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
     }

@@ -18,7 +18,7 @@
 //! can only live on a device that is attached.
 
 use crate::{
-    devmem::{DeviceMemory, DmemCgroup, Refused},
+    devmem::{reserve, DeviceMemory, DmemCgroup, Refused},
     lpt::{DeviceId, DevicePage},
 };
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
@@ -32,7 +32,7 @@ use kernel::{
     prelude::*,
     str::{CStr, CString},
     sync::{Arc, SetOnce, SpinLock},
-    workqueue::{self, impl_has_work, new_work, Work, WorkItem},
+    workqueue::{impl_has_work, new_work, Work},
 };
 
 /// Device node ids in use, as bits above the first device id (at most 64 devices).
@@ -93,38 +93,13 @@ pub(crate) struct Device {
     memory: SetOnce<Pin<KBox<DeviceMemory>>>,
     pub(crate) stats: Stats,
     sysfs: AtomicPtr<c_void>,
-    /// Refills the free reserve in the background (see [`reserve`]).
+    /// Refills the free reserve in the background (see [`reserve`] and `crate::evict`).
     #[pin]
     reclaim: Work<Device>,
 }
 
 impl_has_work! {
     impl HasWork<Self> for Device { self.reclaim }
-}
-
-/// The free reserve of a device that may use `limit` pages: `(low, high)`.  When an allocation
-/// leaves fewer than `low` pages free, a worker evicts cold pages until `high` are free, so that
-/// faults rarely wait for an eviction; an allocation that finds no free page at all evicts a
-/// batch itself.
-pub(crate) fn reserve(limit: u64) -> (u64, u64) {
-    let low = (limit / 64).max(crate::evict::EVICT_BATCH as u64);
-    (low, 2 * low)
-}
-
-impl WorkItem for Device {
-    type Pointer = Arc<Device>;
-
-    fn run(this: Arc<Device>) {
-        let Some(memory) = this.memory() else {
-            return;
-        };
-        while memory.free_pages() < reserve(memory.limit()).1 {
-            // Nothing left to evict (all busy or held): the allocating path waits instead.
-            if crate::evict::evict(&this, crate::evict::EVICT_BATCH, None).is_err() {
-                break;
-            }
-        }
-    }
 }
 
 // SAFETY: the driver's operations and private data may be used from any thread (documented for
@@ -151,47 +126,27 @@ impl Device {
     }
 
     /// Allocates a device page, from the driver's allocator if it has one; GMEM's charges it to
-    /// dmem cgroup `cgroup` (see [`DmemCgroup`]).
-    pub(crate) fn alloc_page(&self, cgroup: Option<&DmemCgroup>) -> Result<u64> {
+    /// dmem cgroup `cgroup` (see [`DmemCgroup`]).  Does not make room: a full memory, or a
+    /// cgroup at its limit, is [`Refused`] (see `crate::evict::alloc_page`).
+    pub(crate) fn try_alloc_page(&self, cgroup: Option<&DmemCgroup>) -> Result<u64, Refused> {
         let pfn = match self.mmu().alloc_page {
             Some(alloc) => {
                 let mut pfn = 0u64;
                 // SAFETY: `alloc` is the driver's operation for this device; `pfn` is writable.
-                kernel::error::to_result(unsafe { alloc(self.as_raw(), &mut pfn) })?;
+                kernel::error::to_result(unsafe { alloc(self.as_raw(), &mut pfn) })
+                    .map_err(Refused::Error)?;
                 pfn
             }
-            None => {
-                let memory = self.memory().ok_or(ENOMEM)?;
-                loop {
-                    match memory.alloc_charged(cgroup) {
-                        Ok(pfn) => break pfn,
-                        // Full: make room, a reserve for the faults that follow too.
-                        Err(Refused::Full) => {
-                            crate::evict::evict(self, crate::evict::EVICT_BATCH, None)?;
-                        }
-                        // The task's dmem cgroup is at its limit: make room in it.
-                        Err(Refused::Limit(pool)) => {
-                            crate::evict::evict(self, crate::evict::EVICT_BATCH, Some(&pool))?;
-                        }
-                        Err(Refused::Error(e)) => return Err(e),
-                    }
-                }
-            }
+            None => self
+                .memory()
+                .ok_or(Refused::Error(ENOMEM))?
+                .alloc_charged(cgroup)?,
         };
         Stats::inc(&self.stats.resident);
-        if let Some(memory) = self.memory() {
-            if memory.free_pages() < reserve(memory.limit()).0 {
-                // SAFETY: every `Device` lives in the `Arc` that `gm_dev_create()` made, and
-                // `self` is borrowed from a live reference to it.
-                let this = unsafe { device_arc(self.as_raw()) };
-                // Already queued: the worker is on it.
-                let _ = workqueue::system_unbound().enqueue(this);
-            }
-        }
         Ok(pfn)
     }
 
-    /// Frees a device page from [`Device::alloc_page`].  Never sleeps with GMEM's allocator.
+    /// Frees a device page from [`Device::try_alloc_page`].  Never sleeps with GMEM's allocator.
     pub(crate) fn free_page(&self, pfn: u64) {
         match (self.mmu().alloc_page, self.mmu().free_page) {
             // SAFETY: `free` is the driver's operation; `pfn` came from its `alloc_page`.
@@ -472,6 +427,30 @@ pub(crate) trait DeviceOps: Send + Sync {
     /// The device's node id (`hnid`).
     fn id(&self) -> DeviceId;
 
+    /// Allocates a page of the device's memory for this address space, making room when the
+    /// memory is full (see `crate::evict::alloc_page`).
+    fn alloc_page(&self) -> Result<u64>;
+
+    /// Removes the device's mappings of `len` bytes at `va` and invalidates its TLB for them.
+    fn unmap_va(&self, va: usize, len: usize);
+
+    /// Maps device page `pfn` at `va` with `prot` (`GM_PROT_*`).
+    fn map(&self, va: usize, pfn: u64, prot: c_uint) -> Result;
+
+    /// Fills the device pages of `moves` from their host pages (zeroes where there is none)
+    /// and maps them at `va`, `va + PAGE_SIZE`, ...  On an error no page of the run stays
+    /// mapped.
+    fn place_run(&self, va: usize, moves: &[bindings::gm_move], prot: c_uint) -> Result;
+
+    /// Fills device page `pfn` from `src` (zeroes if `None`) and maps it at `va`.
+    fn place(&self, va: usize, pfn: u64, src: Option<&Page>, prot: c_uint) -> Result {
+        let page = src.map_or(core::ptr::null_mut(), |p| p.as_ptr());
+        self.place_run(va, &[bindings::gm_move { pfn, page }], prot)
+    }
+
+    /// Counts `n` pages of device faults served, in the device's statistics.
+    fn count_faults(&self, _n: usize) {}
+
     /// Removes the device's mapping of `va` (which maps `page`) and invalidates the device
     /// TLB for it.  When this returns, the device no longer reads or writes the page.
     fn unmap(&self, va: usize, page: DevicePage);
@@ -508,8 +487,9 @@ pub(crate) trait DeviceOps: Send + Sync {
     /// page of the device in it was released already.
     fn address_space_gone(&self) {}
 
-    /// The page moved to virtual page `vpn` of `space` (mremap).
-    fn moved(&self, _page: DevicePage, _space: &crate::address_space::AddressSpace, _vpn: usize) {}
+    /// The page moved to virtual page `vpn` of address space `space` (an address, as the
+    /// device memory's reverse map records it) by mremap.
+    fn moved(&self, _page: DevicePage, _space: usize, _vpn: usize) {}
 
     /// Whether the device is using the page at `va` right now (a job holds it): eviction
     /// leaves it alone.
@@ -710,6 +690,30 @@ pub(crate) mod fake {
     }
 
     impl DeviceOps for FakeDevice {
+        /// The fake device has no memory to give: only pages the tests put there exist.
+        fn alloc_page(&self) -> Result<u64> {
+            Err(ENOMEM)
+        }
+
+        fn unmap_va(&self, va: usize, len: usize) {
+            let mut ops = self.ops.lock();
+            for k in 0..len / PAGE_SIZE {
+                let va = va + k * PAGE_SIZE;
+                // Cannot fail in the tests: a few entries.
+                let _ = ops.push(Op::Unmap(va, (va / PAGE_SIZE) as u64), GFP_KERNEL);
+            }
+        }
+
+        /// Nothing is mapped on the fake device: the tests move pages home only.
+        fn map(&self, _va: usize, _pfn: u64, _prot: c_uint) -> Result {
+            Err(ENODEV)
+        }
+
+        /// As [`FakeDevice::map`].
+        fn place_run(&self, _va: usize, _moves: &[bindings::gm_move], _prot: c_uint) -> Result {
+            Err(ENODEV)
+        }
+
         fn id(&self) -> DeviceId {
             self.id
         }

@@ -88,6 +88,18 @@ pub(crate) struct Usage {
     pub(crate) used: u64,
 }
 
+/// Pages evicted at once when a device is full: the free reserve the next faults use.
+pub(crate) const EVICT_BATCH: usize = 16;
+
+/// The free reserve of a device that may use `limit` pages: `(low, high)`.  When an allocation
+/// leaves fewer than `low` pages free, a worker evicts cold pages until `high` are free, so that
+/// faults rarely wait for an eviction; an allocation that finds no free page at all evicts a
+/// batch itself.
+pub(crate) fn reserve(limit: u64) -> (u64, u64) {
+    let low = (limit / 64).max(EVICT_BATCH as u64);
+    (low, 2 * low)
+}
+
 /// The memory of one device.
 ///
 /// # Invariants

@@ -25,8 +25,8 @@
 
 use crate::{
     address_space::AddressSpace,
-    device::{Device, DeviceOps, Stats},
-    devmem::{DeviceMemory, LimitPool, Victim},
+    device::{device_arc, Device, DeviceOps, Stats},
+    devmem::{reserve, DeviceMemory, DmemCgroup, LimitPool, Refused, Victim, EVICT_BATCH},
     lpt::{Claim, DevicePage, ParkedPage, Residency},
     migrate::map_run_home,
 };
@@ -36,10 +36,55 @@ use kernel::{
     page::{Page, PAGE_SIZE},
     prelude::*,
     sync::Arc,
+    workqueue::{self, WorkItem},
 };
 
-/// Pages evicted at once when a device is full: the free reserve the next faults use.
-pub(crate) const EVICT_BATCH: usize = 16;
+/// Allocates a page of `dev` charged to dmem cgroup `cgroup`, making room when the memory is
+/// full (any cold page goes) or the cgroup at its limit (a page of that cgroup goes).  Below
+/// the low mark of the free reserve, wakes the worker that refills it.
+pub(crate) fn alloc_page(dev: &Device, cgroup: Option<&DmemCgroup>) -> Result<u64> {
+    let pfn = loop {
+        match dev.try_alloc_page(cgroup) {
+            Ok(pfn) => break pfn,
+            // Full: make room, a reserve for the faults that follow too.
+            Err(Refused::Full) => {
+                evict(dev, EVICT_BATCH, None)?;
+            }
+            // The task's dmem cgroup is at its limit: make room in it.
+            Err(Refused::Limit(pool)) => {
+                evict(dev, EVICT_BATCH, Some(&pool))?;
+            }
+            Err(Refused::Error(e)) => return Err(e),
+        }
+    };
+    if let Some(memory) = dev.memory() {
+        if memory.free_pages() < reserve(memory.limit()).0 {
+            // SAFETY: every `Device` lives in the `Arc` that `gm_dev_create()` made, and `dev`
+            // is borrowed from a live reference to it.
+            let this = unsafe { device_arc(dev.as_raw()) };
+            // Already queued: the worker is on it.
+            let _ = workqueue::system_unbound().enqueue(this);
+        }
+    }
+    Ok(pfn)
+}
+
+/// The worker that keeps a device's free reserve: evicts cold pages until the high mark.
+impl WorkItem for Device {
+    type Pointer = Arc<Device>;
+
+    fn run(this: Arc<Device>) {
+        let Some(memory) = this.memory() else {
+            return;
+        };
+        while memory.free_pages() < reserve(memory.limit()).1 {
+            // Nothing left to evict (all busy or held): the allocating path waits instead.
+            if evict(&this, EVICT_BATCH, None).is_err() {
+                break;
+            }
+        }
+    }
+}
 
 /// A page claimed for eviction.
 struct Claimed {

@@ -36,19 +36,19 @@
 
 use crate::{
     address_space::{AddressSpace, Seq},
-    context::Context,
-    device::{DeviceList, Stats},
+    device::{DeviceList, DeviceOps},
     lpt::{Claim, DevicePage, LogicalPageTable, ParkedPage, Residency},
-    migrate::{to_device, PinnedPage, CHUNK_PAGES},
+    migrate::{end_failed, host_after_failure, to_device, PinnedPage, CHUNK_PAGES},
 };
+use core::ptr::NonNull;
 use kernel::{
     bindings,
-    ffi::c_uint,
+    ffi::{c_uint, c_ulong},
     mm::{
         virt::{flags, VmaRef},
         MmWithUser,
     },
-    page::{Page, PAGE_SIZE},
+    page::{BorrowedPage, Page, PAGE_SIZE},
     prelude::*,
 };
 
@@ -181,13 +181,10 @@ const SIGNAL_CHECK: usize = 16;
 /// Bytes of a chunk (see `crate::migrate`).
 const CHUNK_BYTES: usize = CHUNK_PAGES * PAGE_SIZE;
 
-/// Makes `len` bytes at `start` resident on the context's device and mapped there.
-///
-/// `EINVAL` for an unaligned or empty range or unknown `access` bits, `EFAULT` for an address
-/// outside the process's peer-shared mappings or without the rights `access` asks for, `ESRCH`
-/// once the process is gone, `ENOMEM` when the device is full.  Pages before the failing one
-/// stay done.
-pub(crate) fn dev_fault(ctx: &Context, start: usize, len: usize, access: c_uint) -> Result {
+/// Checks the arguments of a device fault of `len` bytes at `start` with `access`, and returns
+/// the range's end: `EINVAL` for an unaligned or empty range or unknown `access` bits,
+/// `EFAULT` for a range past the top of the address space.
+pub(crate) fn check_fault(start: usize, len: usize, access: c_uint) -> Result<usize> {
     let known = bindings::GM_ACCESS_READ | bindings::GM_ACCESS_WRITE;
     if start % PAGE_SIZE != 0 || len == 0 || len % PAGE_SIZE != 0 {
         return Err(EINVAL);
@@ -196,47 +193,66 @@ pub(crate) fn dev_fault(ctx: &Context, start: usize, len: usize, access: c_uint)
         return Err(EINVAL);
     }
     // A range that reaches past the top of the address space is outside every mapping.
-    let end = start.checked_add(len).ok_or(EFAULT)?;
-    ctx.with_address_space(|this, mm| {
-        // The range's windows have notifiers before any of its pages is mapped on the device
-        // (a range that mmap() made has them; one that mremap() grew in place may not).
-        // SAFETY: `mm` has a user and no mmap lock is held.
-        unsafe { this.cover(start, end, false) }?;
-        let guard = mm.mmap_read_lock();
-        let mut va = start;
-        let mut moved = 0;
-        while va < end {
-            let vma = guard.vma_lookup(va).ok_or(EFAULT)?;
-            let vm_flags = vma.flags();
-            if vm_flags & flags::PEER_SHARED == 0 || vm_flags & flags::READ == 0 {
-                return Err(EFAULT);
-            }
-            let writable = vm_flags & flags::WRITE != 0;
-            if access & bindings::GM_ACCESS_WRITE != 0 && !writable {
-                return Err(EFAULT);
-            }
-            let prot = bindings::GM_PROT_READ | if writable { bindings::GM_PROT_WRITE } else { 0 };
-            let vma_end = vma.end().min(end);
-            while va < vma_end {
-                // A long prefetch stops for a signal; restarting it redoes what is left.  It
-                // checks once `SIGNAL_CHECK` pages moved: a restarted call, which first maps
-                // again what is there already, always makes progress however often signals
-                // come.
-                if moved >= SIGNAL_CHECK && kernel::current!().signal_pending() {
-                    return Err(ERESTARTSYS);
-                }
-                // A chunk ends at a 2 MiB boundary (or the VMA's end).
-                let chunk_end = (va / CHUNK_BYTES + 1)
-                    .checked_mul(CHUNK_BYTES)
-                    .map_or(vma_end, |e| e.min(vma_end));
-                let n = (chunk_end - va) / PAGE_SIZE;
-                moved += to_device(this, mm, ctx, vma, va, n, prot)?;
-                Stats::add(&ctx.dev.stats.faults, n);
-                va = chunk_end;
-            }
+    start.checked_add(len).ok_or(EFAULT)
+}
+
+/// Makes `start..end` of address space `this` (of `mm`, which has a user) resident on `ctx`'s
+/// device and mapped there, with the rights `access` asks for; the range was checked with
+/// [`check_fault`].  `EFAULT` for an address outside the process's peer-shared mappings or
+/// without the rights `access` asks for, `ENOMEM` when the device is full.  Pages before the
+/// failing one stay done.
+pub(crate) fn dev_fault(
+    this: &AddressSpace,
+    mm: &MmWithUser,
+    ctx: &dyn DeviceOps,
+    start: usize,
+    end: usize,
+    access: c_uint,
+) -> Result {
+    // The range's windows have notifiers before any of its pages is mapped on the device
+    // (a range that mmap() made has them; one that mremap() grew in place may not).
+    // SAFETY: `mm` has a user and no mmap lock is held.
+    unsafe { this.cover(start, end, false) }?;
+    let guard = mm.mmap_read_lock();
+    let mut va = start;
+    let mut moved = 0;
+    while va < end {
+        let vma = guard.vma_lookup(va).ok_or(EFAULT)?;
+        let vm_flags = vma.flags();
+        if vm_flags & flags::PEER_SHARED == 0 || vm_flags & flags::READ == 0 {
+            return Err(EFAULT);
         }
-        Ok(())
-    })
+        let writable = vm_flags & flags::WRITE != 0;
+        if access & bindings::GM_ACCESS_WRITE != 0 && !writable {
+            return Err(EFAULT);
+        }
+        let prot = bindings::GM_PROT_READ | if writable { bindings::GM_PROT_WRITE } else { 0 };
+        let vma_end = vma.end().min(end);
+        while va < vma_end {
+            // A long prefetch stops for a signal; restarting it redoes what is left.  It
+            // checks once `SIGNAL_CHECK` pages moved: a restarted call, which first maps
+            // again what is there already, always makes progress however often signals
+            // come.
+            if moved >= SIGNAL_CHECK && kernel::current!().signal_pending() {
+                return Err(ERESTARTSYS);
+            }
+            // A chunk ends at a 2 MiB boundary (or the VMA's end).
+            let chunk_end = (va / CHUNK_BYTES + 1)
+                .checked_mul(CHUNK_BYTES)
+                .map_or(vma_end, |e| e.min(vma_end));
+            let n = (chunk_end - va) / PAGE_SIZE;
+            let (done, slow) = to_device(this, mm, ctx, vma, va, n, prot)?;
+            moved += done;
+            for vpn in slow {
+                if fault_page(this, mm, ctx, vma, vpn * PAGE_SIZE, prot)? {
+                    moved += 1;
+                }
+            }
+            ctx.count_faults(n);
+            va = chunk_end;
+        }
+    }
+    Ok(())
 }
 
 /// Records device page `pfn`, now mapped at `va`, as where the page of `claim` lives, and ends
@@ -244,19 +260,14 @@ pub(crate) fn dev_fault(ctx: &Context, start: usize, len: usize, access: c_uint)
 /// invalidation ran since `seq` (the device mapping is removed again): the fault is retried.
 fn complete(
     this: &AddressSpace,
-    ctx: &Context,
+    ctx: &dyn DeviceOps,
     claim: Claim,
     va: usize,
     pfn: u64,
     seq: Seq<'_>,
 ) -> bool {
-    let page = DevicePage {
-        dev: ctx.dev.id,
-        pfn,
-    };
-    if let Some(memory) = ctx.dev.memory() {
-        memory.set_owner(pfn, core::ptr::from_ref(this) as usize, claim.vpn());
-    }
+    let page = DevicePage { dev: ctx.id(), pfn };
+    ctx.moved(page, core::ptr::from_ref(this) as usize, claim.vpn());
     let (ended, changed) = {
         let mut guard = this.lpt.lock();
         let ended = LogicalPageTable::end_claim_locked(&mut guard, claim, Residency::Device(page));
@@ -266,7 +277,7 @@ fn complete(
     if !ended {
         // Dropped meanwhile: nobody else knows the page.
         ctx.unmap_va(va, PAGE_SIZE);
-        ctx.dev.free_page(pfn);
+        ctx.free(DevicePage { dev: ctx.id(), pfn });
         return false;
     }
     if changed {
@@ -274,28 +285,6 @@ fn complete(
         return false;
     }
     true
-}
-
-/// Ends `claim` after a failed move: the page lives `now` (where its data still is).  If the
-/// entry was dropped meanwhile, what `now` names is nobody's and goes.
-pub(crate) fn end_failed(this: &AddressSpace, claim: Claim, va: usize, now: Residency) {
-    if this.lpt.end_claim(claim, now) {
-        return;
-    }
-    match now {
-        // SAFETY: the entry is gone and never recorded the parked page: it is ours.
-        Residency::Parked(raw) => drop(unsafe { ParkedPage::from_raw(raw) }),
-        Residency::Device(page) => this.devices.batch().push(va, page),
-        _ => {}
-    }
-}
-
-/// Where a page whose CPU mapping was removed for a move lives after the move failed: parked
-/// in the host page that was mapped (`host`), which still holds the data.
-pub(crate) fn host_after_failure(host: Option<&Page>) -> Residency {
-    host.map_or(Residency::Nowhere, |page| {
-        Residency::Parked(ParkedPage::new_ref(page).into_raw())
-    })
 }
 
 /// Makes the page at `va` resident on the context's device and maps it with `prot`.  Returns
@@ -307,7 +296,7 @@ pub(crate) fn host_after_failure(host: Option<&Page>) -> Residency {
 pub(crate) fn fault_page(
     this: &AddressSpace,
     mm: &MmWithUser,
-    ctx: &Context,
+    ctx: &dyn DeviceOps,
     vma: &VmaRef,
     va: usize,
     prot: c_uint,
@@ -328,7 +317,7 @@ pub(crate) fn fault_page(
             continue;
         }
         match seen {
-            Some(Residency::Device(page)) if page.dev == ctx.dev.id => {
+            Some(Residency::Device(page)) if page.dev == ctx.id() => {
                 // Mapped again under a claim: a move that took the page meanwhile (a prefetch
                 // home, an eviction) would free it while the device maps it, and a job running
                 // on another thread could write into the freed page through that mapping.
@@ -348,14 +337,14 @@ pub(crate) fn fault_page(
             Some(Residency::Parked(raw)) => {
                 let pfn = ctx.alloc_page()?;
                 let Some(claim) = this.lpt.claim(vpn, seen)? else {
-                    ctx.dev.free_page(pfn);
+                    ctx.free(DevicePage { dev: ctx.id(), pfn });
                     continue;
                 };
                 // SAFETY: the claim took the parked page out of the entry: it is ours.
                 let parked = unsafe { ParkedPage::from_raw(raw) };
                 let seq = window.read_begin();
                 if let Err(e) = ctx.place(va, pfn, Some(&parked.page()), prot) {
-                    ctx.dev.free_page(pfn);
+                    ctx.free(DevicePage { dev: ctx.id(), pfn });
                     end_failed(this, claim, va, Residency::Parked(parked.into_raw()));
                     return Err(e);
                 }
@@ -370,17 +359,17 @@ pub(crate) fn fault_page(
                 let bounce = Page::alloc_page(GFP_KERNEL)?;
                 let pfn = ctx.alloc_page()?;
                 let Some(claim) = this.lpt.claim(vpn, seen)? else {
-                    ctx.dev.free_page(pfn);
+                    ctx.free(DevicePage { dev: ctx.id(), pfn });
                     continue;
                 };
                 if let Err(e) = peer.move_home(va, page, &bounce) {
-                    ctx.dev.free_page(pfn);
+                    ctx.free(DevicePage { dev: ctx.id(), pfn });
                     end_failed(this, claim, va, Residency::Device(page));
                     return Err(e);
                 }
                 let seq = window.read_begin();
                 if let Err(e) = ctx.place(va, pfn, Some(&bounce), prot) {
-                    ctx.dev.free_page(pfn);
+                    ctx.free(DevicePage { dev: ctx.id(), pfn });
                     // The data is in the bounce page now.
                     let parked = ParkedPage::new(bounce);
                     end_failed(this, claim, va, Residency::Parked(parked.into_raw()));
@@ -409,7 +398,7 @@ pub(crate) fn fault_page(
                 };
                 let still_mapped = || host.as_ref().is_none_or(|h| h.still_mapped(mm, va));
                 let Some(claim) = this.claim_since(vpn, seen, &pinned, still_mapped)? else {
-                    ctx.dev.free_page(pfn);
+                    ctx.free(DevicePage { dev: ctx.id(), pfn });
                     continue;
                 };
                 if host.is_some() {
@@ -420,7 +409,7 @@ pub(crate) fn fault_page(
                 let seq = window.read_begin();
                 let host_page = host.as_ref().map(PinnedPage::page);
                 if let Err(e) = ctx.place(va, pfn, host_page, prot) {
-                    ctx.dev.free_page(pfn);
+                    ctx.free(DevicePage { dev: ctx.id(), pfn });
                     end_failed(this, claim, va, host_after_failure(host_page));
                     return Err(e);
                 }
@@ -431,6 +420,78 @@ pub(crate) fn fault_page(
             }
         }
     }
+}
+
+/// Claims the page at `addr` for a CPU fault that will install `page` (see [`crate::fault`]),
+/// and puts the page's data into `page`.  Sleeps while someone else moves the page.  On
+/// success, `*token` is what [`gm_cpu_fault_end`] takes to end the claim.
+///
+/// # Safety
+///
+/// Called by `do_anonymous_page()` on a peer-shared VMA of `mm`, with the mmap or VMA lock
+/// held and no spinlock; `page` is the new, exclusively owned page; `token` is valid for a
+/// write.
+#[export]
+pub unsafe extern "C" fn gm_cpu_fault_begin(
+    mm: *mut bindings::mm_struct,
+    addr: c_ulong,
+    page: *mut bindings::page,
+    token: *mut c_ulong,
+) -> bindings::vm_fault_t {
+    // SAFETY: `mm` is the faulting mm, alive during the fault.
+    let Some(this) = (unsafe { AddressSpace::of(mm) }) else {
+        return bindings::vm_fault_reason_VM_FAULT_SIGBUS;
+    };
+    let (Some(page), false) = (NonNull::new(page), token.is_null()) else {
+        return bindings::vm_fault_reason_VM_FAULT_SIGBUS;
+    };
+    // SAFETY: the caller owns `page` for the duration of the call.
+    let page = unsafe { BorrowedPage::from_raw(page) };
+    let va = addr & !(PAGE_SIZE - 1);
+    match cpu_fault_begin(&this.lpt, &this.devices, va / PAGE_SIZE, va, &page) {
+        Ok((claim, fill)) => {
+            let token_value = ((claim.into_token() as c_ulong) << 2) | fill.to_bits() as c_ulong;
+            // SAFETY: `token` is valid for a write, by the safety requirements.
+            unsafe { token.write(token_value) };
+            0
+        }
+        Err(e) if e == ENOMEM => bindings::vm_fault_reason_VM_FAULT_OOM,
+        Err(_) => bindings::vm_fault_reason_VM_FAULT_SIGBUS,
+    }
+}
+
+/// Ends the CPU fault at `addr` that [`gm_cpu_fault_begin`] claimed (`token`), which installs
+/// `page` if `install`.  Returns whether the page may be installed: `false` if its entry was
+/// dropped since the claim (the data copied is stale), and always when not `install` (the
+/// data `page` holds is kept in the entry).
+///
+/// # Safety
+///
+/// Called by `do_anonymous_page()` once for each successful [`gm_cpu_fault_begin`], with the
+/// same `mm`, `addr`, `page` and `token`; under the page table lock if `install`.
+#[export]
+pub unsafe extern "C" fn gm_cpu_fault_end(
+    mm: *mut bindings::mm_struct,
+    addr: c_ulong,
+    page: *mut bindings::page,
+    token: c_ulong,
+    install: bool,
+) -> bool {
+    // SAFETY: `mm` is the faulting mm, alive during the fault.
+    let (Some(this), Some(page)) = (unsafe { AddressSpace::of(mm) }, NonNull::new(page)) else {
+        return false;
+    };
+    // SAFETY: the caller holds `page` for the duration of the call.
+    let page = unsafe { BorrowedPage::from_raw(page) };
+    // The token is the claim's generation and what `page` holds.
+    let claim = Claim::from_token(addr / PAGE_SIZE, (token >> 2) as u32);
+    cpu_fault_end(
+        &this.lpt,
+        claim,
+        &page,
+        Fill::from_bits(token as u32),
+        install,
+    )
 }
 
 #[cfg(CONFIG_GMEM_KUNIT_TEST)]

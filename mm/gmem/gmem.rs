@@ -66,7 +66,7 @@ pub mod context;
 pub mod device;
 mod devmem;
 mod evict;
-mod fault;
+pub mod fault;
 pub mod hmadvise;
 mod lpt;
 mod migrate;

@@ -23,9 +23,7 @@
 
 use crate::{
     address_space::{AddressSpace, NOTIFIER_SHIFT},
-    context::Context,
     device::DeviceOps,
-    fault::{end_failed, fault_page, host_after_failure},
     lpt::{Claim, DevicePage, LogicalPageTable, ParkedPage, Residency},
 };
 use core::ptr::{self, NonNull};
@@ -166,20 +164,21 @@ fn for_each_run(slots: &[Slot], pick: impl Fn(&Slot) -> bool, mut f: impl FnMut(
 }
 
 /// Moves the chunk of `n` pages at `start` (all in `vma`) to the context's device and maps them
-/// there with `prot`.  Returns how many pages moved (pages already on the device are mapped
-/// again, which is not a move).
+/// there with `prot`.  Returns how many pages moved, and the pages it left to the per-page
+/// path (`crate::fault`), in address order: pages on a device or parked, busy pages, and pages
+/// an invalidation raced with.
 ///
-/// Every page of the chunk is resident and mapped on the device when this returns `Ok`.  On an
-/// error, every entry this claimed is released again.
+/// Every other page of the chunk is resident and mapped on the device when this returns `Ok`.
+/// On an error, every entry this claimed is released again.
 pub(crate) fn to_device(
     this: &AddressSpace,
     mm: &MmWithUser,
-    ctx: &Context,
+    ctx: &dyn DeviceOps,
     vma: &VmaRef,
     start: usize,
     n: usize,
     prot: c_uint,
-) -> Result<usize> {
+) -> Result<(usize, KVec<usize>)> {
     let first = start / PAGE_SIZE;
     // A chunk lies in one window (both are aligned, and a window is a whole number of chunks).
     let window = this.window(start)?;
@@ -277,7 +276,7 @@ pub(crate) fn to_device(
             // No device page, or someone else got there first (or no memory for the entry):
             // one by one.
             if let Some(pfn) = s.pfn.take() {
-                ctx.dev.free_page(pfn);
+                ctx.free(DevicePage { dev: ctx.id(), pfn });
             }
             s.host = None;
             let _ = slow.push_within_capacity(s.vpn);
@@ -310,7 +309,7 @@ pub(crate) fn to_device(
             // The device failed: the data stays in the host pages, parked.
             for s in &mut slots[i..i + len] {
                 if let Some(pfn) = s.pfn.take() {
-                    ctx.dev.free_page(pfn);
+                    ctx.free(DevicePage { dev: ctx.id(), pfn });
                 }
                 if let Some(claim) = s.claim.take() {
                     let now = host_after_failure(s.host.as_ref().map(PinnedPage::page));
@@ -327,11 +326,10 @@ pub(crate) fn to_device(
 
     // Record the device pages, with one notifier check for the chunk.
     let space = core::ptr::from_ref(this) as usize;
-    if let Some(memory) = ctx.dev.memory() {
-        for s in slots.iter().filter(|s| s.claim.is_some()) {
-            if let Some(pfn) = s.pfn {
-                memory.set_owner(pfn, space, s.vpn);
-            }
+    for s in slots.iter().filter(|s| s.claim.is_some()) {
+        if let Some(pfn) = s.pfn {
+            let page = DevicePage { dev: ctx.id(), pfn };
+            ctx.moved(page, space, s.vpn);
         }
     }
     let mut moved = 0;
@@ -341,10 +339,7 @@ pub(crate) fn to_device(
             let (Some(claim), Some(pfn)) = (s.claim.take(), s.pfn) else {
                 continue;
             };
-            let page = DevicePage {
-                dev: ctx.dev.id,
-                pfn,
-            };
+            let page = DevicePage { dev: ctx.id(), pfn };
             // Dropped meanwhile: nobody else knows the page (freed below).
             s.done = LogicalPageTable::end_claim_locked(&mut guard, claim, Residency::Device(page));
             moved += usize::from(s.done);
@@ -355,7 +350,7 @@ pub(crate) fn to_device(
     for s in slots.iter_mut().filter(|s| !s.done) {
         if let Some(pfn) = s.pfn.take() {
             ctx.unmap_va(s.vpn * PAGE_SIZE, PAGE_SIZE);
-            ctx.dev.free_page(pfn);
+            ctx.free(DevicePage { dev: ctx.id(), pfn });
         }
     }
     if changed {
@@ -374,12 +369,29 @@ pub(crate) fn to_device(
         }
     }
     slow.sort_unstable();
-    for vpn in slow {
-        if fault_page(this, mm, ctx, vma, vpn * PAGE_SIZE, prot)? {
-            moved += 1;
-        }
+    Ok((moved, slow))
+}
+
+/// Ends `claim` after a failed move: the page lives `now` (where its data still is).  If the
+/// entry was dropped meanwhile, what `now` names is nobody's and goes.
+pub(crate) fn end_failed(this: &AddressSpace, claim: Claim, va: usize, now: Residency) {
+    if this.lpt.end_claim(claim, now) {
+        return;
     }
-    Ok(moved)
+    match now {
+        // SAFETY: the entry is gone and never recorded the parked page: it is ours.
+        Residency::Parked(raw) => drop(unsafe { ParkedPage::from_raw(raw) }),
+        Residency::Device(page) => this.devices.batch().push(va, page),
+        _ => {}
+    }
+}
+
+/// Where a page whose CPU mapping was removed for a move lives after the move failed: parked
+/// in the host page that was mapped (`host`), which still holds the data.
+pub(crate) fn host_after_failure(host: Option<&Page>) -> Residency {
+    host.map_or(Residency::Nowhere, |page| {
+        Residency::Parked(ParkedPage::new_ref(page).into_raw())
+    })
 }
 
 /// Pages of one page table: [`map_home`] maps at most this many with one lock.
