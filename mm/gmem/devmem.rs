@@ -19,8 +19,8 @@
 //!
 //! A device's memory is a region of the dmem cgroup controller (`dmem.capacity` lists it as
 //! `gmem/<device>`), as TTM registers VRAM: every page allocated is charged to the dmem cgroup
-//! of the task that allocates it (the process whose fault or prefetch needs it) and uncharged
-//! when it is freed, so a cgroup's `dmem.max` holds for device memory.  An allocation over the
+//! of the task that attached the device to the address space ([`DmemCgroup`], kept by the
+//! context: a device fault may run in the driver's worker) and uncharged when it is freed, so a cgroup's `dmem.max` holds for device memory.  An allocation over the
 //! limit evicts pages of that cgroup first ([`LimitPool`]).
 
 use core::{
@@ -314,7 +314,7 @@ impl DeviceMemory {
     }
 
     /// Registers the memory as the dmem cgroup region `gmem/<name>`: from now on every page is
-    /// charged to the dmem cgroup of the task that allocates it.
+    /// charged to a dmem cgroup (see [`DeviceMemory::alloc_charged`]).
     pub(crate) fn register_cgroup(self: Pin<&mut Self>, name: &CStr) -> Result {
         // SAFETY: the format takes one string, `name`, valid for the call.
         let region = kernel::error::from_err_ptr(unsafe {

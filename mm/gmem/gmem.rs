@@ -34,8 +34,14 @@
 //! calls, sequence checks instead of holding locks across device work.  From outer to inner:
 //!
 //! 1. `mmap_lock` (or the per-VMA lock in the fault path): taken by core MM before it calls
-//!    GMEM.  GMEM never takes it in a path that core MM entered with it held.
-//! 2. The page table lock: held by core MM around `gm_cpu_fault_end()`.
+//!    GMEM.  GMEM never takes it in a path that core MM entered with it held.  Entry points
+//!    whose safety comments say the caller holds it check that with `mmap_assert_locked()` or
+//!    `mmap_assert_write_locked()`.  Eviction, which may run in any process, takes the mmap
+//!    lock of the evicted pages' owner for reading around mapping them, only with
+//!    `mmap_read_trylock()` (it parks the copies if that fails): it never waits for it.
+//! 2. The page table lock: held by core MM around `gm_cpu_fault_end()`, and by
+//!    `gm_map_anon_folios()` around the callback that ends each claim of the pages it maps
+//!    (`migrate::map_home`).  It comes before the logical page table lock.
 //! 3. An address space's `moves` lock (evictions under way), then the logical page table lock
 //!    (the XArray's spinlock), which protects every field of every entry.  No allocation that
 //!    may reclaim, and no device operation, under either.
@@ -49,8 +55,8 @@
 //! Whoever needs a claimed page sleeps until the claim ends (`LogicalPageTable::wait_unclaimed`,
 //! woken by every end of a claim and every drop of a claimed entry), with at most the mmap or
 //! VMA lock held.  That cannot deadlock because a claim holder never waits for another claim
-//! and never takes the mmap lock: CPU and device faults hold it already, migrations run under
-//! it, evictions never take it.  mremap and the teardown of an address space wait for the
+//! and never waits for the mmap lock: CPU and device faults hold it already, migrations run
+//! under it, evictions only try it.  mremap and the teardown of an address space wait for the
 //! evictions under way (`moves`) instead; new evictions of that address space are refused
 //! meanwhile and pick another victim.  The MMU notifier callback never waits for a claim: it
 //! drops claimed entries, and their holders find them gone.  It may sleep (device work) only
