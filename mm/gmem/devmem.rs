@@ -20,8 +20,9 @@
 //! A device's memory is a region of the dmem cgroup controller (`dmem.capacity` lists it as
 //! `gmem/<device>`), as TTM registers VRAM: every page allocated is charged to the dmem cgroup
 //! of the task that attached the device to the address space ([`DmemCgroup`], kept by the
-//! context: a device fault may run in the driver's worker) and uncharged when it is freed, so a cgroup's `dmem.max` holds for device memory.  An allocation over the
-//! limit evicts pages of that cgroup first ([`LimitPool`]).
+//! context: a device fault may run in the driver's worker) and uncharged when it is freed, so
+//! a cgroup's `dmem.max` holds for device memory.  An allocation over the limit evicts pages of
+//! that cgroup first ([`LimitPool`]).
 
 use core::{
     ptr::NonNull,
