@@ -421,32 +421,34 @@ mod tests {
         Ok(())
     }
 
+    /// Picks `count` pages of `mem` (page `i` mapped at virtual page `100 + i`) for a device
+    /// that used page `i` once if `used[i]`; pages given a chance go back.
+    fn pick_used(
+        mem: &DeviceMemory,
+        count: usize,
+        used: &mut [bool],
+    ) -> Result<KVec<(Victim, ())>> {
+        pick_cold(
+            mem,
+            count,
+            |_| Some(()),
+            |v, ()| core::mem::take(&mut used[v.vpn - 100]),
+            |v, ()| mem.unpick(v.pfn),
+        )
+    }
+
     #[test]
     fn a_page_used_on_every_pass_outlives_a_stream() -> Result {
         let (mem, _pfns) = memory(4)?;
         // The device uses page 100; the clock passes it and takes 101.
-        let mut used = [true, false, false, false];
-        let picked = pick_cold(
-            &mem,
-            1,
-            |_| Some(()),
-            |v, ()| core::mem::take(&mut used[v.vpn - 100]),
-            |v, ()| mem.unpick(v.pfn),
-        )?;
+        let picked = pick_used(&mem, 1, &mut [true, false, false, false])?;
         assert_eq!(&vpns(&picked)?[..], &[101]);
         for (v, ()) in picked {
             mem.unpick(v.pfn);
         }
         // A stream used every page once, and the device used page 100 again: the hand turns a
         // whole round clearing bits, then takes the stream's pages, not page 100.
-        let mut used = [true; 4];
-        let picked = pick_cold(
-            &mem,
-            3,
-            |_| Some(()),
-            |v, ()| core::mem::take(&mut used[v.vpn - 100]),
-            |v, ()| mem.unpick(v.pfn),
-        )?;
+        let picked = pick_used(&mem, 3, &mut [true; 4])?;
         assert_eq!(&vpns(&picked)?[..], &[101, 102, 103]);
         Ok(())
     }

@@ -1425,32 +1425,18 @@ TEST_F_TIMEOUT(npu, eviction_keeps_pages_the_npu_uses, 300)
 	expect_resident(_metadata, self->fd, self->start);
 }
 
-/* The /proc/self/pagemap entry of @addr (no access to it), or 0. */
-static __u64 pagemap_entry(const void *addr, long page)
+/* The 64-bit word @index of the /proc file @path, or 0. */
+static __u64 proc_word(const char *path, __u64 index)
 {
-	__u64 e = 0;
-	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	__u64 w = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
 
 	if (fd < 0)
 		return 0;
-	if (pread(fd, &e, sizeof(e), (uintptr_t)addr / page * sizeof(e)) != sizeof(e))
-		e = 0;
+	if (pread(fd, &w, sizeof(w), index * sizeof(w)) != sizeof(w))
+		w = 0;
 	close(fd);
-	return e;
-}
-
-/* The /proc/kpageflags flags of @pfn, or 0. */
-static __u64 page_flags(__u64 pfn)
-{
-	__u64 f = 0;
-	int fd = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
-
-	if (fd < 0)
-		return 0;
-	if (pread(fd, &f, sizeof(f), pfn * sizeof(f)) != sizeof(f))
-		f = 0;
-	close(fd);
-	return f;
+	return w;
 }
 
 /* RssAnon of this process in KiB, from /proc/self/status, or -1. */
@@ -1511,13 +1497,14 @@ TEST_F_TIMEOUT(npu, evicted_pages_are_anonymous_memory, 300)
 	ASSERT_EQ(0, write_ull(path, limit));
 	/* The CPU has not touched the buffer: what is present came from the NPU. */
 	for (size_t i = 0; i < pages; i++) {
-		__u64 e = pagemap_entry((char *)w + i * self->page, self->page);
+		__u64 e = proc_word("/proc/self/pagemap",
+				    ((uintptr_t)w + i * self->page) / self->page);
 		__u64 flags;
 
 		if (!(e & PM_PRESENT))
 			continue;
 		present++;
-		flags = page_flags(e & PM_PFN_MASK);
+		flags = proc_word("/proc/kpageflags", e & PM_PFN_MASK);
 		anon += !!(flags & KPF_ANON);
 		lru += !!(flags & KPF_LRU);
 	}
