@@ -31,6 +31,7 @@ use core::{
 use kernel::{
     alloc::{KVVec, KVec},
     bindings,
+    bitmap::BitmapVec,
     error::to_result,
     gpu::buddy::{
         AllocatedBlocks, GpuBuddy, GpuBuddyAllocFlags, GpuBuddyAllocMode, GpuBuddyParams,
@@ -128,10 +129,35 @@ pub(crate) struct DeviceMemory {
 struct Chunks {
     slots: KVec<Option<Chunk>>,
     used: u64,
+    /// One bit per slot: the chunk there is partly used (some pages free, some not).
+    partly: BitmapVec,
+    /// One bit per slot: the chunk there has a free page.
+    room: BitmapVec,
+    /// Set when a chunk emptied (every page freed) since the last allocation looked: that one
+    /// then gives the empty chunks back to the buddy allocator.
+    emptied: bool,
     /// One per page: who holds it.
     owners: KVVec<Owner>,
     /// The eviction clock's hand (a page index).
     hand: usize,
+}
+
+impl Chunks {
+    /// Brings the bits of slot `slot` in [`Chunks::partly`] and [`Chunks::room`] up to date
+    /// with its chunk.
+    fn mark(&mut self, slot: usize, chunk_pages: usize) {
+        let free = self.slots[slot].as_ref().map_or(0, |c| c.free);
+        if free > 0 {
+            self.room.set_bit(slot);
+        } else {
+            self.room.clear_bit(slot);
+        }
+        if free > 0 && free < chunk_pages {
+            self.partly.set_bit(slot);
+        } else {
+            self.partly.clear_bit(slot);
+        }
+    }
 }
 
 /// Set in [`Owner::flags`] when the page was mapped since the clock last passed.
@@ -294,6 +320,8 @@ impl DeviceMemory {
             slots.push(None, GFP_KERNEL)?;
         }
         let owners = KVVec::from_elem(Owner::default(), pages as usize, GFP_KERNEL)?;
+        let partly = BitmapVec::new(nr_chunks, GFP_KERNEL)?;
+        let room = BitmapVec::new(nr_chunks, GFP_KERNEL)?;
         let limit = AtomicU64::new(pages);
         KBox::pin_init(
             // INVARIANT: one empty slot per chunk; the buddy allocator gave nothing out yet.
@@ -305,7 +333,15 @@ impl DeviceMemory {
                 limit,
                 tracks_use,
                 chunks <- new_spinlock!(
-                    Chunks { slots, used: 0, owners, hand: 0 },
+                    Chunks {
+                        slots,
+                        used: 0,
+                        partly,
+                        room,
+                        emptied: false,
+                        owners,
+                        hand: 0,
+                    },
                     "gmem_device_memory"
                 ),
                 region: None,
@@ -404,38 +440,39 @@ impl DeviceMemory {
                     return Err(ENOMEM);
                 }
                 let chunk_pages = self.chunk_pages;
-                // Fill partly used chunks first, so that chunks empty out and can go back.
-                let partly = |c: &Chunk| c.free > 0 && c.free < chunk_pages;
-                let slot = match chunks
-                    .slots
-                    .iter()
-                    .position(|s| s.as_ref().is_some_and(partly))
-                {
-                    Some(i) => Some(i),
-                    None => chunks
-                        .slots
-                        .iter()
-                        .position(|s| s.as_ref().is_some_and(|c| c.free > 0)),
-                };
+                // Partly used chunks first, so that chunks empty out and can go back.
+                let slot = chunks
+                    .partly
+                    .next_bit(0)
+                    .or_else(|| chunks.room.next_bit(0));
                 let found = slot.and_then(|i| {
                     let chunk = chunks.slots[i].as_mut()?;
-                    Some(i * chunk_pages + chunk.take(chunk_pages)?)
+                    Some((i, chunk.take(chunk_pages)?))
                 });
-                if let Some(index) = found {
+                if let Some((slot, bit)) = found {
                     chunks.used += 1;
+                    chunks.mark(slot, chunk_pages);
                     // Chunks that emptied go back to the buddy allocator, outside the lock.
                     // Keeping one in reserve would be just as valid; returning them keeps the
                     // buddy allocator's view true for bigger allocations.
-                    for slot in chunks.slots.iter_mut() {
-                        if matches!(slot, Some(c) if c.free == chunk_pages) {
-                            if empty.push(slot.take(), GFP_NOWAIT).is_err() {
+                    if core::mem::take(&mut chunks.emptied) {
+                        for i in 0..chunks.slots.len() {
+                            if !matches!(&chunks.slots[i], Some(c) if c.free == chunk_pages) {
+                                continue;
+                            }
+                            // Never dropped here: freeing buddy blocks may sleep.
+                            if empty.reserve(1, GFP_NOWAIT).is_err() {
+                                // Looked for again at the next allocation.
+                                chunks.emptied = true;
                                 break;
                             }
+                            let _ = empty.push_within_capacity(chunks.slots[i].take());
+                            chunks.mark(i, chunk_pages);
                         }
                     }
                     drop(chunks);
                     drop(empty);
-                    return Ok(self.base_pfn + index as u64);
+                    return Ok(self.base_pfn + (slot * chunk_pages + bit) as u64);
                 }
             }
             self.grow()?;
@@ -478,6 +515,7 @@ impl DeviceMemory {
             bitmap,
             free: self.chunk_pages,
         });
+        chunks.mark(slot, self.chunk_pages);
         Ok(())
     }
 
@@ -505,7 +543,10 @@ impl DeviceMemory {
         *word &= !mask;
         // INVARIANT: one set bit was cleared.
         chunk.free += 1;
+        let emptied = chunk.free == self.chunk_pages;
         chunks.used -= 1;
+        chunks.emptied |= emptied;
+        chunks.mark(slot, self.chunk_pages);
         let pool = core::mem::take(&mut chunks.owners[index]).pool;
         drop(chunks);
         if pool != 0 {
