@@ -84,9 +84,10 @@ impl Fill {
     }
 }
 
-/// Claims page `vpn` (virtual address `va`) for a CPU fault that installs `dst`, and copies
-/// the page's data into `dst` if it lives on a device or is parked.  Sleeps while someone else
-/// holds the page's claim.  Returns the claim and what `dst` holds.
+/// Claims page `vpn` (virtual address `va`) for a CPU fault that installs `dst`, and fills
+/// `dst`, which core MM did not zero: with the page's data if it lives on a device or is
+/// parked, with zeros otherwise.  Sleeps while someone else holds the page's claim.  Returns
+/// the claim and what `dst` holds.
 pub(crate) fn cpu_fault_begin(
     lpt: &LogicalPageTable,
     devices: &DeviceList,
@@ -117,8 +118,8 @@ pub(crate) fn cpu_fault_begin(
                 copy_page(&parked.page(), dst);
                 Ok((claim, Fill::Data))
             }
-            Residency::Host => Ok((claim, Fill::ZeroWasHost)),
-            Residency::Nowhere => Ok((claim, Fill::Zero)),
+            Residency::Host => zero(dst).map(|()| (claim, Fill::ZeroWasHost)),
+            Residency::Nowhere => zero(dst).map(|()| (claim, Fill::Zero)),
         };
     }
 }
@@ -150,6 +151,13 @@ pub(crate) fn cpu_fault_end(
         }
     }
     false
+}
+
+/// Zeroes the new page `dst` of a CPU fault (an anonymous fault's page, the data of no page on
+/// a device).
+fn zero(dst: &Page) -> Result {
+    // SAFETY: the fault's new page is ours alone until it is mapped.
+    unsafe { dst.fill_zero_raw(0, PAGE_SIZE) }
 }
 
 /// Copies host page `src` into host page `dst`, in one go: both are mapped at once, as
@@ -423,8 +431,9 @@ pub(crate) fn fault_page(
 }
 
 /// Claims the page at `addr` for a CPU fault that will install `page` (see [`crate::fault`]),
-/// and puts the page's data into `page`.  Sleeps while someone else moves the page.  On
-/// success, `*token` is what [`gm_cpu_fault_end`] takes to end the claim.
+/// and fills `page` (not zeroed by the caller) with the page's data or with zeros.  Sleeps
+/// while someone else moves the page.  On success, `*token` is what [`gm_cpu_fault_end`] takes
+/// to end the claim.
 ///
 /// # Safety
 ///
