@@ -19,7 +19,9 @@
  *   npu_bench cpufault SIZE_MIB [ITERATIONS]
  *	The CPU writing each page of a buffer resident on the NPU (a fault
  *	that brings the page home), and the CPU writing each page of fresh
- *	ordinary anonymous memory (a zero-fill fault), for comparison.
+ *	ordinary anonymous memory, for comparison: without THP (a zero-fill
+ *	fault per page, anon_us_per_page) and with THP as configured
+ *	(anon_thp_us_per_page).
  *   npu_bench oversub FACTOR LIMIT_MIB [ITERATIONS]
  *	The NPU's limit lowered to LIMIT_MIB (sysfs), then NPU SUM32 jobs
  *	over a CPU-written buffer FACTOR times that size, after one pass to
@@ -391,7 +393,7 @@ static double cpu_touch(char *p, size_t len, char value)
 
 static int bench_cpufault(size_t len, int iterations)
 {
-	double tb[MAX_ITERATIONS], ta[MAX_ITERATIONS];
+	double tb[MAX_ITERATIONS], ta[MAX_ITERATIONS], th[MAX_ITERATIONS];
 	long long npages = len / page_size;
 	struct gmem_npu_stats s0, s1;
 	struct npu npu;
@@ -414,15 +416,26 @@ static int bench_cpufault(size_t len, int iterations)
 		check_words(p, len, 0x5678);
 		munmap(p, len);
 
+		/*
+		 * Fresh anonymous memory: one fault per 4 KiB page, as
+		 * above (peer-shared ranges get no THP), and with THP as
+		 * the kernel is configured, for reference.
+		 */
 		q = map_anon(len, 0);
+		if (madvise(q, len, MADV_NOHUGEPAGE))
+			die("madvise(MADV_NOHUGEPAGE)");
 		ta[i] = cpu_touch(q, len, 1);
+		munmap(q, len);
+		q = map_anon(len, 0);
+		th[i] = cpu_touch(q, len, 1);
 		munmap(q, len);
 	}
 	printf("npu_bench cpufault size_mib=%zu iterations=%d pages=%lld",
 	       len >> 20, iterations, npages);
-	printf(" us_per_page=%.3f anon_us_per_page=%.3f\n",
+	printf(" us_per_page=%.3f anon_us_per_page=%.3f anon_thp_us_per_page=%.3f\n",
 	       median(tb, iterations) * 1e6 / npages,
-	       median(ta, iterations) * 1e6 / npages);
+	       median(ta, iterations) * 1e6 / npages,
+	       median(th, iterations) * 1e6 / npages);
 	return 0;
 }
 
