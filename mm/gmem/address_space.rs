@@ -43,10 +43,10 @@ use kernel::{
     error::to_result,
     ffi::{c_int, c_ulong},
     mm::virt::VmaRef,
-    new_condvar, new_mutex, new_spinlock,
+    new_condvar, new_spinlock,
     page::PAGE_SIZE,
     prelude::*,
-    sync::{CondVar, Mutex, SpinLock},
+    sync::{CondVar, SpinLock},
     types::Opaque,
     xarray::{AllocKind, Guard, XArray},
 };
@@ -142,9 +142,6 @@ pub(crate) struct AddressSpace {
     /// The MMU interval notifiers, by window (address >> [`NOTIFIER_SHIFT`]).
     #[pin]
     notifiers: XArray<Pin<KBox<Notifier>>>,
-    /// Serialises the registration of notifiers.
-    #[pin]
-    notifiers_lock: Mutex<()>,
     /// The mm this address space belongs to (not a reference: the mm owns the address space).
     mm: *mut bindings::mm_struct,
     /// Created by fork: pages the logical page table does not know may be host pages that the
@@ -178,7 +175,6 @@ impl AddressSpace {
                 lpt <- LogicalPageTable::new(),
                 devices <- DeviceList::new(),
                 notifiers <- XArray::new(AllocKind::Alloc),
-                notifiers_lock <- new_mutex!((), "gmem_as::notifiers_lock"),
                 mm,
                 inherited,
                 moves <- new_spinlock!(Moves { count: 0, fenced: false }, "gmem_as::moves"),
@@ -242,7 +238,10 @@ impl AddressSpace {
     ///
     /// As for [`AddressSpace::cover`].
     unsafe fn cover_window(&self, window: usize, locked: bool) -> Result {
-        let _serialised = self.notifiers_lock.lock();
+        // No lock is held across the registration: `mmu_interval_notifier_insert()` may take
+        // the mmap lock, which the callers with `locked` hold already, so a lock taken around
+        // it would be ordered both before and after the mmap lock.  Two threads may register
+        // a notifier for the same window; the second to record it drops its own.
         let start = window << NOTIFIER_SHIFT;
         if self.notifier(start).is_some() {
             return Ok(());
@@ -286,12 +285,17 @@ impl AddressSpace {
         // INVARIANT: the notifier was just registered if `registered` is set.
         // SAFETY: only `registered` changes; the box stays pinned.
         unsafe { Pin::get_unchecked_mut(notifier.as_mut()) }.registered = registered;
-        // A failure drops (and unregisters) the notifier.
-        self.notifiers
+        let stored = self
+            .notifiers
             .lock()
-            .insert(window, notifier, GFP_KERNEL_ACCOUNT)
-            .map_err(|e| e.error)?;
-        Ok(())
+            .insert(window, notifier, GFP_KERNEL_ACCOUNT);
+        // Dropped (and unregistered, which may sleep) after the XArray's lock.
+        match stored {
+            Ok(()) => Ok(()),
+            // Someone else recorded a notifier for the window meanwhile: it covers it.
+            Err(e) if e.error == EBUSY => Ok(()),
+            Err(e) => Err(e.error),
+        }
     }
 
     /// The address space of `mm`, if it has one.
