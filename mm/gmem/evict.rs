@@ -14,9 +14,11 @@
 //! ([`crate::migrate::map_home`], one page table lock per run): it becomes an ordinary
 //! anonymous page, on the LRU and swappable.  Eviction may run in any process (the one whose
 //! allocation found the memory full), so it only *tries* the owner's mmap lock; when it cannot
-//! get it (a writer holds it or waits: mmap, munmap, mremap), or the owner is exiting, it parks
-//! the copy in the logical page table ([`Residency::Parked`]) instead, and the next access
-//! from the CPU or a device moves it where it is needed.  A page whose owner's cgroup is at
+//! get it (a writer holds it or waits: mmap, munmap, mremap), or the owner is exiting, the
+//! owner's pages stay on the device and the clock moves on to other pages.  Only when no
+//! candidate's owner can be had does an allocation park the copies in the logical page table
+//! ([`Residency::Parked`]) instead, so that it still makes progress; the next access from the
+//! CPU or a device moves a parked page where it is needed.  A page whose owner's cgroup is at
 //! its limit stays on the device.
 //!
 //! Lock order: the device memory's spinlock, then the owner's device list lock, then the
@@ -48,11 +50,11 @@ pub(crate) fn alloc_page(dev: &Device, cgroup: Option<&DmemCgroup>) -> Result<u6
             Ok(pfn) => break pfn,
             // Full: make room, a reserve for the faults that follow too.
             Err(Refused::Full) => {
-                evict(dev, EVICT_BATCH, None)?;
+                make_room(dev, None)?;
             }
             // The task's dmem cgroup is at its limit: make room in it.
             Err(Refused::Limit(pool)) => {
-                evict(dev, EVICT_BATCH, Some(&pool))?;
+                make_room(dev, Some(&pool))?;
             }
             Err(Refused::Error(e)) => return Err(e),
         }
@@ -69,6 +71,16 @@ pub(crate) fn alloc_page(dev: &Device, cgroup: Option<&DmemCgroup>) -> Result<u6
     Ok(pfn)
 }
 
+/// Evicts a batch of cold pages of `dev` (under `limit`, see [`evict`]) to make room for an
+/// allocation: pages whose owner's mmap lock can be had, which become anonymous memory; only
+/// if there are none (every candidate's owner is busy or exiting), pages that are then parked.
+fn make_room(dev: &Device, limit: Option<&LimitPool>) -> Result {
+    match evict(dev, EVICT_BATCH, limit, false) {
+        Err(e) if e == EAGAIN => evict(dev, EVICT_BATCH, limit, true).map(|_| ()),
+        result => result.map(|_| ()),
+    }
+}
+
 /// The worker that keeps a device's free reserve: evicts cold pages until the high mark.
 impl WorkItem for Device {
     type Pointer = Arc<Device>;
@@ -79,7 +91,7 @@ impl WorkItem for Device {
         };
         while memory.free_pages() < reserve(memory.limit()).1 {
             // Nothing left to evict (all busy or held): the allocating path waits instead.
-            if evict(&this, EVICT_BATCH, None).is_err() {
+            if evict(&this, EVICT_BATCH, None, false).is_err() {
                 break;
             }
         }
@@ -95,10 +107,21 @@ struct Claimed {
 }
 
 /// Evicts up to `count` cold pages of `dev` to host memory, as one batch: the pages are
-/// claimed, their device mappings removed with one TLB invalidation per context, then copied
-/// out.  With `limit`, only pages whose eviction makes room under that dmem cgroup limit are
-/// taken.  Returns how many went; `ENOMEM` if none could.
-pub(crate) fn evict(dev: &Device, count: usize, limit: Option<&LimitPool>) -> Result<usize> {
+/// claimed, then, for each owner, their device mappings are removed with one TLB invalidation
+/// and they are copied out and mapped in the owner's CPU page table, under its mmap lock.  With
+/// `limit`, only pages whose eviction makes room under that dmem cgroup limit are taken.
+///
+/// Eviction may run in any process and under another mmap lock, so it only tries the owner's:
+/// the pages of an owner whose lock it cannot get (or that is exiting) stay on the device, and
+/// the clock moves on to other pages; with `park`, they are copied out and parked in the
+/// logical page table instead.  Returns how many went; `EAGAIN` if none did because their
+/// owners were busy, `ENOMEM` if none could go at all.
+pub(crate) fn evict(
+    dev: &Device,
+    count: usize,
+    limit: Option<&LimitPool>,
+    park: bool,
+) -> Result<usize> {
     let memory = dev.memory().ok_or(ENOMEM)?;
     // Everything is allocated before the first claim, so that every claim is ended.
     let mut batch = KVec::with_capacity(count, GFP_KERNEL)?;
@@ -131,13 +154,15 @@ pub(crate) fn evict(dev: &Device, count: usize, limit: Option<&LimitPool>) -> Re
     for ((victim, (ctx, claim)), host) in picked.into_iter().zip(hosts) {
         // Cannot fail: the capacity is there.
         let _ = claims.push_within_capacity(Some(claim));
+        let _ = copies.push_within_capacity(None);
         let _ = batch.push_within_capacity(Claimed {
             victim,
             ctx,
             host: Some(host),
         });
     }
-    // One TLB invalidation per run of pages of one context (usually the whole batch).
+    // A run of pages of one context (one owner) at a time: usually the whole batch.
+    let mut busy = 0;
     let mut start = 0;
     while start < batch.len() {
         let ctx = &batch[start].ctx;
@@ -145,8 +170,28 @@ pub(crate) fn evict(dev: &Device, count: usize, limit: Option<&LimitPool>) -> Re
             .iter()
             .take_while(|c| Arc::ptr_eq(&c.ctx, ctx))
             .count();
+        let run = start..start + len;
+        start += len;
+        // SAFETY: `begin_move` keeps the address space until `move_done`.
+        let this = unsafe { &*(batch[run.start].victim.space as *const AddressSpace) };
+        // SAFETY: the address space lives as long as its mm, which is therefore not freed.
+        let mm = unsafe { Mm::from_raw(this.mm()) };
+        // Dropped with `mmput_async()`: never the exit of the owner's mm here, where its
+        // evictions (this one) are under way.
+        let mm = mm.mmget_not_zero().map(MmWithUser::into_mmput_async);
+        // Only tried: the caller may hold another mmap lock (its own fault's), and a writer of
+        // this one (mremap) may be waiting for this eviction.
+        let mmap = mm.as_deref().and_then(|mm| mm.mmap_read_trylock());
+        if mmap.is_none() && !park {
+            // Not taken: the pages stay, their claims end below, and the clock has moved on.
+            for c in &mut batch[run] {
+                c.host = None;
+            }
+            busy += len;
+            continue;
+        }
         pages.clear();
-        for c in &batch[start..start + len] {
+        for c in &batch[run.clone()] {
             let page = DevicePage {
                 dev: dev.id,
                 pfn: c.victim.pfn,
@@ -154,29 +199,31 @@ pub(crate) fn evict(dev: &Device, count: usize, limit: Option<&LimitPool>) -> Re
             // Cannot fail: the capacity is there.
             let _ = pages.push_within_capacity((c.victim.vpn * PAGE_SIZE, page));
         }
-        ctx.unmap_many(&pages);
-        start += len;
-    }
-    for c in batch.iter_mut() {
-        // Cannot fail: the capacity is there.
-        let _ = copies.push_within_capacity(copy_out(dev, c));
-    }
-    // Into the owners' CPU page tables, a run of consecutive pages of one owner at a time.
-    let mut start = 0;
-    while start < batch.len() {
-        let (space, vpn) = (batch[start].victim.space, batch[start].victim.vpn);
-        let len = batch[start..]
-            .iter()
-            .enumerate()
-            .take_while(|(k, c)| c.victim.space == space && c.victim.vpn == vpn + k)
-            .count();
-        map_evicted(
-            space,
-            vpn,
-            &mut copies[start..start + len],
-            &mut claims[start..start + len],
-        );
-        start += len;
+        batch[run.start].ctx.unmap_many(&pages);
+        for k in run.clone() {
+            copies[k] = copy_out(dev, &mut batch[k]);
+        }
+        let Some(mmap) = mmap else {
+            continue;
+        };
+        // Into the owner's CPU page table, a run of consecutive pages at a time.
+        let mut k = run.start;
+        while k < run.end {
+            let vpn = batch[k].victim.vpn;
+            let n = batch[k..run.end]
+                .iter()
+                .enumerate()
+                .take_while(|(i, c)| c.victim.vpn == vpn + i)
+                .count();
+            map_run_home(
+                this,
+                &mmap,
+                vpn,
+                &mut copies[k..k + n],
+                &mut claims[k..k + n],
+            );
+            k += n;
+        }
     }
     let mut done = 0;
     for ((c, copy), claim) in batch.into_iter().zip(copies).zip(claims) {
@@ -184,10 +231,11 @@ pub(crate) fn evict(dev: &Device, count: usize, limit: Option<&LimitPool>) -> Re
             done += 1;
         }
     }
-    if done == 0 {
-        return Err(ENOMEM);
+    match done {
+        0 if busy > 0 => Err(EAGAIN),
+        0 => Err(ENOMEM),
+        _ => Ok(done),
     }
-    Ok(done)
 }
 
 /// The eviction policy: picks up to `count` pages with the clock of `memory`, and asks the
@@ -285,31 +333,6 @@ fn copy_out(dev: &Device, c: &mut Claimed) -> Option<ParkedPage> {
     let copy = ParkedPage::charged(host, mm, false).ok()?;
     c.ctx.copy_to_host(page, &copy.page()).ok()?;
     Some(copy)
-}
-
-/// Maps the copies of the run of pages from `vpn` of address space `space` in its CPU page
-/// table ([`map_run_home`]), if the owner is alive and its mmap lock free for reading.
-fn map_evicted(
-    space: usize,
-    vpn: usize,
-    copies: &mut [Option<ParkedPage>],
-    claims: &mut [Option<Claim>],
-) {
-    // SAFETY: `begin_move` keeps the address space until `move_done`.
-    let this = unsafe { &*(space as *const AddressSpace) };
-    // SAFETY: the address space lives as long as its mm, which is therefore not freed.
-    let mm = unsafe { Mm::from_raw(this.mm()) };
-    // Dropped with `mmput_async()`: never the exit of the owner's mm here, where its evictions
-    // (this one) are under way.
-    let Some(mm) = mm.mmget_not_zero().map(MmWithUser::into_mmput_async) else {
-        return;
-    };
-    // Only tried: the caller may hold another mmap lock (its own fault's), and a writer
-    // of this one (mremap) may be waiting for this eviction.
-    let Some(mmap) = mm.mmap_read_trylock() else {
-        return;
-    };
-    map_run_home(this, &mmap, vpn, copies, claims);
 }
 
 /// Ends the eviction of `c`: the copy was mapped in the CPU page table (`copy` and `claim`
