@@ -41,7 +41,7 @@ use kernel::{
     bindings, c_str,
     debugfs::Dir,
     error::to_result,
-    ffi::{c_int, c_ulong},
+    ffi::c_ulong,
     mm::virt::VmaRef,
     new_condvar, new_spinlock,
     page::PAGE_SIZE,
@@ -707,66 +707,34 @@ pub(crate) unsafe fn fault_home(
     }
 }
 
-fn errno(e: Error) -> c_int {
-    e.to_errno()
-}
-
-/// Gives `mm` an address space before its first `MAP_PEER_SHARED` mapping.
+/// Gives `mm` an address space if it has none yet (see `gm_as_prepare()`).
 ///
 /// # Safety
 ///
-/// `mm` is the current process's mm; the caller holds none of its locks.
-#[export]
-pub unsafe extern "C" fn gm_as_prepare(mm: *mut bindings::mm_struct) -> c_int {
-    // SAFETY: `mm` is current's mm, alive for the whole call.
+/// `mm` is current's mm, alive for the whole call; the caller holds none of its locks.
+pub(crate) unsafe fn prepare(mm: *mut bindings::mm_struct) -> Result {
+    // SAFETY: by the safety requirements.
     if unsafe { AddressSpace::of(mm) }.is_some() {
-        return 0;
+        return Ok(());
     }
-    let this = match AddressSpace::new(mm, false) {
-        Ok(this) => this,
-        Err(e) => return errno(e),
-    };
+    let this = AddressSpace::new(mm, false)?;
     // SAFETY: `mm` is live; the caller holds no mmap lock.
-    if let Err(e) = unsafe { AddressSpace::register(mm, false) } {
-        return errno(e);
-    }
+    unsafe { AddressSpace::register(mm, false) }?;
     // SAFETY: as above.
     unsafe { AddressSpace::install(mm, this) };
     // SAFETY: plain C call; the hooks of core MM start working from here on.
     unsafe { bindings::gm_enable() };
-    0
+    Ok(())
 }
 
-/// Lets the address space of `mm` follow `len` bytes at `addr`, a range that mmap() just
-/// mapped peer-shared: registers the MMU interval notifiers of its windows.  A failure is not
-/// fatal: a device fault registers what it needs itself.
+/// Gives the child `mm` of a fork of `oldmm` an address space like its parent's, once every
+/// page of the parent is in host memory (see `gm_as_fork()`).
 ///
 /// # Safety
 ///
-/// `mm` is the current process's mm; the caller holds none of its locks.
-#[export]
-pub unsafe extern "C" fn gm_as_cover(mm: *mut bindings::mm_struct, addr: c_ulong, len: c_ulong) {
-    // SAFETY: `mm` is current's mm, alive for the whole call.
-    if let Some(this) = unsafe { AddressSpace::of(mm) } {
-        // SAFETY: as above; no mmap lock is held.
-        let _ = unsafe { this.cover(addr, addr.saturating_add(len), false) };
-    }
-}
-
-/// Prepares fork: brings the parent's device pages home and gives the child an address space.
-///
-/// The child gets an empty logical page table: the pages it inherits are host pages, mapped by
-/// the page tables that fork copies, and are recorded when GMEM next needs to know about them.
-/// Devices attached to the parent are not attached to the child.
-///
-/// # Safety
-///
-/// Called by `dup_mmap()` with `oldmm` and `mm` write-locked, before any VMA is copied.
-#[export]
-pub unsafe extern "C" fn gm_as_fork(
-    oldmm: *mut bindings::mm_struct,
-    mm: *mut bindings::mm_struct,
-) -> c_int {
+/// Both mms are live and write-locked by the caller: `oldmm` the forking process's, `mm` the
+/// new child's, with no VMA yet.
+pub(crate) unsafe fn fork(oldmm: *mut bindings::mm_struct, mm: *mut bindings::mm_struct) -> Result {
     // SAFETY: both mms are live (the caller's and the one it is making).
     unsafe {
         bindings::mmap_assert_write_locked(oldmm);
@@ -774,7 +742,7 @@ pub unsafe extern "C" fn gm_as_fork(
     }
     // SAFETY: `oldmm` is the forking process's mm, locked by the caller.
     let Some(parent) = (unsafe { AddressSpace::of(oldmm) }) else {
-        return 0;
+        return Ok(());
     };
     // A device-resident or parked page has no PTE for fork to copy: fault it home first,
     // like a CPU access would.  Faults under the write lock without FAULT_FLAG_ALLOW_RETRY
@@ -792,21 +760,13 @@ pub unsafe extern "C" fn gm_as_fork(
             // SAFETY: the caller holds `oldmm`'s mmap lock for writing.
             result = unsafe { fault_home(parent, oldmm, vpn) };
         });
-    if let Err(e) = result {
-        return errno(e);
-    }
-    let child = match AddressSpace::new(mm, true) {
-        Ok(child) => child,
-        Err(e) => return errno(e),
-    };
+    result?;
+    let child = AddressSpace::new(mm, true)?;
     // SAFETY: `mm` is the new, write-locked child mm, with no VMA yet.
-    if let Err(e) = unsafe { AddressSpace::register(mm, true) } {
-        return errno(e);
-    }
+    unsafe { AddressSpace::register(mm, true) }?;
     // The child follows the windows the parent follows.
-    let mut covered = Ok(());
     let mut window = 0;
-    while covered.is_ok() {
+    loop {
         let next = {
             let guard = parent.notifiers.lock();
             guard
@@ -817,24 +777,20 @@ pub unsafe extern "C" fn gm_as_fork(
             break;
         };
         // SAFETY: the caller holds the child's mmap lock for writing.
-        covered = unsafe { child.cover_window(found, true) };
+        unsafe { child.cover_window(found, true) }?;
         window = found + 1;
-    }
-    if let Err(e) = covered {
-        return errno(e);
     }
     // SAFETY: `mm` is live and locked; nothing else can publish an address space for it.
     unsafe { AddressSpace::install(mm, child) };
-    0
+    Ok(())
 }
 
-/// Frees the address space of `mm`, once, after `exit_mmap()`.
+/// Frees the address space of `mm`, if it has one (see `gm_as_exit()`).
 ///
 /// # Safety
 ///
-/// Called by `__mmput()` after `exit_mmap(mm)`: no user of `mm` is left.
-#[export]
-pub unsafe extern "C" fn gm_as_exit(mm: *mut bindings::mm_struct) {
+/// Called from `__mmput()`: `mm` has no users left and stays valid until it returns.
+pub(crate) unsafe fn exit(mm: *mut bindings::mm_struct) {
     // SAFETY: `mm` stays valid until `__mmput()` returns.
     let raw = unsafe { slot(mm) }.swap(core::ptr::null_mut(), Ordering::AcqRel);
     if let Some(raw) = NonNull::new(raw.cast::<AddressSpace>()) {
@@ -844,74 +800,37 @@ pub unsafe extern "C" fn gm_as_exit(mm: *mut bindings::mm_struct) {
     }
 }
 
-/// Moves the logical mappings of `len` bytes at `old` to `new` (mremap), before core MM moves
-/// the page tables.  Device pages stay where they are and are unmapped at their old address.
-/// With `undo` (moving them back when mremap failed), the move cannot fail.
-///
-/// # Safety
-///
-/// Called by mremap with `mm`'s mmap lock held for writing; `old` and `new` are page aligned
-/// and the two ranges do not overlap.
-#[export]
-pub unsafe extern "C" fn gm_as_mremap(
-    mm: *mut bindings::mm_struct,
-    old: c_ulong,
-    new: c_ulong,
-    len: c_ulong,
-    undo: bool,
-) -> c_int {
-    // SAFETY: `mm` is current's mm, live.
-    unsafe { bindings::mmap_assert_write_locked(mm) };
-    // SAFETY: `mm` is current's mm, locked by the caller.
-    let Some(this) = (unsafe { AddressSpace::of(mm) }) else {
-        return 0;
-    };
-    // The entries' new windows are followed before the entries move there.
-    // SAFETY: the caller holds the mmap lock for writing.
-    if let Err(e) = unsafe { this.cover(new, new.saturating_add(len), true) } {
-        return errno(e);
-    }
-    this.fence_moves();
-    let moved = this.lpt.move_range(
-        old / PAGE_SIZE,
-        new / PAGE_SIZE,
-        len / PAGE_SIZE,
-        undo,
-        |vpn, page| {
-            if let Some(device) = this.devices.get(page.dev) {
-                device.unmap(vpn * PAGE_SIZE, page);
-                // Eviction finds the page at its new address.
-                device.moved(
-                    page,
-                    core::ptr::from_ref(this) as usize,
-                    vpn - old / PAGE_SIZE + new / PAGE_SIZE,
-                );
-            }
-        },
-    );
-    this.unfence_moves();
-    match moved {
-        Ok(()) => 0,
-        Err(e) => errno(e),
-    }
-}
-
-/// Drops the device and parked pages of `start..end` (madvise `MADV_DONTNEED` or `MADV_FREE`,
-/// before the zap of the range's PTEs).
-///
-/// # Safety
-///
-/// Called by madvise with `mm`'s mmap or VMA lock held.
-#[export]
-pub unsafe extern "C" fn gm_as_dontneed(
-    mm: *mut bindings::mm_struct,
-    start: c_ulong,
-    end: c_ulong,
-) {
-    // SAFETY: `mm` is the mm madvise works on (another process's with process_madvise()),
-    // kept alive and locked by the caller.
-    if let Some(this) = unsafe { AddressSpace::of(mm) } {
-        this.dontneed(start, end);
+impl AddressSpace {
+    /// Moves the logical mappings of `[old, old + len)` to `new`, or back with `undo` (see
+    /// `gm_as_mremap()`).
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the mmap lock of this address space's mm for writing.
+    pub(crate) unsafe fn mremap(&self, old: usize, new: usize, len: usize, undo: bool) -> Result {
+        // The entries' new windows are followed before the entries move there.
+        // SAFETY: the caller holds the mmap lock for writing.
+        unsafe { self.cover(new, new.saturating_add(len), true) }?;
+        self.fence_moves();
+        let moved = self.lpt.move_range(
+            old / PAGE_SIZE,
+            new / PAGE_SIZE,
+            len / PAGE_SIZE,
+            undo,
+            |vpn, page| {
+                if let Some(device) = self.devices.get(page.dev) {
+                    device.unmap(vpn * PAGE_SIZE, page);
+                    // Eviction finds the page at its new address.
+                    device.moved(
+                        page,
+                        core::ptr::from_ref(self) as usize,
+                        vpn - old / PAGE_SIZE + new / PAGE_SIZE,
+                    );
+                }
+            },
+        );
+        self.unfence_moves();
+        moved
     }
 }
 

@@ -22,7 +22,7 @@
 
 use crate::{
     address_space::{cpu_fault_in, AddressSpace},
-    device::{device_arc, Device, DeviceOps, Stats},
+    device::{Device, DeviceOps, Stats},
     devmem::DmemCgroup,
     fault::{check_fault, dev_fault},
     lpt::{DeviceId, DevicePage, Residency},
@@ -34,7 +34,7 @@ use core::{
 use kernel::{
     bindings,
     error::to_result,
-    ffi::{c_int, c_uint, c_ulong, c_void},
+    ffi::{c_uint, c_ulong, c_void},
     mm::{Mm, MmWithUser},
     new_mutex, new_spinlock,
     page::{Page, PAGE_SIZE},
@@ -87,6 +87,28 @@ impl Context {
         }
     }
 
+    /// Records that a job of the driver uses `[start, start + len)`: eviction leaves its
+    /// pages alone until [`Context::unhold`] (see `gm_context_hold()`).  Never sleeps.
+    pub(crate) fn hold(&self, start: usize, len: usize) -> Result {
+        self.holds
+            .lock()
+            .push((start, len), GFP_ATOMIC)
+            .map_err(|_| ENOMEM)
+    }
+
+    /// Ends one [`Context::hold`] of the same range.
+    pub(crate) fn unhold(&self, start: usize, len: usize) {
+        let mut holds = self.holds.lock();
+        if let Some(i) = holds.iter().position(|&h| h == (start, len)) {
+            let _ = holds.remove(i);
+        }
+    }
+
+    /// The driver's page table of this context.
+    pub(crate) fn pmap(&self) -> *mut c_void {
+        self.pmap
+    }
+
     /// Makes `len` bytes at `start` resident on the device and mapped there, with the rights
     /// `access` asks for (see [`check_fault`] and [`dev_fault`] for the errors); `ESRCH` once
     /// the process is gone.
@@ -111,7 +133,7 @@ impl Context {
     }
 
     /// Brings the device's pages home and leaves the address space.
-    fn detach(&self) {
+    pub(crate) fn detach(&self) {
         let mut attached = self.attached.lock();
         let Some(this) = attached.take() else {
             return;
@@ -396,52 +418,7 @@ impl PinnedDrop for Context {
     }
 }
 
-/// The address space of the calling process, created if it has none; see `gm_as_create()`.
-///
-/// # Safety
-///
-/// Called from a process (not a kernel thread without an mm), holding none of its mm's locks.
-#[export]
-pub unsafe extern "C" fn gm_as_create() -> *mut bindings::gm_as {
-    // SAFETY: `get_current()` is always valid; `mm` is the task's own mm or NULL.
-    let mm = unsafe { (*bindings::get_current()).mm };
-    if mm.is_null() {
-        return EINVAL.to_ptr();
-    }
-    // SAFETY: `mm` is current's mm and the caller holds none of its locks.
-    let ret = unsafe { crate::address_space::gm_as_prepare(mm) };
-    if ret != 0 {
-        return Error::from_errno(ret).to_ptr();
-    }
-    // SAFETY: current keeps its mm alive.
-    match unsafe { AddressSpace::of(mm) } {
-        Some(this) => core::ptr::from_ref(this).cast_mut().cast(),
-        None => ENOMEM.to_ptr(),
-    }
-}
-
-/// Attaches `dev` to address space `as_`; see `gm_as_attach()`.
-///
-/// # Safety
-///
-/// `as_` came from `gm_as_create()` in the same system call of the same process; `dev` is a
-/// live device handle.
-#[export]
-pub unsafe extern "C" fn gm_as_attach(
-    as_: *mut bindings::gm_as,
-    dev: *mut bindings::gm_dev,
-) -> *mut bindings::gm_context {
-    // SAFETY: by the safety requirements `as_` is the live address space of current's mm.
-    let this = unsafe { &*as_.cast::<AddressSpace>() };
-    // SAFETY: `dev` is live by the safety requirements.
-    let dev = unsafe { device_arc(dev) };
-    match attach(this, dev) {
-        Ok(ctx) => Arc::into_raw(ctx).cast_mut().cast(),
-        Err(e) => e.to_ptr(),
-    }
-}
-
-fn attach(this: &AddressSpace, dev: Arc<Device>) -> Result<Arc<Context>> {
+pub(crate) fn attach(this: &AddressSpace, dev: Arc<Device>) -> Result<Arc<Context>> {
     let mmu = dev.mmu();
     let create = mmu.pmap_create.ok_or(EINVAL)?;
     let mut pmap: *mut c_void = core::ptr::null_mut();
@@ -494,89 +471,4 @@ fn attach(this: &AddressSpace, dev: Arc<Device>) -> Result<Arc<Context>> {
     )?;
     this.devices.attach(ctx.clone())?;
     Ok(ctx)
-}
-
-/// Detaches a context and drops the driver's reference to it; see `gm_context_detach()`.
-///
-/// # Safety
-///
-/// `ctx` came from `gm_as_attach()`; the caller gives up its reference and makes no other call
-/// on `ctx` concurrently.
-#[export]
-pub unsafe extern "C" fn gm_context_detach(ctx: *mut bindings::gm_context) {
-    // SAFETY: `ctx` came from `Arc::into_raw` in `gm_as_attach()`; the caller gives it up.
-    let ctx = unsafe { Arc::<Context>::from_raw(ctx.cast_const().cast()) };
-    ctx.detach();
-}
-
-/// Keeps eviction away from `len` bytes at `start` until [`gm_context_unhold`]: what a driver
-/// does for the pages of a job while the job runs (a device that cannot fault must, after it
-/// made them resident).  Holds nest; `ENOMEM` if the hold cannot be recorded.
-///
-/// # Safety
-///
-/// `ctx` came from `gm_as_attach()` and is not detached.
-#[export]
-pub unsafe extern "C" fn gm_context_hold(
-    ctx: *mut bindings::gm_context,
-    start: c_ulong,
-    len: c_ulong,
-) -> c_int {
-    // SAFETY: `ctx` is live by the safety requirements.
-    let ctx = unsafe { &*ctx.cast_const().cast::<Context>() };
-    match ctx.holds.lock().push((start, len), GFP_ATOMIC) {
-        Ok(()) => 0,
-        Err(_) => ENOMEM.to_errno(),
-    }
-}
-
-/// Ends one hold of `len` bytes at `start` from [`gm_context_hold`].
-///
-/// # Safety
-///
-/// `ctx` came from `gm_as_attach()` and is not detached.
-#[export]
-pub unsafe extern "C" fn gm_context_unhold(
-    ctx: *mut bindings::gm_context,
-    start: c_ulong,
-    len: c_ulong,
-) {
-    // SAFETY: `ctx` is live by the safety requirements.
-    let ctx = unsafe { &*ctx.cast_const().cast::<Context>() };
-    let mut holds = ctx.holds.lock();
-    if let Some(i) = holds.iter().position(|&h| h == (start, len)) {
-        let _ = holds.remove(i);
-    }
-}
-
-/// The device page table of a context: what `pmap_create` made for it.
-///
-/// # Safety
-///
-/// `ctx` came from `gm_as_attach()` and is not detached.
-#[export]
-pub unsafe extern "C" fn gm_context_pmap(ctx: *const bindings::gm_context) -> *mut c_void {
-    // SAFETY: `ctx` is live by the safety requirements.
-    unsafe { &*ctx.cast::<Context>() }.pmap
-}
-
-/// Makes `len` bytes at `start` of the context's address space resident on its device and
-/// mapped there; see `gm_dev_fault_range()`.
-///
-/// # Safety
-///
-/// `ctx` came from `gm_as_attach()` and is not detached concurrently.
-#[export]
-pub unsafe extern "C" fn gm_dev_fault_range(
-    ctx: *mut bindings::gm_context,
-    start: c_ulong,
-    len: c_ulong,
-    access: c_uint,
-) -> c_int {
-    // SAFETY: `ctx` is live by the safety requirements.
-    let ctx = unsafe { &*ctx.cast_const().cast::<Context>() };
-    match ctx.fault(start, len, access) {
-        Ok(()) => 0,
-        Err(e) => e.to_errno(),
-    }
 }

@@ -26,7 +26,7 @@ use kernel::{
     alloc::KVec,
     bindings,
     error::from_err_ptr,
-    ffi::{c_char, c_int, c_uint, c_void},
+    ffi::{c_int, c_uint, c_void},
     new_spinlock,
     page::{Page, PAGE_SIZE},
     prelude::*,
@@ -162,6 +162,155 @@ impl Device {
     }
 }
 
+impl Device {
+    /// Creates a device with the driver's operations `mmu`, private data `priv_`, capabilities
+    /// `caps` and name `name`, gives it the first free host node id and its sysfs node, and
+    /// returns it as the handle the driver holds (see `gm_dev_create()`).  `EINVAL` for
+    /// operations without a required one or unknown capabilities, `ENOSPC` when every node id
+    /// is taken.
+    ///
+    /// # Safety
+    ///
+    /// `mmu` points to operations valid until `mmu->release` is called, or for ever if it has
+    /// none.
+    pub(crate) unsafe fn create(
+        mmu: *const bindings::gm_mmu,
+        priv_: *mut c_void,
+        caps: c_uint,
+        name: &CStr,
+    ) -> Result<*mut bindings::gm_dev> {
+        // SAFETY: by the safety requirements `mmu` is valid or NULL.
+        let ops = unsafe { mmu.as_ref() }.ok_or(EINVAL)?;
+        let required = ops.prepare_page.is_some()
+            && ops.copy_to_host.is_some()
+            && ops.pmap_create.is_some()
+            && ops.pmap_destroy.is_some()
+            && ops.pmap_enter.is_some()
+            && ops.pmap_release.is_some()
+            && ops.tlb_invl.is_some()
+            && (ops.alloc_page.is_none() || ops.free_page.is_some());
+        if !required || caps & !bindings::GM_DEV_CAP_FAULT != 0 {
+            return Err(EINVAL);
+        }
+        let name = CString::try_from(name).map_err(|_| ENOMEM)?;
+        let mut used = HNIDS.load(Ordering::Acquire);
+        let bit = loop {
+            if used == u64::MAX {
+                return Err(ENOSPC);
+            }
+            let bit = used.trailing_ones();
+            match HNIDS.compare_exchange(
+                used,
+                used | (1 << bit),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break bit,
+                Err(now) => used = now,
+            }
+        };
+        let Ok(id) = DeviceId::try_from(first_hnid() + bit) else {
+            HNIDS.fetch_and(!(1u64 << bit), Ordering::AcqRel);
+            return Err(ENOSPC);
+        };
+        // INVARIANT: `mmu` is valid and complete (checked above); `bit` is ours.
+        let dev = Arc::pin_init(
+            pin_init!(Device {
+                id,
+                mmu,
+                priv_,
+                caps,
+                name,
+                memory: SetOnce::new(),
+                stats: Stats::default(),
+                sysfs: AtomicPtr::new(core::ptr::null_mut()),
+                reclaim <- new_work!("gmem_reclaim"),
+            }),
+            GFP_KERNEL,
+        )
+        .inspect_err(|_| {
+            HNIDS.fetch_and(!(1u64 << bit), Ordering::AcqRel);
+        })
+        .map_err(|_| ENOMEM)?;
+        let raw = Arc::into_raw(dev).cast_mut();
+        // SAFETY: `raw` is a live device; the sysfs node goes before the device does.
+        let node = unsafe { bindings::gm_sysfs_add_node(raw.cast(), c_int::from(id)) };
+        // A device without its sysfs node works all the same.
+        // SAFETY: `raw` is live: we hold its reference.
+        unsafe {
+            (*raw).sysfs.store(
+                from_err_ptr(node).unwrap_or(core::ptr::null_mut()),
+                Ordering::Release,
+            )
+        };
+        Ok(raw.cast())
+    }
+
+    /// Removes the sysfs node of the device behind `dev` and drops the driver's reference (see
+    /// `gm_dev_destroy()`).
+    ///
+    /// # Safety
+    ///
+    /// `dev` is a handle from [`Device::create`], which the caller gives up.
+    pub(crate) unsafe fn destroy(dev: *mut bindings::gm_dev) {
+        // SAFETY: by the safety requirements `dev` is live.
+        let node = unsafe { device_ref(dev) }
+            .sysfs
+            .swap(core::ptr::null_mut(), Ordering::AcqRel);
+        if !node.is_null() {
+            // SAFETY: `node` came from `gm_sysfs_add_node()` and is removed once (it was
+            // swapped out above).
+            unsafe { bindings::gm_sysfs_remove_node(node) };
+        }
+        // SAFETY: the handle is `Arc::into_raw` of the device; the caller gives it up.
+        drop(unsafe { Arc::from_raw(dev.cast_const().cast::<Device>()) });
+    }
+
+    /// Gives the device `size` bytes of memory at device physical address `base`, managed by
+    /// GMEM and charged to dmem cgroups.  `EBUSY` if it has memory already.
+    pub(crate) fn register_physmem(&self, base: u64, size: u64) -> Result {
+        let mut memory = DeviceMemory::new(base, size, self.mmu().pmap_clear_young.is_some())?;
+        memory.as_mut().register_cgroup(&self.name)?;
+        if !self.memory.populate(memory) {
+            return Err(EBUSY);
+        }
+        Ok(())
+    }
+
+    /// The driver's private data.
+    pub(crate) fn priv_data(&self) -> *mut c_void {
+        self.priv_
+    }
+
+    /// The device's name.
+    pub(crate) fn name(&self) -> &CStr {
+        &self.name
+    }
+
+    /// The device's capabilities (`GM_DEV_CAP_*`).
+    pub(crate) fn caps(&self) -> c_uint {
+        self.caps
+    }
+
+    /// A snapshot of the device's counters.
+    pub(crate) fn stats(&self) -> bindings::gm_dev_stats {
+        let s = &self.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        bindings::gm_dev_stats {
+            faults: get(&s.faults),
+            zero_fills: get(&s.zero_fills),
+            migrations_to_dev: get(&s.migrations_to_dev),
+            migrations_to_host: get(&s.migrations_to_host),
+            evictions: get(&s.evictions),
+            resident_pages: get(&s.resident),
+            dram_pages: self.memory().map_or(0, |m| m.usage().pages),
+            limit_pages: self.memory().map_or(0, |m| m.limit()),
+            reserve_low_pages: self.memory().map_or(0, |m| reserve(m.limit()).0),
+            reserve_high_pages: self.memory().map_or(0, |m| reserve(m.limit()).1),
+        }
+    }
+}
+
 #[pinned_drop]
 impl PinnedDrop for Device {
     fn drop(self: Pin<&mut Self>) {
@@ -195,229 +344,6 @@ pub(crate) unsafe fn device_arc(dev: *const bindings::gm_dev) -> Arc<Device> {
     // `ManuallyDrop` keeps the caller's reference.
     let borrowed = core::mem::ManuallyDrop::new(unsafe { Arc::from_raw(dev.cast::<Device>()) });
     (*borrowed).clone()
-}
-
-/// Registers a device with GMEM; see `include/linux/gmem.h`.
-///
-/// # Safety
-///
-/// `mmu` points to operations valid until `mmu->release` is called, or for ever if it has none;
-/// `name` is a NUL-terminated string.
-#[export]
-pub unsafe extern "C" fn gm_dev_create(
-    mmu: *const bindings::gm_mmu,
-    priv_: *mut c_void,
-    caps: c_uint,
-    name: *const c_char,
-) -> *mut bindings::gm_dev {
-    // SAFETY: the caller passes valid operations or NULL.
-    let Some(ops) = (unsafe { mmu.as_ref() }) else {
-        return EINVAL.to_ptr();
-    };
-    let required = ops.prepare_page.is_some()
-        && ops.copy_to_host.is_some()
-        && ops.pmap_create.is_some()
-        && ops.pmap_destroy.is_some()
-        && ops.pmap_enter.is_some()
-        && ops.pmap_release.is_some()
-        && ops.tlb_invl.is_some()
-        && (ops.alloc_page.is_none() || ops.free_page.is_some());
-    if !required || name.is_null() || caps & !bindings::GM_DEV_CAP_FAULT != 0 {
-        return EINVAL.to_ptr();
-    }
-    // SAFETY: `name` is a NUL-terminated string by the safety requirements.
-    let name = match CString::try_from(unsafe { CStr::from_char_ptr(name) }) {
-        Ok(name) => name,
-        Err(_) => return ENOMEM.to_ptr(),
-    };
-    let mut used = HNIDS.load(Ordering::Acquire);
-    let bit = loop {
-        if used == u64::MAX {
-            return ENOSPC.to_ptr();
-        }
-        let bit = used.trailing_ones();
-        match HNIDS.compare_exchange(used, used | (1 << bit), Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => break bit,
-            Err(now) => used = now,
-        }
-    };
-    let Ok(id) = DeviceId::try_from(first_hnid() + bit) else {
-        HNIDS.fetch_and(!(1u64 << bit), Ordering::AcqRel);
-        return ENOSPC.to_ptr();
-    };
-    // INVARIANT: `mmu` has the required operations; bit `bit` was claimed above.
-    let dev = match Arc::pin_init(
-        pin_init!(Device {
-            id,
-            mmu,
-            priv_,
-            caps,
-            name,
-            memory: SetOnce::new(),
-            stats: Stats::default(),
-            sysfs: AtomicPtr::new(core::ptr::null_mut()),
-            reclaim <- new_work!("gmem_reclaim"),
-        }),
-        GFP_KERNEL,
-    ) {
-        Ok(dev) => dev,
-        Err(_) => {
-            HNIDS.fetch_and(!(1u64 << bit), Ordering::AcqRel);
-            return ENOMEM.to_ptr();
-        }
-    };
-    let raw = Arc::into_raw(dev).cast_mut();
-    // SAFETY: `raw` is a live device; the node directory is removed in `gm_dev_destroy()`.
-    let node = unsafe { bindings::gm_sysfs_add_node(raw.cast(), c_int::from(id)) };
-    // The sysfs figures are informative: a device works without them.
-    // SAFETY: `raw` is live (we hold the reference we are about to return).
-    unsafe {
-        (*raw).sysfs.store(
-            from_err_ptr(node).unwrap_or(core::ptr::null_mut()),
-            Ordering::Release,
-        )
-    };
-    raw.cast()
-}
-
-/// Unregisters a device: drops the driver's reference from `gm_dev_create()`.
-///
-/// Contexts still attached keep the device (and the driver's data) until they go.
-///
-/// # Safety
-///
-/// `dev` came from `gm_dev_create()` and the caller gives up its reference.
-#[export]
-pub unsafe extern "C" fn gm_dev_destroy(dev: *mut bindings::gm_dev) {
-    // SAFETY: `dev` is live until the reference is dropped below.
-    let node = unsafe { device_ref(dev) }
-        .sysfs
-        .swap(core::ptr::null_mut(), Ordering::AcqRel);
-    if !node.is_null() {
-        // SAFETY: `node` came from `gm_sysfs_add_node()`; once this returns no sysfs reader
-        // uses the device any more.
-        unsafe { bindings::gm_sysfs_remove_node(node) };
-    }
-    // SAFETY: `dev` came from `Arc::into_raw` in `gm_dev_create()`; the caller gives it up.
-    drop(unsafe { Arc::from_raw(dev.cast_const().cast::<Device>()) });
-}
-
-/// Hands `size` bytes of device memory at device physical address `base` to GMEM.
-///
-/// # Safety
-///
-/// `dev` is a live device handle.
-#[export]
-pub unsafe extern "C" fn gm_dev_register_physmem(
-    dev: *mut bindings::gm_dev,
-    base: u64,
-    size: u64,
-) -> c_int {
-    // SAFETY: `dev` is live by the safety requirements.
-    let dev = unsafe { device_ref(dev) };
-    let mut memory = match DeviceMemory::new(base, size, dev.mmu().pmap_clear_young.is_some()) {
-        Ok(memory) => memory,
-        Err(e) => return e.to_errno(),
-    };
-    if let Err(e) = memory.as_mut().register_cgroup(&dev.name) {
-        return e.to_errno();
-    }
-    if !dev.memory.populate(memory) {
-        return EBUSY.to_errno();
-    }
-    0
-}
-
-/// The driver's private data of a device.
-///
-/// # Safety
-///
-/// `dev` is a live device handle.
-#[export]
-pub unsafe extern "C" fn gm_dev_priv(dev: *const bindings::gm_dev) -> *mut c_void {
-    // SAFETY: `dev` is live by the safety requirements.
-    unsafe { device_ref(dev) }.priv_
-}
-
-/// The device's node id (`hnid`).
-///
-/// # Safety
-///
-/// `dev` is a live device handle.
-#[export]
-pub unsafe extern "C" fn gm_dev_hnid(dev: *const bindings::gm_dev) -> c_int {
-    // SAFETY: `dev` is live by the safety requirements.
-    c_int::from(unsafe { device_ref(dev) }.id)
-}
-
-/// The device's name.
-///
-/// # Safety
-///
-/// `dev` is a live device handle; the string lives as long as the device.
-#[export]
-pub unsafe extern "C" fn gm_dev_name(dev: *const bindings::gm_dev) -> *const c_char {
-    // SAFETY: `dev` is live by the safety requirements.
-    unsafe { device_ref(dev) }.name.as_char_ptr()
-}
-
-/// Sets how many bytes of its memory the device may use (sysfs `limit`); more than it has
-/// means all of it.  Pages above a lowered limit are evicted as the device allocates.
-///
-/// # Safety
-///
-/// `dev` is a live device handle.
-#[export]
-pub unsafe extern "C" fn gm_dev_set_limit(dev: *mut bindings::gm_dev, bytes: u64) -> c_int {
-    // SAFETY: `dev` is live by the safety requirements.
-    match unsafe { device_ref(dev) }.memory() {
-        Some(memory) => {
-            memory.set_limit(bytes / PAGE_SIZE as u64);
-            0
-        }
-        None => ENODEV.to_errno(),
-    }
-}
-
-/// The device's capabilities (`GM_DEV_CAP_*`).
-///
-/// # Safety
-///
-/// `dev` is a live device handle.
-#[export]
-pub unsafe extern "C" fn gm_dev_caps(dev: *const bindings::gm_dev) -> c_uint {
-    // SAFETY: `dev` is live by the safety requirements.
-    unsafe { device_ref(dev) }.caps
-}
-
-/// Reads the device's counters.
-///
-/// # Safety
-///
-/// `dev` is a live device handle and `stats` is writable.
-#[export]
-pub unsafe extern "C" fn gm_dev_get_stats(
-    dev: *const bindings::gm_dev,
-    stats: *mut bindings::gm_dev_stats,
-) {
-    // SAFETY: `dev` is live by the safety requirements.
-    let dev = unsafe { device_ref(dev) };
-    let s = &dev.stats;
-    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let out = bindings::gm_dev_stats {
-        faults: get(&s.faults),
-        zero_fills: get(&s.zero_fills),
-        migrations_to_dev: get(&s.migrations_to_dev),
-        migrations_to_host: get(&s.migrations_to_host),
-        evictions: get(&s.evictions),
-        resident_pages: get(&s.resident),
-        dram_pages: dev.memory().map_or(0, |m| m.usage().pages),
-        limit_pages: dev.memory().map_or(0, |m| m.limit()),
-        reserve_low_pages: dev.memory().map_or(0, |m| reserve(m.limit()).0),
-        reserve_high_pages: dev.memory().map_or(0, |m| reserve(m.limit()).1),
-    };
-    // SAFETY: `stats` is writable by the safety requirements.
-    unsafe { stats.write(out) };
 }
 
 /// The operations the core needs from a device.

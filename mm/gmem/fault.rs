@@ -40,15 +40,14 @@ use crate::{
     lpt::{Claim, DevicePage, LogicalPageTable, ParkedPage, Residency},
     migrate::{end_failed, host_after_failure, to_device, PinnedPage, CHUNK_PAGES},
 };
-use core::ptr::NonNull;
 use kernel::{
     bindings,
-    ffi::{c_uint, c_ulong},
+    ffi::c_uint,
     mm::{
         virt::{flags, VmaRef},
         MmWithUser,
     },
-    page::{BorrowedPage, Page, PAGE_SIZE},
+    page::{Page, PAGE_SIZE},
     prelude::*,
 };
 
@@ -428,79 +427,6 @@ pub(crate) fn fault_page(
             }
         }
     }
-}
-
-/// Claims the page at `addr` for a CPU fault that will install `page` (see [`crate::fault`]),
-/// and fills `page` (not zeroed by the caller) with the page's data or with zeros.  Sleeps
-/// while someone else moves the page.  On success, `*token` is what [`gm_cpu_fault_end`] takes
-/// to end the claim.
-///
-/// # Safety
-///
-/// Called by `do_anonymous_page()` on a peer-shared VMA of `mm`, with the mmap or VMA lock
-/// held and no spinlock; `page` is the new, exclusively owned page; `token` is valid for a
-/// write.
-#[export]
-pub unsafe extern "C" fn gm_cpu_fault_begin(
-    mm: *mut bindings::mm_struct,
-    addr: c_ulong,
-    page: *mut bindings::page,
-    token: *mut c_ulong,
-) -> bindings::vm_fault_t {
-    // SAFETY: `mm` is the faulting mm, alive during the fault.
-    let Some(this) = (unsafe { AddressSpace::of(mm) }) else {
-        return bindings::vm_fault_reason_VM_FAULT_SIGBUS;
-    };
-    let (Some(page), false) = (NonNull::new(page), token.is_null()) else {
-        return bindings::vm_fault_reason_VM_FAULT_SIGBUS;
-    };
-    // SAFETY: the caller owns `page` for the duration of the call.
-    let page = unsafe { BorrowedPage::from_raw(page) };
-    let va = addr & !(PAGE_SIZE - 1);
-    match cpu_fault_begin(&this.lpt, &this.devices, va / PAGE_SIZE, va, &page) {
-        Ok((claim, fill)) => {
-            let token_value = ((claim.into_token() as c_ulong) << 2) | fill.to_bits() as c_ulong;
-            // SAFETY: `token` is valid for a write, by the safety requirements.
-            unsafe { token.write(token_value) };
-            0
-        }
-        Err(e) if e == ENOMEM => bindings::vm_fault_reason_VM_FAULT_OOM,
-        Err(_) => bindings::vm_fault_reason_VM_FAULT_SIGBUS,
-    }
-}
-
-/// Ends the CPU fault at `addr` that [`gm_cpu_fault_begin`] claimed (`token`), which installs
-/// `page` if `install`.  Returns whether the page may be installed: `false` if its entry was
-/// dropped since the claim (the data copied is stale), and always when not `install` (the
-/// data `page` holds is kept in the entry).
-///
-/// # Safety
-///
-/// Called by `do_anonymous_page()` once for each successful [`gm_cpu_fault_begin`], with the
-/// same `mm`, `addr`, `page` and `token`; under the page table lock if `install`.
-#[export]
-pub unsafe extern "C" fn gm_cpu_fault_end(
-    mm: *mut bindings::mm_struct,
-    addr: c_ulong,
-    page: *mut bindings::page,
-    token: c_ulong,
-    install: bool,
-) -> bool {
-    // SAFETY: `mm` is the faulting mm, alive during the fault.
-    let (Some(this), Some(page)) = (unsafe { AddressSpace::of(mm) }, NonNull::new(page)) else {
-        return false;
-    };
-    // SAFETY: the caller holds `page` for the duration of the call.
-    let page = unsafe { BorrowedPage::from_raw(page) };
-    // The token is the claim's generation and what `page` holds.
-    let claim = Claim::from_token(addr / PAGE_SIZE, (token >> 2) as u32);
-    cpu_fault_end(
-        &this.lpt,
-        claim,
-        &page,
-        Fill::from_bits(token as u32),
-        install,
-    )
 }
 
 #[cfg(CONFIG_GMEM_KUNIT_TEST)]

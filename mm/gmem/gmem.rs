@@ -9,7 +9,12 @@
 //!
 //! Nothing outside `mm/gmem/` can depend on this crate, so every entry point
 //! is an `extern "C"` function declared in C and checked against that
-//! declaration by `#[export]`.
+//! declaration by `#[export]`; they are all in [`entry`], on top of the
+//! modules below: the logical page table ([`lpt`]) and device memory
+//! ([`devmem`]) at the bottom, then devices ([`device`]), the address space
+//! and its notifiers ([`address_space`]), migration ([`migrate`]) and
+//! eviction ([`evict`]), faults ([`fault`]), contexts ([`context`]) and
+//! `hmadvise(2)` ([`hmadvise`]).  No module uses one above it.
 //!
 //! # Who owns a page
 //!
@@ -37,8 +42,9 @@
 //!    GMEM.  GMEM never takes it in a path that core MM entered with it held.  Entry points
 //!    whose safety comments say the caller holds it check that with `mmap_assert_locked()` or
 //!    `mmap_assert_write_locked()`.  Eviction, which may run in any process, takes the mmap
-//!    lock of the evicted pages' owner for reading around mapping them, only with
-//!    `mmap_read_trylock()` (it parks the copies if that fails): it never waits for it.
+//!    lock of the evicted pages' owner for reading around unmapping, copying and mapping
+//!    them, only with `mmap_read_trylock()`: it never waits for it.  If that fails it takes
+//!    other pages, and parks copies only when no candidate's owner can be had.
 //! 2. The page table lock: held by core MM around `gm_cpu_fault_end()`, and by
 //!    `gm_map_anon_folios()` around the callback that ends each claim of the pages it maps
 //!    (`migrate::map_home`).  It comes before the logical page table lock.
@@ -65,40 +71,16 @@
 //! C header: [`include/linux/gmem.h`](srctree/include/linux/gmem.h).
 //! UAPI: [`include/uapi/linux/gmem.h`](srctree/include/uapi/linux/gmem.h).
 
-use kernel::prelude::*;
-
-pub mod address_space;
-pub mod context;
-pub mod device;
+mod address_space;
+mod context;
+mod device;
 mod devmem;
+pub mod entry;
 mod evict;
-pub mod fault;
-pub mod hmadvise;
+mod fault;
+mod hmadvise;
 mod lpt;
 mod migrate;
 
 /// Prefix of this crate's log lines (`module!` would define it for a module).
 const __LOG_PREFIX: &[u8] = b"gmem\0";
-
-/// Sets up the GMEM core.
-///
-/// # Safety
-///
-/// Called exactly once, by `gm_init()` in `mm/gmem/glue.c` at
-/// `subsys_initcall` time, before any driver can register a device.
-#[export]
-pub unsafe extern "C" fn gm_core_init() -> c_int {
-    if let Err(e) = lpt::init() {
-        pr_err!("cannot create the gmem_mapping cache: {e:?}\n");
-        return e.to_errno();
-    }
-    // The statistics are a debugging aid: GMEM works without them.
-    if let Err(e) = address_space::debugfs_init() {
-        pr_warn!("no debugfs statistics: {e:?}\n");
-    }
-    pr_info!(
-        "core initialised: MAP_PEER_SHARED and hmadvise(2) available, {} bytes per tracked page\n",
-        core::mem::size_of::<lpt::GmMapping>()
-    );
-    0
-}

@@ -19,7 +19,7 @@ use crate::{
 };
 use kernel::{
     bindings, current,
-    ffi::{c_int, c_long},
+    ffi::c_int,
     mm::{
         virt::{flags, VmaRef},
         MmWithUser, MmapReadGuard,
@@ -262,7 +262,7 @@ fn host_node_online(nid: c_int) -> bool {
     u32::try_from(nid).is_ok_and(|n| n < nr_node_ids) && unsafe { bindings::node_online(nid) }
 }
 
-fn hmadvise(hnid: c_int, start: usize, len: usize, advice: c_int) -> Result {
+pub(crate) fn hmadvise(hnid: c_int, start: usize, len: usize, advice: c_int) -> Result {
     let valid = |n| host_node_online(n) || hnid_registered(n);
     let Some(request) = Request::parse(hnid, start, len, advice, valid)? else {
         return Ok(());
@@ -270,26 +270,6 @@ fn hmadvise(hnid: c_int, start: usize, len: usize, advice: c_int) -> Result {
     let task = current!();
     let mm = task.mm().ok_or(EINVAL)?;
     request.apply(mm)
-}
-
-/// The `hmadvise(2)` system call.
-///
-/// # Safety
-///
-/// Called only from the `hmadvise` syscall entry (`mm/gmem/glue.c`), in
-/// process context, with `start` untagged.
-#[export]
-pub unsafe extern "C" fn gm_hmadvise(
-    hnid: c_int,
-    start: usize,
-    len: usize,
-    advice: c_int,
-) -> c_long {
-    match hmadvise(hnid, start, len, advice) {
-        Ok(()) => 0,
-        // Lossless: `c_long` is 64-bit wherever GMEM builds.
-        Err(e) => e.to_errno() as c_long,
-    }
 }
 
 #[cfg(CONFIG_GMEM_KUNIT_TEST)]
