@@ -220,7 +220,7 @@ impl NpuFile {
                 work <- new_work!("gmem_npu_sim::job"),
                 done <- Completion::new(),
                 npu: self.npu.clone(),
-                attached,
+                attached <- new_mutex!(Some(attached)),
                 job,
                 result <- new_mutex!(Err(EINVAL)),
             }),
@@ -272,7 +272,10 @@ struct JobWork {
     #[pin]
     done: Completion,
     npu: Arc<Npu>,
-    attached: Arc<Attached>,
+    /// The context the job runs in, until the job is done: dropped before the submitter is
+    /// woken, so that a close() right after the job detaches the device before it returns.
+    #[pin]
+    attached: Mutex<Option<Arc<Attached>>>,
     job: Job,
     #[pin]
     result: Mutex<Result<u64>>,
@@ -286,7 +289,8 @@ impl WorkItem for JobWork {
     type Pointer = Arc<JobWork>;
 
     fn run(this: Arc<JobWork>) {
-        let result = execute(&this.npu, &this.attached.ctx, &this.job);
+        let attached = this.attached.lock().take();
+        let result = attached.map_or(Err(EINVAL), |a| execute(&this.npu, &a.ctx, &this.job));
         *this.result.lock() = result;
         this.done.complete_all();
     }
