@@ -27,6 +27,14 @@ use kernel::{
     sync::Arc,
 };
 
+/// `0`, or the negative errno of `r`: what a C entry point returns.
+fn errno(r: Result) -> c_int {
+    match r {
+        Ok(()) => 0,
+        Err(e) => e.to_errno(),
+    }
+}
+
 // Setting up.
 
 /// Sets up the GMEM core.
@@ -103,10 +111,7 @@ pub unsafe extern "C" fn gm_dev_register_physmem(
     size: u64,
 ) -> c_int {
     // SAFETY: `dev` is live by the safety requirements.
-    match unsafe { device_ref(dev) }.register_physmem(base, size) {
-        Ok(()) => 0,
-        Err(e) => e.to_errno(),
-    }
+    errno(unsafe { device_ref(dev) }.register_physmem(base, size))
 }
 
 /// The driver's private data of a device.
@@ -260,10 +265,7 @@ pub unsafe extern "C" fn gm_context_hold(
 ) -> c_int {
     // SAFETY: `ctx` is live by the safety requirements.
     let ctx = unsafe { &*ctx.cast_const().cast::<Context>() };
-    match ctx.hold(start, len) {
-        Ok(()) => 0,
-        Err(e) => e.to_errno(),
-    }
+    errno(ctx.hold(start, len))
 }
 
 /// Ends one hold of `len` bytes at `start` from [`gm_context_hold`].
@@ -307,10 +309,7 @@ pub unsafe extern "C" fn gm_dev_fault_range(
 ) -> c_int {
     // SAFETY: `ctx` is live by the safety requirements.
     let ctx = unsafe { &*ctx.cast_const().cast::<Context>() };
-    match ctx.fault(start, len, access) {
-        Ok(()) => 0,
-        Err(e) => e.to_errno(),
-    }
+    errno(ctx.fault(start, len, access))
 }
 
 // Core MM hooks.
@@ -324,10 +323,7 @@ pub unsafe extern "C" fn gm_dev_fault_range(
 pub unsafe extern "C" fn gm_as_prepare(mm: *mut bindings::mm_struct) -> c_int {
     // SAFETY: `mm` is current's mm, alive for the whole call, and the caller holds none of its
     // locks.
-    match unsafe { address_space::prepare(mm) } {
-        Ok(()) => 0,
-        Err(e) => e.to_errno(),
-    }
+    errno(unsafe { address_space::prepare(mm) })
 }
 
 /// Lets the address space of `mm` follow `len` bytes at `addr`, a range that mmap() just
@@ -361,10 +357,7 @@ pub unsafe extern "C" fn gm_as_fork(
     mm: *mut bindings::mm_struct,
 ) -> c_int {
     // SAFETY: by the safety requirements.
-    match unsafe { address_space::fork(oldmm, mm) } {
-        Ok(()) => 0,
-        Err(e) => e.to_errno(),
-    }
+    errno(unsafe { address_space::fork(oldmm, mm) })
 }
 
 /// Frees the address space of `mm`, once, after `exit_mmap()`.
@@ -401,10 +394,7 @@ pub unsafe extern "C" fn gm_as_mremap(
         return 0;
     };
     // SAFETY: the caller holds the mmap lock for writing.
-    match unsafe { this.mremap(old, new, len, undo) } {
-        Ok(()) => 0,
-        Err(e) => e.to_errno(),
-    }
+    errno(unsafe { this.mremap(old, new, len, undo) })
 }
 
 /// Drops the device and parked pages of `start..end` (madvise `MADV_DONTNEED` or `MADV_FREE`,
