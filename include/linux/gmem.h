@@ -425,6 +425,21 @@ int gm_map_anon_folios(struct vm_area_struct *vma, unsigned long addr,
 
 /* The core (Rust). */
 int gm_core_init(void);
+
+/**
+ * gm_hmadvise() - hmadvise() on the calling process's address space
+ * @hnid: a host or device node id, or GM_NODE_ALL
+ * @start: start of the range, page aligned, untagged
+ * @len: its length in bytes
+ * @advice: MADV_PREFETCH or MADV_DONTNEED
+ *
+ * The hmadvise() system call, for a driver that moves a range on the
+ * process's request (an ioctl, say): MADV_PREFETCH to a host node brings
+ * the range's device-resident and parked pages home.  Process context,
+ * none of the process's mm locks held.  See Documentation/mm/gmem.rst.
+ *
+ * Return: 0, or the negative errno hmadvise() would fail with.
+ */
 long gm_hmadvise(int hnid, unsigned long start, size_t len, int advice);
 int gm_as_prepare(struct mm_struct *mm);
 int gm_as_fork(struct mm_struct *oldmm, struct mm_struct *mm);

@@ -491,12 +491,13 @@ pub unsafe extern "C" fn gm_cpu_fault_end(
 
 // The hmadvise(2) system call.
 
-/// The `hmadvise(2)` system call.
+/// The `hmadvise(2)` system call, also exported to drivers that move a range on the calling
+/// process's request (`lib/test_gmem.c`'s MIGRATE_TO_SYS ioctl).
 ///
 /// # Safety
 ///
-/// Called only from the `hmadvise` syscall entry (`mm/gmem/glue.c`), in
-/// process context, with `start` untagged.
+/// Called in process context, with `start` untagged and none of the calling process's mm locks
+/// held: from the `hmadvise` syscall entry (`mm/gmem/glue.c`) or a driver's system call.
 #[export]
 pub unsafe extern "C" fn gm_hmadvise(
     hnid: c_int,

@@ -32,6 +32,7 @@ EXPORT_SYMBOL_GPL(gm_context_pmap);
 EXPORT_SYMBOL_GPL(gm_context_hold);
 EXPORT_SYMBOL_GPL(gm_context_unhold);
 EXPORT_SYMBOL_GPL(gm_dev_fault_range);
+EXPORT_SYMBOL_GPL(gm_hmadvise);
 
 DEFINE_STATIC_KEY_FALSE(gm_enabled_key);
 
