@@ -21,7 +21,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 log() { printf 'assemble: %s\n' "$*" >&2; }
 
 # Roots in this checkout that hold files at their kernel paths.
-OVERLAY_ROOTS=(Kconfig.gmem mm rust include samples tools Documentation)
+OVERLAY_ROOTS=(Kconfig.gmem mm rust include lib samples tools Documentation)
 
 export GIT_AUTHOR_NAME=${GIT_AUTHOR_NAME:-GMEM harness}
 export GIT_AUTHOR_EMAIL=${GIT_AUTHOR_EMAIL:-gmem@localhost}

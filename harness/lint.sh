@@ -36,7 +36,7 @@ for p in patches/*.patch MAINTAINERS.patch; do
 	n=$((n + 1))
 done
 c_files=$(git ls-files 'mm/gmem/*.c' 'include/linux/gmem.h' 'include/uapi/linux/gmem.h' \
-	'tools/testing/selftests/gmem/*.[ch]' 'samples/rust/*/*.[ch]')
+	'tools/testing/selftests/gmem/*.[ch]' 'samples/rust/*/*.[ch]' 'lib/test_gmem.c')
 for f in $c_files; do
 	while IFS= read -r line; do
 		[ -n "$line" ] || continue
@@ -47,7 +47,7 @@ echo "lint: checkpatch --strict: $n patches, $(echo "$c_files" | wc -w) C files"
 
 # GMEM's MAINTAINERS entry must list every new file (an F: file or folder).
 f_pats=$(sed -n 's/^+F:[[:space:]]*//p' MAINTAINERS.patch)
-uncovered=$(git ls-files Kconfig.gmem mm rust include samples tools Documentation |
+uncovered=$(git ls-files Kconfig.gmem mm rust include lib samples tools Documentation |
 	while read -r f; do
 		ok=0
 		for pat in $f_pats; do
@@ -87,7 +87,7 @@ done
 # kernel-doc: every comment of the GMEM headers and the exported C functions
 # parses, and documents what it names (scripts/kernel-doc -Wall).
 kdoc_files="include/linux/gmem.h include/uapi/linux/gmem.h mm/gmem/glue.c
-	samples/rust/gmem_npu_sim/gmem_npu_sim_uapi.h"
+	samples/rust/gmem_npu_sim/gmem_npu_sim_uapi.h lib/test_gmem.c"
 kdoc=$(cd "$GMEM_SRC" && scripts/kernel-doc -none -Wall $kdoc_files 2>&1 || true)
 [ -z "$kdoc" ] || report "kernel-doc: $kdoc"
 # ... and every function glue.c exports has its kernel-doc in <linux/gmem.h>.
@@ -97,10 +97,11 @@ done
 echo "lint: kernel-doc: $(echo $kdoc_files | wc -w) files"
 
 # make W=1: no warning in GMEM's C (the Rust crates build with -D warnings).
-w1=$(make -s -C "$GMEM_SRC" O="$GMEM_OBJ" "${GMEM_MAKE_ARGS[@]}" W=1 mm/gmem/glue.o 2>&1 |
+w1=$(make -s -C "$GMEM_SRC" O="$GMEM_OBJ" "${GMEM_MAKE_ARGS[@]}" W=1 mm/gmem/glue.o \
+	lib/test_gmem.o 2>&1 |
 	grep -E 'warning|error' || true)
 [ -z "$w1" ] || report "W=1: $w1"
-echo "lint: W=1: mm/gmem/glue.o"
+echo "lint: W=1: mm/gmem/glue.o lib/test_gmem.o"
 
 # make rustdoc: the driver API's documentation (kernel::gmem) builds.
 rd=$(make -s -C "$GMEM_SRC" O="$GMEM_OBJ" "${GMEM_MAKE_ARGS[@]}" rustdoc 2>&1 |
