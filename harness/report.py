@@ -5,6 +5,7 @@ its nofault/ subdirectory, the second boot of make check) and print one line
 per test, the splats found in the kernel logs, and a last line "N passed,
 M failed".  Exit status 0 only if nothing failed."""
 
+import fnmatch
 import os
 import re
 import sys
@@ -137,7 +138,80 @@ def boot(out, label, prefix, kunit_suites):
     return results, [f"{label}: {s}" if label else s for s in splats], problems
 
 
+# The upstream hmm-tests on test_gmem (tools/testing/selftests/gmem/
+# test_gmem.sh): its TAP file, and the list of its cases that are known not
+# to pass, each with its reason.
+HMM_TAP = "hmm_gmem"
+HMM_KNOWN = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                         "hmm-known.txt")
+
+
+def hmm_known():
+    """[(case glob, reason)] of harness/hmm-known.txt: one case per line, a
+    tab, then "by design: ..." or "known bug: ..."."""
+    known = []
+    with open(HMM_KNOWN) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line or line.startswith("#"):
+                continue
+            case, _, reason = line.partition("\t")
+            if not reason.startswith(("by design: ", "known bug: ")):
+                sys.exit(f"{HMM_KNOWN}: no reason for {case}")
+            known.append((case, reason))
+    return known
+
+
+def hmm_verdicts(results, problems):
+    """Every hmm-tests case that does not pass must be in hmm-known.txt
+    (and is then KNOWN, not a failure); a case listed by its exact name
+    that passes is a failure too, so that the list stays true."""
+    prefix = f"kselftest {HMM_TAP}:"
+    known = hmm_known()
+    out, ran, passed = [], 0, 0
+    for name, status in results:
+        if not name.startswith(prefix) or "(ran " in name:
+            out.append((name, status, ""))
+            continue
+        case = name[len(prefix):]
+        private = "_device_private." in case
+        ran += private
+        why = next((r for g, r in known if fnmatch.fnmatchcase(case, g)), None)
+        exact = any(g == case for g, _ in known)
+        if status == "PASS":
+            passed += private
+            if exact:
+                out.append((name, "FAIL", "passes but is in "
+                            "harness/hmm-known.txt: take it out"))
+                continue
+        elif why:
+            status = "KNOWN-" + status
+        else:
+            status, why = "FAIL", "" if status == "FAIL" else \
+                "skipped, and not in harness/hmm-known.txt"
+        out.append((name, status, why or ""))
+    if not ran:
+        problems.append("hmm-tests did not run on test_gmem")
+    return out, ran, passed
+
+
+def hmm_summary(out):
+    """One line for the cover letter: how many of hmm-tests' cases (the
+    device-private variants) passed on test_gmem in the results in @out."""
+    tap = os.path.join(out, HMM_TAP + ".tap")
+    cases = [(n, s) for n, s in kselftest(tap, HMM_TAP)
+             if "_device_private." in n] if os.path.exists(tap) else []
+    if not cases:
+        print("(no make check results here)")
+        return
+    passed = sum(1 for _, s in cases if s == "PASS")
+    print(f"{passed} of its {len(cases)} cases pass")
+
+
 def main():
+    if sys.argv[1] == "--hmm-summary":
+        hmm_summary(sys.argv[2])
+        return 0
     out = sys.argv[1]
     results, splats, problems = boot(out, "", "", "gmem")
     for sub, prefix, suites in EXTRA_BOOTS:
@@ -146,9 +220,11 @@ def main():
             results += r
             splats += s
             problems += p
+    verdicts, hmm_ran, hmm_passed = hmm_verdicts(results, problems)
+    results = [(n, s) for n, s, _ in verdicts]
 
-    for name, status in results:
-        print(f"{status} {name}")
+    for name, status, why in verdicts:
+        print(f"{status} {name}" + (f" ({why})" if why else ""))
     for s in splats[:20]:
         print(f"SPLAT {s}")
     for p in problems:
@@ -156,8 +232,12 @@ def main():
     passed = sum(1 for _, s in results if s == "PASS")
     failed = sum(1 for _, s in results if s == "FAIL") + len(problems)
     skipped = sum(1 for _, s in results if s == "SKIP")
+    known = sum(1 for _, s in results if s.startswith("KNOWN-"))
     if skipped:
         print(f"({skipped} skipped)")
+    print(f"(hmm-tests on test_gmem: {hmm_passed} of its {hmm_ran} "
+          f"device-private cases passed; {known} cases known not to pass, "
+          "see harness/hmm-known.txt)")
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -33,6 +33,16 @@ if [ "$glob" = "*_test" ] && [ -x "$tests/stress_test" ]; then
 		echo $? >"$out/stress_test-$mask.rc"
 	done
 fi
+# The upstream hmm-tests, unmodified, on test_gmem (lib/test_hmm's mirror
+# device on the GMEM driver API), loaded for this run only; report.py holds
+# its results against harness/hmm-known.txt.  Each mirror gets 288 MiB, so
+# that benchmark_thp_migration's 256 MiB buffer fits on the device.
+if [ "$glob" = "*_test" ] && [ -x "$tests/test_gmem.sh" ]; then
+	TEST_GMEM_PARAMS=devmem_mib=288 timeout 1200 "$tests/test_gmem.sh" \
+		"$(dirname "$(dirname "$tests")")/lib/test_gmem.ko" \
+		>"$out/hmm_gmem.tap" 2>&1
+	echo $? >"$out/hmm_gmem.rc"
+fi
 if [ -w /sys/kernel/debug/kmemleak ]; then
 	echo scan >/sys/kernel/debug/kmemleak
 	sleep 6
