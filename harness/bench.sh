@@ -88,6 +88,7 @@ log "booting the $GMEM_FLAVOUR kernel (NPUs of $GMEM_NPU_MIB MiB) for the benchm
 t0=$(date +%s)
 timeout 1800 "$here/vm-run" --append kunit.enable=0 -- \
 	"$here/guest/bench.sh" "$out" "$bindir" gmem "$hmm_tests" "$test_hmm_ko" \
+	"$GMEM_OBJ/lib/test_gmem.ko" \
 	>"$out/console.log" 2>&1 || log "the VM exited with status $?"
 echo $(($(date +%s) - t0)) >"$out/seconds"
 

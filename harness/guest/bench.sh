@@ -5,14 +5,16 @@
 # the benchmarks of make bench.  Raw output goes to $1 (a directory under
 # build/vm/, writable from the guest); harness/bench-report.py reads it.
 #
-#   bench.sh OUT BINDIR gmem HMM_TESTS TEST_HMM_KO
+#   bench.sh OUT BINDIR gmem HMM_TESTS TEST_HMM_KO [TEST_GMEM_KO]
 #   bench.sh OUT BINDIR nogmem
 #
 # BINDIR holds npu_bench, fault_bench and tracking_bench.  "gmem" runs
 # everything on a GMEM kernel with the NPUs, and hmm-tests' migration
 # benchmark on the upstream HMM test driver (test_hmm, loaded from
 # TEST_HMM_KO if modprobe cannot find it); "nogmem" runs only the
-# anonymous page-fault benchmark, on the CONFIG_GMEM=n kernel.
+# anonymous page-fault benchmark, on the CONFIG_GMEM=n kernel.  The same
+# migration benchmark then runs on test_gmem, the same mirror device on
+# GMEM (BINDIR/test_gmem.sh, TEST_GMEM_KO if modprobe cannot find it).
 #
 # Each benchmark's lines ("npu_bench ...", "fault_bench ...", ...) go to
 # OUT/NAME.out, its errors to OUT/NAME.err, a failed command to OUT/errors.
@@ -22,6 +24,7 @@ bin=$2
 what=$3
 hmm_tests=${4:-}
 test_hmm_ko=${5:-}
+test_gmem_ko=${6:-}
 
 mkdir -p "$out"
 rm -f "$out"/*.out "$out"/*.err "$out/errors" "$out/finished"
@@ -95,6 +98,18 @@ if [ -n "$hmm_tests" ]; then
 		>"$out/hmm-tests.out" 2>&1 || rc=$?
 	[ "$rc" = 0 ] || echo "hmm-tests: failed with status $rc" >>"$out/errors"
 	rmmod test_hmm 2>/dev/null
+	# The same benchmark of the same driver on GMEM.  Each mirror gets
+	# 288 MiB: the 256 MiB buffer fits on the device, as on test_hmm's.
+	if [ -x "$bin/test_gmem.sh" ]; then
+		echo "bench: hmm-tests on test_gmem" >&2
+		rc=0
+		TEST_GMEM_PARAMS=devmem_mib=288 timeout 900 "$bin/test_gmem.sh" \
+			${test_gmem_ko:+"$test_gmem_ko"} -- -r hmm.hmm_device_private.benchmark_thp_migration \
+			>"$out/hmm-gmem.out" 2>&1 || rc=$?
+		[ "$rc" = 0 ] || echo "hmm-tests on test_gmem: failed with status $rc" >>"$out/errors"
+	else
+		echo "test_gmem: no $bin/test_gmem.sh" >>"$out/errors"
+	fi
 fi
 
 # 4. Device faults: zero-fill and migrate-in.
