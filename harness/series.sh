@@ -236,6 +236,11 @@ G diff --numstat "$base" "$head" -- $(G diff-tree -r --no-commit-id --diff-filte
 	awk '{ a += $1; d += $2; f++ } END { printf "%d files, +%d -%d lines", f, a, d }' \
 	>"$facts/hook_total"
 python3 "$here/series-cover.py" "$GMEM_BUILD/bench/bench.json" >"$facts/figures"
+# lib/test_gmem.c against lib/test_hmm.c, and how many hmm-tests cases pass
+# on it in the last make check.
+python3 "$here/driver-size.py" "$GMEM_SRC" | sed 's/^/   /' >"$facts/driver_size"
+python3 "$here/report.py" --hmm-summary "$GMEM_BUILD/vm/check-default" \
+	>"$facts/hmm_tests_pass"
 python3 - "$cover" "$spec_dir/cover-letter.txt" "$facts" <<'PY'
 import os, sys
 cover, template, facts = sys.argv[1:]
