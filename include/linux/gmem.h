@@ -49,6 +49,22 @@ struct gm_context;
 /* The device raises translation faults (it calls gm_dev_fault() on a miss). */
 #define GM_DEV_CAP_FAULT	(1U << 0)
 
+/**
+ * struct gm_fault - one device translation fault, for gm_dev_fault_batch()
+ * @va: the faulting virtual address (any byte of the page)
+ * @access: GM_ACCESS_* the faulting access needs
+ * @status: set by GMEM: 0 once the page is mapped on the device, or a
+ *	negative errno (those of gm_dev_fault_range())
+ */
+struct gm_fault {
+	unsigned long va;
+	unsigned int access;
+	int status;
+};
+
+/* Most faults one gm_dev_fault_batch() takes. */
+#define GM_FAULT_BATCH_MAX	1024
+
 /* A range of device virtual addresses, for tlb_invl_coalesced. */
 struct gm_va_range {
 	unsigned long start;
@@ -177,7 +193,11 @@ struct gm_mmu {
 
 /**
  * struct gm_dev_stats - what GMEM did with a device's memory
- * @faults: gm_dev_fault() pages handled
+ * @faults: pages device faults asked for (gm_dev_fault(),
+ *	gm_dev_fault_batch(), gm_dev_fault_range())
+ * @fault_batches: gm_dev_fault_batch() calls (gm_dev_fault() is one)
+ * @prefetched: pages a batch moved beyond those that faulted (density
+ *	prefetch)
  * @zero_fills: pages zero-filled on the device (first touch)
  * @migrations_to_dev: pages copied to the device (from the host or a peer)
  * @migrations_to_host: pages copied from the device to the host
@@ -191,6 +211,8 @@ struct gm_mmu {
  */
 struct gm_dev_stats {
 	u64 faults;
+	u64 fault_batches;
+	u64 prefetched;
 	u64 zero_fills;
 	u64 migrations_to_dev;
 	u64 migrations_to_host;
@@ -382,19 +404,45 @@ int gm_dev_fault_range(struct gm_context *ctx, unsigned long start,
 		       unsigned long len, unsigned int access);
 
 /**
- * gm_dev_fault() - make one page of a context's address space device-resident
+ * gm_dev_fault_batch() - serve the translation faults a device reported
+ * @ctx: the context whose device faulted
+ * @faults: the faults, in any order; several may be for one page
+ * @nr: how many, 1 to GM_FAULT_BATCH_MAX
+ *
+ * What a driver calls with the contents of its device's fault buffer,
+ * before it lets the faulting engines replay.  The faults are sorted by
+ * address and merged per page, and each 2 MiB block is served with one
+ * migration (see gm_dev_fault_range()).  Density prefetch widens it: each
+ * faulting page brings along the largest naturally aligned sub-block of
+ * 64 KiB up to 2 MiB around it of which more than the device node's
+ * prefetch_threshold percent (sysfs, 0 turns it off) is resident on the
+ * device or faulting in this batch, clipped to the page's VMA and to the
+ * device's free memory.  A page prefetched this way that cannot move is
+ * left where it is.  May sleep; takes the mmap lock for reading once.
+ *
+ * Return: 0 if every fault was served; otherwise the error of the first
+ * fault, in address order, that was not, and each fault's @status says
+ * its own.  -EINVAL (and no @status written) for @nr out of range.
+ */
+int gm_dev_fault_batch(struct gm_context *ctx, struct gm_fault *faults,
+		       unsigned int nr);
+
+/**
+ * gm_dev_fault() - serve one device translation fault
  * @ctx: the context whose device faulted
  * @va: the faulting virtual address
  * @access: GM_ACCESS_*
  *
- * See gm_dev_fault_range().
+ * A batch of one: see gm_dev_fault_batch().
  *
  * Return: 0 once @va is mapped on the device, or a negative errno.
  */
 static inline int gm_dev_fault(struct gm_context *ctx, unsigned long va,
 			       unsigned int access)
 {
-	return gm_dev_fault_range(ctx, va & PAGE_MASK, PAGE_SIZE, access);
+	struct gm_fault fault = { .va = va, .access = access };
+
+	return gm_dev_fault_batch(ctx, &fault, 1);
 }
 
 #else /* !CONFIG_GMEM */
@@ -444,6 +492,8 @@ long gm_hmadvise(int hnid, unsigned long start, size_t len, int advice);
 int gm_as_prepare(struct mm_struct *mm);
 int gm_as_fork(struct mm_struct *oldmm, struct mm_struct *mm);
 void gm_as_exit(struct mm_struct *mm);
+unsigned int gm_dev_prefetch_threshold(const struct gm_dev *dev);
+int gm_dev_set_prefetch_threshold(struct gm_dev *dev, unsigned int percent);
 void gm_as_cover(struct mm_struct *mm, unsigned long addr, unsigned long len);
 int gm_as_mremap(struct mm_struct *mm, unsigned long old_addr,
 		 unsigned long new_addr, unsigned long len, bool undo);

@@ -24,7 +24,7 @@ use crate::{
     address_space::{cpu_fault_in, AddressSpace},
     device::{Device, DeviceOps, Stats},
     devmem::DmemCgroup,
-    fault::{check_fault, dev_fault},
+    fault::{check_fault, dev_fault, dev_fault_batch},
     lpt::{DeviceId, DevicePage, Residency},
 };
 use core::{
@@ -115,6 +115,25 @@ impl Context {
     pub(crate) fn fault(&self, start: usize, len: usize, access: c_uint) -> Result {
         let end = check_fault(start, len, access)?;
         self.with_address_space(|this, mm| dev_fault(this, mm, self, start, end, access))
+    }
+
+    /// Serves a batch of device faults (see `gm_dev_fault_batch()`): `EINVAL` for an empty
+    /// batch or one of more than `GM_FAULT_BATCH_MAX`, and nothing is written then; otherwise
+    /// each fault's status is written and the first error (in address order) returned.
+    pub(crate) fn fault_batch(&self, faults: &mut [bindings::gm_fault]) -> Result {
+        if faults.is_empty() || faults.len() > bindings::GM_FAULT_BATCH_MAX as usize {
+            return Err(EINVAL);
+        }
+        let mut started = false;
+        let result = self.with_address_space(|this, mm| {
+            started = true;
+            dev_fault_batch(this, mm, self, faults)
+        });
+        if let (false, Err(e)) = (started, result) {
+            // The process is gone.
+            faults.iter_mut().for_each(|f| f.status = e.to_errno());
+        }
+        result
     }
 
     /// Runs `f` on the address space this context is attached to, with a user of its mm.
@@ -259,6 +278,19 @@ impl DeviceOps for Context {
 
     fn count_faults(&self, n: usize) {
         Stats::add(&self.dev.stats.faults, n);
+    }
+
+    fn count_batch(&self, prefetched: usize) {
+        Stats::inc(&self.dev.stats.fault_batches);
+        Stats::add(&self.dev.stats.prefetched, prefetched);
+    }
+
+    fn prefetch_threshold(&self) -> u32 {
+        self.dev.prefetch_threshold()
+    }
+
+    fn free_pages(&self) -> usize {
+        self.dev.free_pages()
     }
 
     fn unmap(&self, va: usize, _page: DevicePage) {

@@ -21,7 +21,7 @@ use crate::{
     devmem::{reserve, DeviceMemory, DmemCgroup, Refused},
     lpt::{DeviceId, DevicePage},
 };
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use kernel::{
     alloc::KVec,
     bindings,
@@ -34,6 +34,9 @@ use kernel::{
     sync::{Arc, SetOnce, SpinLock},
     workqueue::{impl_has_work, new_work, Work},
 };
+
+/// The density prefetch threshold a device starts with, in percent: NVIDIA UVM's default.
+const PREFETCH_THRESHOLD: u32 = 51;
 
 /// Device node ids in use, as bits above the first device id (at most 64 devices).
 static HNIDS: AtomicU64 = AtomicU64::new(0);
@@ -59,6 +62,8 @@ pub(crate) fn hnid_registered(hnid: c_int) -> bool {
 #[derive(Default)]
 pub(crate) struct Stats {
     pub(crate) faults: AtomicU64,
+    pub(crate) fault_batches: AtomicU64,
+    pub(crate) prefetched: AtomicU64,
     pub(crate) zero_fills: AtomicU64,
     pub(crate) migrations_to_dev: AtomicU64,
     pub(crate) migrations_to_host: AtomicU64,
@@ -92,6 +97,8 @@ pub(crate) struct Device {
     name: CString,
     memory: SetOnce<Pin<KBox<DeviceMemory>>>,
     pub(crate) stats: Stats,
+    /// Density prefetch threshold, percent (sysfs `prefetch_threshold`; 0: off).
+    prefetch_threshold: AtomicU32,
     sysfs: AtomicPtr<c_void>,
     /// Refills the free reserve in the background (see [`reserve`] and `crate::evict`).
     #[pin]
@@ -223,6 +230,7 @@ impl Device {
                 name,
                 memory: SetOnce::new(),
                 stats: Stats::default(),
+                prefetch_threshold: AtomicU32::new(PREFETCH_THRESHOLD),
                 sysfs: AtomicPtr::new(core::ptr::null_mut()),
                 reclaim <- new_work!("gmem_reclaim"),
             }),
@@ -292,12 +300,37 @@ impl Device {
         self.caps
     }
 
+    /// The density prefetch threshold, in percent (0: no prefetch).
+    pub(crate) fn prefetch_threshold(&self) -> u32 {
+        self.prefetch_threshold.load(Ordering::Relaxed)
+    }
+
+    /// Sets the density prefetch threshold: 0 (off) to 100 percent, `EINVAL` above.
+    pub(crate) fn set_prefetch_threshold(&self, percent: u32) -> Result {
+        if percent > 100 {
+            return Err(EINVAL);
+        }
+        self.prefetch_threshold.store(percent, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Pages the device may still allocate without evicting: free within its limit, less the
+    /// free reserve (below which the background worker evicts).  Unbounded for a driver with
+    /// its own allocator, which says when it is full.
+    pub(crate) fn free_pages(&self) -> usize {
+        self.memory().map_or(usize::MAX, |m| {
+            m.free_pages().saturating_sub(reserve(m.limit()).0) as usize
+        })
+    }
+
     /// A snapshot of the device's counters.
     pub(crate) fn stats(&self) -> bindings::gm_dev_stats {
         let s = &self.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         bindings::gm_dev_stats {
             faults: get(&s.faults),
+            fault_batches: get(&s.fault_batches),
+            prefetched: get(&s.prefetched),
             zero_fills: get(&s.zero_fills),
             migrations_to_dev: get(&s.migrations_to_dev),
             migrations_to_host: get(&s.migrations_to_host),
@@ -376,6 +409,20 @@ pub(crate) trait DeviceOps: Send + Sync {
 
     /// Counts `n` pages of device faults served, in the device's statistics.
     fn count_faults(&self, _n: usize) {}
+
+    /// Counts a batch of device faults served, which moved `prefetched` pages beyond the
+    /// faulting ones.
+    fn count_batch(&self, _prefetched: usize) {}
+
+    /// The density prefetch threshold, in percent; 0 (no prefetch) for a device without one.
+    fn prefetch_threshold(&self) -> u32 {
+        0
+    }
+
+    /// Pages the device may allocate without evicting.
+    fn free_pages(&self) -> usize {
+        0
+    }
 
     /// Removes the device's mapping of `va` (which maps `page`) and invalidates the device
     /// TLB for it.  When this returns, the device no longer reads or writes the page.

@@ -312,6 +312,53 @@ pub unsafe extern "C" fn gm_dev_fault_range(
     errno(ctx.fault(start, len, access))
 }
 
+/// Serves `nr` device faults at `faults`; see `gm_dev_fault_batch()`.
+///
+/// # Safety
+///
+/// `ctx` came from `gm_as_attach()` and is not detached concurrently; `faults` points to `nr`
+/// writable faults (or `nr` is 0).
+#[export]
+pub unsafe extern "C" fn gm_dev_fault_batch(
+    ctx: *mut bindings::gm_context,
+    faults: *mut bindings::gm_fault,
+    nr: c_uint,
+) -> c_int {
+    // SAFETY: `ctx` is live by the safety requirements.
+    let ctx = unsafe { &*ctx.cast_const().cast::<Context>() };
+    if faults.is_null() || nr == 0 {
+        return EINVAL.to_errno();
+    }
+    // SAFETY: by the safety requirements `faults` points to `nr` faults we may write.
+    let faults = unsafe { core::slice::from_raw_parts_mut(faults, nr as usize) };
+    errno(ctx.fault_batch(faults))
+}
+
+/// The density prefetch threshold of the device, in percent (sysfs `prefetch_threshold`).
+///
+/// # Safety
+///
+/// `dev` is a live device handle.
+#[export]
+pub unsafe extern "C" fn gm_dev_prefetch_threshold(dev: *const bindings::gm_dev) -> c_uint {
+    // SAFETY: `dev` is live by the safety requirements.
+    unsafe { device_ref(dev) }.prefetch_threshold()
+}
+
+/// Sets the density prefetch threshold of the device: 0 (off) to 100 percent, `EINVAL` above.
+///
+/// # Safety
+///
+/// `dev` is a live device handle.
+#[export]
+pub unsafe extern "C" fn gm_dev_set_prefetch_threshold(
+    dev: *mut bindings::gm_dev,
+    percent: c_uint,
+) -> c_int {
+    // SAFETY: `dev` is live by the safety requirements.
+    errno(unsafe { device_ref(dev) }.set_prefetch_threshold(percent))
+}
+
 // Core MM hooks.
 
 /// Gives `mm` an address space before its first `MAP_PEER_SHARED` mapping.

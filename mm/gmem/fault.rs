@@ -42,7 +42,7 @@ use crate::{
 };
 use kernel::{
     bindings,
-    ffi::c_uint,
+    ffi::{c_int, c_uint},
     mm::{
         virt::{flags, VmaRef},
         MmWithUser,
@@ -260,6 +260,292 @@ pub(crate) fn dev_fault(
         }
     }
     Ok(())
+}
+
+/// Smallest block density prefetch widens a fault to, in pages (64 KiB).
+const PREFETCH_MIN: usize = 16;
+
+/// A set of pages of one 2 MiB block (a chunk): bit `i` for the block's page `i`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct BlockPages(pub(crate) [u64; CHUNK_PAGES / 64]);
+
+impl BlockPages {
+    /// Adds page `i`.
+    pub(crate) fn set(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    /// Whether page `i` is in the set.
+    pub(crate) fn has(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// Adds pages `from..to`.
+    fn set_range(&mut self, from: usize, to: usize) {
+        (from..to).for_each(|i| self.set(i));
+    }
+
+    /// How many of pages `from..to` are in the set.
+    fn count_range(&self, from: usize, to: usize) -> usize {
+        (from..to).filter(|&i| self.has(i)).count()
+    }
+
+    /// How many pages are in the set.
+    pub(crate) fn count(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// The pages in `self` or in `other`.
+    fn or(self, other: Self) -> Self {
+        Self(core::array::from_fn(|i| self.0[i] | other.0[i]))
+    }
+
+    /// The pages in `self` and not in `other`.
+    fn and_not(self, other: Self) -> Self {
+        Self(core::array::from_fn(|i| self.0[i] & !other.0[i]))
+    }
+
+    /// The pages of the set, in order.
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..CHUNK_PAGES).filter(|&i| self.has(i))
+    }
+
+    /// The runs of consecutive pages of the set, in order: (first page, length).
+    pub(crate) fn runs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let mut at = 0;
+        core::iter::from_fn(move || {
+            let first = (at..CHUNK_PAGES).find(|&i| self.has(i))?;
+            let len = (first..CHUNK_PAGES).take_while(|&i| self.has(i)).count();
+            at = first + len;
+            Some((first, len))
+        })
+    }
+}
+
+/// Which pages of a block a batch of device faults moves: the pages that fault (`faulted`),
+/// widened by density prefetch, as NVIDIA UVM does.  Each faulting page brings along the
+/// largest naturally aligned sub-block of [`PREFETCH_MIN`] to [`CHUNK_PAGES`] pages around it
+/// of which more than `threshold` percent is resident on the device (`resident`) or faulting,
+/// clipped to pages `lo..hi` of the block (the faulting pages' VMA); resident pages do not move
+/// again.  If more pages than the device has free (`room`) would move beyond the faulting
+/// ones, the largest sub-block size is halved until they do not: prefetch never evicts.
+/// `threshold` 0 turns prefetch off.
+pub(crate) fn plan_block(
+    faulted: BlockPages,
+    resident: BlockPages,
+    threshold: u32,
+    lo: usize,
+    hi: usize,
+    room: usize,
+) -> BlockPages {
+    if threshold == 0 {
+        return faulted;
+    }
+    let populated = faulted.or(resident);
+    let mut cap = CHUNK_PAGES;
+    while cap >= PREFETCH_MIN {
+        let mut serve = faulted;
+        for p in faulted.iter() {
+            let mut size = cap;
+            while size >= PREFETCH_MIN {
+                let node = p & !(size - 1);
+                let dense =
+                    populated.count_range(node, node + size) * 100 > threshold as usize * size;
+                if dense {
+                    serve.set_range(node.max(lo), (node + size).min(hi));
+                    break;
+                }
+                size /= 2;
+            }
+        }
+        let serve = serve.and_not(resident.and_not(faulted));
+        if serve.and_not(faulted).count() <= room {
+            return serve;
+        }
+        cap /= 2;
+    }
+    faulted
+}
+
+/// A page that a batch of device faults asks for.
+struct Wanted {
+    vpn: usize,
+    /// What the faults on the page need (`GM_ACCESS_*`, merged).
+    access: c_uint,
+    /// 0 or the errno of the fault.
+    status: c_int,
+}
+
+/// Whether `access` is a valid `GM_ACCESS_*` set for a fault.
+fn access_ok(access: c_uint) -> bool {
+    let known = bindings::GM_ACCESS_READ | bindings::GM_ACCESS_WRITE;
+    access != 0 && access & !known == 0
+}
+
+/// Serves a batch of device faults of the context `ctx` in address space `this` (of `mm`):
+/// see `gm_dev_fault_batch()`.  Writes each fault's status and returns the first error, in
+/// address order.  `faults` holds 1 to `GM_FAULT_BATCH_MAX` faults.
+pub(crate) fn dev_fault_batch(
+    this: &AddressSpace,
+    mm: &MmWithUser,
+    ctx: &dyn DeviceOps,
+    faults: &mut [bindings::gm_fault],
+) -> Result {
+    // The pages, sorted, once each.
+    let Ok(mut wanted) = KVec::<Wanted>::with_capacity(faults.len(), GFP_KERNEL) else {
+        faults.iter_mut().for_each(|f| f.status = ENOMEM.to_errno());
+        return Err(ENOMEM);
+    };
+    for f in faults.iter().filter(|f| access_ok(f.access)) {
+        let page = Wanted {
+            vpn: f.va as usize / PAGE_SIZE,
+            access: f.access,
+            status: 0,
+        };
+        // Cannot fail: there is room for every fault.
+        let _ = wanted.push_within_capacity(page);
+    }
+    wanted.sort_unstable_by_key(|w| w.vpn);
+    let mut kept = 0;
+    for i in 0..wanted.len() {
+        if kept > 0 && wanted[kept - 1].vpn == wanted[i].vpn {
+            wanted[kept - 1].access |= wanted[i].access;
+        } else {
+            wanted.swap(kept, i);
+            kept += 1;
+        }
+    }
+    wanted.truncate(kept);
+
+    // Every block's window has its notifier before any page of it is mapped on the device.
+    for w in wanted.iter_mut() {
+        let start = w.vpn / CHUNK_PAGES * CHUNK_BYTES;
+        // SAFETY: `mm` has a user and no mmap lock is held.
+        if let Err(e) = unsafe { this.cover(start, start.saturating_add(CHUNK_BYTES), false) } {
+            w.status = e.to_errno();
+        }
+    }
+
+    let guard = mm.mmap_read_lock();
+    let threshold = ctx.prefetch_threshold();
+    let (mut served, mut prefetched) = (0, 0);
+    let mut i = 0;
+    while i < wanted.len() {
+        if wanted[i].status != 0 {
+            i += 1;
+            continue;
+        }
+        // A long batch stops for a signal between blocks; the driver replays what is left.
+        if served > 0 && kernel::current!().signal_pending() {
+            for w in &mut wanted[i..] {
+                w.status = ERESTARTSYS.to_errno();
+            }
+            break;
+        }
+        let vpn = wanted[i].vpn;
+        let vma = guard.vma_lookup(vpn * PAGE_SIZE).filter(|vma| {
+            let vm_flags = vma.flags();
+            vm_flags & flags::PEER_SHARED != 0 && vm_flags & flags::READ != 0
+        });
+        let Some(vma) = vma else {
+            wanted[i].status = EFAULT.to_errno();
+            i += 1;
+            continue;
+        };
+        let writable = vma.flags() & flags::WRITE != 0;
+        let prot = bindings::GM_PROT_READ | if writable { bindings::GM_PROT_WRITE } else { 0 };
+        // The block's pages in this VMA: `lo..hi`.
+        let base = vpn / CHUNK_PAGES * CHUNK_PAGES;
+        let lo = (vma.start() / PAGE_SIZE).max(base);
+        let hi = (vma.end() / PAGE_SIZE).min(base + CHUNK_PAGES);
+        let n = wanted[i..].iter().take_while(|w| w.vpn < hi).count();
+        let group = &mut wanted[i..i + n];
+        i += n;
+        let mut faulted = BlockPages::default();
+        for w in group.iter_mut().filter(|w| w.status == 0) {
+            if w.access & bindings::GM_ACCESS_WRITE != 0 && !writable {
+                w.status = EFAULT.to_errno();
+            } else {
+                faulted.set(w.vpn - base);
+            }
+        }
+        let serve = if threshold == 0 {
+            faulted
+        } else {
+            let resident = BlockPages(this.lpt.on_device(base, CHUNK_PAGES, ctx.id()));
+            plan_block(
+                faulted,
+                resident,
+                threshold,
+                lo - base,
+                hi - base,
+                ctx.free_pages(),
+            )
+        };
+        served += faulted.count();
+        prefetched += serve.and_not(faulted).count();
+        serve_block(this, mm, ctx, vma, base, serve, faulted, group, prot);
+    }
+    drop(guard);
+    ctx.count_faults(served);
+    ctx.count_batch(prefetched);
+
+    // Each fault's status, and the first error in address order.
+    let mut first: Option<(usize, c_int)> = None;
+    for f in faults.iter_mut() {
+        f.status = if access_ok(f.access) {
+            let vpn = f.va as usize / PAGE_SIZE;
+            wanted
+                .binary_search_by_key(&vpn, |w| w.vpn)
+                .map_or(EINVAL.to_errno(), |k| wanted[k].status)
+        } else {
+            EINVAL.to_errno()
+        };
+        if f.status != 0 && first.is_none_or(|(va, _)| (f.va as usize) < va) {
+            first = Some((f.va as usize, f.status));
+        }
+    }
+    match first {
+        Some((_, errno)) => Err(Error::from_errno(errno)),
+        None => Ok(()),
+    }
+}
+
+/// Moves the pages `serve` of the block at page `base` (all in `vma`) to the context's device
+/// and maps them with `prot`, and records in `group` (the block's faulting pages, sorted) the
+/// result for each page of `faulted`.  A prefetched page that cannot move stays where it is.
+#[expect(clippy::too_many_arguments)]
+fn serve_block(
+    this: &AddressSpace,
+    mm: &MmWithUser,
+    ctx: &dyn DeviceOps,
+    vma: &VmaRef,
+    base: usize,
+    serve: BlockPages,
+    faulted: BlockPages,
+    group: &mut [Wanted],
+    prot: c_uint,
+) {
+    let mut record = |vpn: usize, result: Result<bool>| {
+        if let Ok(k) = group.binary_search_by_key(&vpn, |w| w.vpn) {
+            group[k].status = result.err().map_or(0, |e| e.to_errno());
+        }
+    };
+    let one = |vpn: usize, record: &mut dyn FnMut(usize, Result<bool>)| {
+        let result = fault_page(this, mm, ctx, vma, vpn * PAGE_SIZE, prot);
+        if faulted.has(vpn - base) {
+            record(vpn, result);
+        }
+    };
+    for (first, len) in serve.runs() {
+        match to_device(this, mm, ctx, vma, (base + first) * PAGE_SIZE, len, prot) {
+            Ok((_, slow)) => slow.into_iter().for_each(|vpn| one(vpn, &mut record)),
+            // Nothing of the run moved: the faulting pages one by one (which may evict).
+            Err(_) => (base + first..base + first + len)
+                .filter(|vpn| faulted.has(vpn - base))
+                .for_each(|vpn| one(vpn, &mut record)),
+        }
+    }
 }
 
 /// Records device page `pfn`, now mapped at `va`, as where the page of `claim` lives, and ends
@@ -564,6 +850,133 @@ mod tests {
         );
         let guard = s.lpt.lock();
         assert!(!guard.get(VPN).map(|m| m.busy()).unwrap_or(true));
+        Ok(())
+    }
+
+    fn pages(ranges: &[(usize, usize)]) -> BlockPages {
+        let mut b = BlockPages::default();
+        for &(from, to) in ranges {
+            b.set_range(from, to);
+        }
+        b
+    }
+
+    #[test]
+    fn block_pages_runs() {
+        let mut b = pages(&[(1, 4)]);
+        b.set(7);
+        b.set(511);
+        let mut runs = b.runs();
+        assert_eq!(runs.next(), Some((1, 3)));
+        assert_eq!(runs.next(), Some((7, 1)));
+        assert_eq!(runs.next(), Some((511, 1)));
+        assert_eq!(runs.next(), None);
+        assert_eq!(b.count(), 5);
+    }
+
+    #[test]
+    fn prefetch_off_serves_only_the_faults() {
+        let faulted = pages(&[(8, 9)]);
+        let resident = pages(&[(0, 8)]);
+        assert_eq!(plan_block(faulted, resident, 0, 0, 512, 512), faulted);
+    }
+
+    #[test]
+    fn a_lone_fault_is_not_widened() {
+        let faulted = pages(&[(40, 41)]);
+        let none = BlockPages::default();
+        assert_eq!(plan_block(faulted, none, 51, 0, 512, 512), faulted);
+    }
+
+    /// 9 of 16 pages (56%) resident or faulting: the 64 KiB block moves, but not what is on
+    /// the device already.
+    #[test]
+    fn a_dense_64k_block_comes_along() {
+        let faulted = pages(&[(8, 9)]);
+        let resident = pages(&[(0, 8)]);
+        assert_eq!(
+            plan_block(faulted, resident, 51, 0, 512, 512),
+            pages(&[(8, 16)])
+        );
+        // 8 of 16 is not more than half.
+        let faulted = pages(&[(7, 8)]);
+        let resident = pages(&[(0, 7)]);
+        assert_eq!(plan_block(faulted, resident, 51, 0, 512, 512), faulted);
+    }
+
+    /// The largest dense block wins: 301 of 512 pages make the whole 2 MiB move.
+    #[test]
+    fn the_largest_dense_block_moves() {
+        let faulted = pages(&[(300, 301)]);
+        let resident = pages(&[(0, 300)]);
+        assert_eq!(
+            plan_block(faulted, resident, 51, 0, 512, 512),
+            pages(&[(300, 512)])
+        );
+        // A higher threshold stops at a smaller block: 45 of 64 (256..320) is 70%.
+        assert_eq!(
+            plan_block(faulted, resident, 70, 0, 512, 512),
+            pages(&[(300, 320)])
+        );
+    }
+
+    #[test]
+    fn prefetch_stops_at_the_vma() {
+        let faulted = pages(&[(300, 301)]);
+        let resident = pages(&[(0, 300)]);
+        assert_eq!(
+            plan_block(faulted, resident, 51, 0, 400, 512),
+            pages(&[(300, 400)])
+        );
+    }
+
+    /// Never more than the device has free: 211 pages would move with the fault at 2 MiB,
+    /// the next smaller dense block is 256..320.
+    #[test]
+    fn prefetch_stops_at_free_memory() {
+        let faulted = pages(&[(300, 301)]);
+        let resident = pages(&[(0, 300)]);
+        assert_eq!(
+            plan_block(faulted, resident, 51, 0, 512, 211),
+            pages(&[(300, 512)])
+        );
+        assert_eq!(
+            plan_block(faulted, resident, 51, 0, 512, 210),
+            pages(&[(300, 320)])
+        );
+        assert_eq!(plan_block(faulted, resident, 51, 0, 512, 0), faulted);
+    }
+
+    /// Faults of several engines count together: two faults in a 16-page block with 7 pages
+    /// resident make 9 of 16.
+    #[test]
+    fn faults_of_one_batch_add_up() {
+        let faulted = pages(&[(7, 9)]);
+        let resident = pages(&[(0, 7)]);
+        assert_eq!(
+            plan_block(faulted, resident, 51, 0, 512, 512),
+            pages(&[(7, 16)])
+        );
+    }
+
+    #[test]
+    fn on_device_names_the_pages_of_one_device() -> Result {
+        let s = setup(u64::MAX)?;
+        let base = VPN / CHUNK_PAGES * CHUNK_PAGES;
+        s.lpt
+            .insert(base + 3, Residency::Device(DevicePage { dev: 7, pfn: 1 }))?;
+        s.lpt
+            .insert(base + 5, Residency::Device(DevicePage { dev: 8, pfn: 2 }))?;
+        s.lpt.insert(base + 6, Residency::Host)?;
+        s.lpt
+            .insert(base + 511, Residency::Device(DevicePage { dev: 7, pfn: 3 }))?;
+        s.lpt
+            .insert(base + 512, Residency::Device(DevicePage { dev: 7, pfn: 4 }))?;
+        let mut want = pages(&[(3, 4)]);
+        want.set(511);
+        assert_eq!(BlockPages(s.lpt.on_device(base, CHUNK_PAGES, 7)), want);
+        // The table owns no device memory: take the entries out again.
+        s.lpt.erase_range(base, base + 513, |_| true, |_, _| {});
         Ok(())
     }
 

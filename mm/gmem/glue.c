@@ -33,6 +33,7 @@ EXPORT_SYMBOL_GPL(gm_context_hold);
 EXPORT_SYMBOL_GPL(gm_context_unhold);
 EXPORT_SYMBOL_GPL(gm_dev_fault_range);
 EXPORT_SYMBOL_GPL(gm_hmadvise);
+EXPORT_SYMBOL_GPL(gm_dev_fault_batch);
 
 DEFINE_STATIC_KEY_FALSE(gm_enabled_key);
 
@@ -157,6 +158,47 @@ static ssize_t reserve_high_show(struct kobject *kobj,
 			  gm_node_stats(kobj).reserve_high_pages << PAGE_SHIFT);
 }
 
+/*
+ * Density prefetch (gm_dev_fault_batch()): a device fault brings along the
+ * largest aligned block of 64 KiB up to 2 MiB around it of which more than
+ * this percentage is resident on the device or faulting.  0 turns it off.
+ */
+static ssize_t prefetch_threshold_show(struct kobject *kobj,
+				       struct kobj_attribute *attr, char *buf)
+{
+	struct gm_node *node = container_of(kobj, struct gm_node, kobj);
+
+	return sysfs_emit(buf, "%u\n", gm_dev_prefetch_threshold(node->dev));
+}
+
+static ssize_t prefetch_threshold_store(struct kobject *kobj,
+					struct kobj_attribute *attr,
+					const char *buf, size_t count)
+{
+	struct gm_node *node = container_of(kobj, struct gm_node, kobj);
+	unsigned int percent;
+	int err;
+
+	err = kstrtouint(buf, 0, &percent);
+	if (err)
+		return err;
+	err = gm_dev_set_prefetch_threshold(node->dev, percent);
+	return err ? err : count;
+}
+
+/* Batches of device faults served, and pages density prefetch added. */
+static ssize_t fault_batches_show(struct kobject *kobj,
+				  struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%llu\n", gm_node_stats(kobj).fault_batches);
+}
+
+static ssize_t prefetched_show(struct kobject *kobj,
+			       struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%llu\n", gm_node_stats(kobj).prefetched);
+}
+
 static struct kobj_attribute gm_name_attr = __ATTR_RO(name);
 static struct kobj_attribute gm_free_attr = __ATTR_RO(free);
 static struct kobj_attribute gm_evictions_attr = __ATTR_RO(evictions);
@@ -166,6 +208,10 @@ static struct kobj_attribute gm_size_attr = __ATTR_RO(size);
 static struct kobj_attribute gm_resident_attr = __ATTR_RO(resident);
 static struct kobj_attribute gm_reserve_low_attr = __ATTR_RO(reserve_low);
 static struct kobj_attribute gm_reserve_high_attr = __ATTR_RO(reserve_high);
+static struct kobj_attribute gm_prefetch_threshold_attr =
+	__ATTR_RW(prefetch_threshold);
+static struct kobj_attribute gm_fault_batches_attr = __ATTR_RO(fault_batches);
+static struct kobj_attribute gm_prefetched_attr = __ATTR_RO(prefetched);
 
 static struct attribute *gm_node_attrs[] = {
 	&gm_name_attr.attr,
@@ -177,6 +223,9 @@ static struct attribute *gm_node_attrs[] = {
 	&gm_limit_attr.attr,
 	&gm_reserve_low_attr.attr,
 	&gm_reserve_high_attr.attr,
+	&gm_prefetch_threshold_attr.attr,
+	&gm_fault_batches_attr.attr,
+	&gm_prefetched_attr.attr,
 	NULL,
 };
 ATTRIBUTE_GROUPS(gm_node);

@@ -696,6 +696,26 @@ impl LogicalPageTable {
         );
     }
 
+    /// Which of the `n` (at most 512) pages from `first` on live on device `dev`: bit `i % 64`
+    /// of word `i / 64` for page `first + i`.  A page being moved is on no device.
+    pub(crate) fn on_device(&self, first: usize, n: usize, dev: DeviceId) -> [u64; 8] {
+        let mut bits = [0u64; 8];
+        let n = n.min(512);
+        if n == 0 {
+            return bits;
+        }
+        let guard = self.lock();
+        let mut next = first;
+        while let Some((vpn, m)) = guard.find(next, first + n - 1) {
+            if matches!(m.residency(), Residency::Device(p) if p.dev == dev) {
+                let i = vpn - first;
+                bits[i / 64] |= 1 << (i % 64);
+            }
+            next = vpn + 1;
+        }
+        bits
+    }
+
     /// Calls `f(vpn, page)`, without the lock, for every device-resident page in `start..end`.
     pub(crate) fn for_each_device_page(
         &self,

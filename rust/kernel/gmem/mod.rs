@@ -129,6 +129,36 @@ impl Access {
     pub const WRITE: Self = Self(bindings::GM_ACCESS_READ | bindings::GM_ACCESS_WRITE);
 }
 
+/// A device translation fault, for [`Context::fault_batch`] (`struct gm_fault`).
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub struct Fault(bindings::gm_fault);
+
+impl Fault {
+    /// A fault at `va` (any byte of the page) by an access that needs `access`.
+    pub fn new(va: usize, access: Access) -> Self {
+        Self(bindings::gm_fault {
+            va: va as c_ulong,
+            access: access.0,
+            status: 0,
+        })
+    }
+
+    /// The faulting address.
+    pub fn va(&self) -> usize {
+        self.0.va as usize
+    }
+
+    /// What became of the fault in the last [`Context::fault_batch`] that had it: `Ok` once its
+    /// page is mapped on the device.
+    pub fn status(&self) -> Result {
+        to_result(self.0.status)
+    }
+}
+
+/// Most faults one [`Context::fault_batch`] takes.
+pub const FAULT_BATCH_MAX: usize = bindings::GM_FAULT_BATCH_MAX as usize;
+
 /// Device capabilities (`GM_DEV_CAP_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caps(u32);
@@ -794,9 +824,29 @@ impl<T: GmMmu> Context<T> {
     /// Handles a device fault at `va`: when this returns `Ok`, the page is on the device and
     /// mapped there.  `EFAULT` if `va` is not in a peer-shared mapping with the rights `access`
     /// needs, `ESRCH` once the process is gone, `ENOMEM` when the device is full.
+    /// A batch of one (see [`Context::fault_batch`]).
     pub fn fault(&self, va: usize, access: Access) -> Result {
-        let page = va & !(crate::page::PAGE_SIZE - 1);
-        self.fault_range(page, crate::page::PAGE_SIZE, access)
+        self.fault_batch(&mut [Fault::new(va, access)])
+    }
+
+    /// Handles the device faults `faults` (the contents of a device's fault buffer) at once:
+    /// sorted and merged per page, each 2 MiB block with one migration, widened by density
+    /// prefetch (see `gm_dev_fault_batch()`).  Returns the first error in address order;
+    /// [`Fault::status`] tells each fault's.  `EINVAL` for an empty batch or one of more than
+    /// [`FAULT_BATCH_MAX`], and no status is written then.
+    pub fn fault_batch(&self, faults: &mut [Fault]) -> Result {
+        if faults.len() > FAULT_BATCH_MAX {
+            return Err(EINVAL);
+        }
+        // SAFETY: by the type invariant the context is live and `&self` excludes the detach;
+        // `Fault` is a transparent `struct gm_fault` and `faults` is ours to write for the call.
+        to_result(unsafe {
+            bindings::gm_dev_fault_batch(
+                self.raw.as_ptr(),
+                faults.as_mut_ptr().cast(),
+                faults.len() as c_uint,
+            )
+        })
     }
 
     /// Keeps eviction away from `[start, start + len)` while the returned guard lives: what a
