@@ -16,15 +16,15 @@ use kernel::{
     c_str, current,
     device::Core,
     fs::File,
-    gmem::{self, Access, AddressSpace, Caps},
+    gmem::{self, Access, AddressSpace, Caps, Fault},
     io::Io,
     ioctl::{_IO, _IOR, _IOWR},
     miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
-    new_mutex, new_work,
+    new_condvar, new_mutex, new_work,
     page::PAGE_SIZE,
     pci,
     prelude::*,
-    sync::{Arc, Completion, Mutex},
+    sync::{Arc, Completion, CondVar, Mutex},
     transmute::{AsBytes, FromBytes},
     uaccess::{UserPtr, UserSlice},
     workqueue::{self, impl_has_work, Work, WorkItem},
@@ -38,6 +38,7 @@ const GMEM_NPU_OP_FILL32: u32 = 1;
 const GMEM_NPU_OP_COPY: u32 = 2;
 const GMEM_NPU_OP_ADD32: u32 = 3;
 const GMEM_NPU_OP_SUM32: u32 = 4;
+const GMEM_NPU_JOB_ENGINES_MASK: u32 = 0x7;
 const MAGIC: u32 = b'N' as u32;
 
 /// `struct gmem_npu_info`.
@@ -76,6 +77,8 @@ struct Stats {
     tlb_invalidations: u64,
     resident_pages: u64,
     dram_pages: u64,
+    fault_batches: u64,
+    prefetched_pages: u64,
 }
 
 // SAFETY: plain `repr(C)` integers without padding; every bit pattern is valid.
@@ -196,6 +199,8 @@ impl NpuFile {
             tlb_invalidations: self.npu.mmu.tlb_invalidations.load(Relaxed),
             resident_pages: s.resident_pages,
             dram_pages: s.dram_pages,
+            fault_batches: s.fault_batches,
+            prefetched_pages: s.prefetched,
         }
     }
 
@@ -210,26 +215,55 @@ impl NpuFile {
         Ok(())
     }
 
-    /// Runs `job` on the engine and waits for it.
+    /// Runs `job` on its engines and waits for them.
     fn run(&self, request: &mut Job) -> Result {
         validate(request)?;
         let attached = self.attached.lock().clone().ok_or(EINVAL)?;
         let job = *request;
-        let work = Arc::pin_init(
-            pin_init!(JobWork {
-                work <- new_work!("gmem_npu_sim::job"),
-                done <- Completion::new(),
-                npu: self.npu.clone(),
-                attached <- new_mutex!(Some(attached)),
-                job,
-                result <- new_mutex!(Err(EINVAL)),
-            }),
-            GFP_KERNEL,
-        )?;
-        let _ = workqueue::system().enqueue(work.clone());
-        work.done.wait_for_completion();
-        let result = *work.result.lock();
-        request.value = result?;
+        let len = job.len as usize;
+        let engines = (job.flags & GMEM_NPU_JOB_ENGINES_MASK) as usize + 1;
+        // Each engine takes whole pages of the job's bytes (a multiple of 4 each).
+        let share = len.div_ceil(engines).next_multiple_of(PAGE_SIZE);
+        let parts = len.div_ceil(share);
+        let faults = Arc::pin_init(FaultBuffer::new(parts)?, GFP_KERNEL)?;
+        let mut works = KVec::with_capacity(parts, GFP_KERNEL)?;
+        for e in 0..parts {
+            let (mine, buffer) = (attached.clone(), faults.clone());
+            let work = Arc::pin_init(
+                pin_init!(JobWork {
+                    work <- new_work!("gmem_npu_sim::job"),
+                    done <- Completion::new(),
+                    npu: self.npu.clone(),
+                    attached <- new_mutex!(Some(mine)),
+                    job,
+                    part: (e * share, ((e + 1) * share).min(len)),
+                    faults: buffer,
+                    result <- new_mutex!(Err(EINVAL)),
+                }),
+                GFP_KERNEL,
+            )?;
+            works.push(work, GFP_KERNEL)?;
+        }
+        drop(attached);
+        for work in &works {
+            let _ = workqueue::system().enqueue(work.clone());
+        }
+        let mut value = if job.op == GMEM_NPU_OP_SUM32 {
+            0
+        } else {
+            job.value
+        };
+        let mut result = Ok(());
+        for work in &works {
+            work.done.wait_for_completion();
+            match *work.result.lock() {
+                Ok(part) if job.op == GMEM_NPU_OP_SUM32 => value = value.wrapping_add(part),
+                Ok(_) => {}
+                Err(e) => result = result.and(Err(e)),
+            }
+        }
+        result?;
+        request.value = value;
         Ok(())
     }
 }
@@ -237,7 +271,7 @@ impl NpuFile {
 /// Checks a job before anything moves: `EINVAL` for a bad op, flags, length or alignment, or
 /// operands that wrap around the address space.
 fn validate(job: &Job) -> Result {
-    if job.flags != 0 || job.len == 0 || job.len % 4 != 0 {
+    if job.flags & !GMEM_NPU_JOB_ENGINES_MASK != 0 || job.len == 0 || job.len % 4 != 0 {
         return Err(EINVAL);
     }
     for (addr, _) in operands(job)? {
@@ -264,7 +298,91 @@ fn operands(job: &Job) -> Result<KVec<(u64, bool)>> {
     Ok(v)
 }
 
-/// A job handed to the engine.
+/// The NPU's fault buffer, shared by the engines of one job.
+///
+/// An engine that misses in the TLB records its fault and stalls.  When no engine of the job
+/// is running any more, the last one to stall (or to finish) hands every recorded fault to
+/// GMEM as one batch, the way a GPU driver drains its fault buffer, and the stalled engines
+/// replay.
+#[pin_data]
+struct FaultBuffer {
+    #[pin]
+    inner: Mutex<Faults>,
+    #[pin]
+    replay: CondVar,
+}
+
+struct Faults {
+    /// Faults not served yet: one per stalled engine.
+    pending: KVec<Fault>,
+    /// The last batch served, with each fault's status.
+    served: KVec<Fault>,
+    /// Engines neither stalled nor finished.
+    running: usize,
+    /// Batches served so far.
+    batches: u64,
+}
+
+impl FaultBuffer {
+    /// A buffer for a job of `engines` engines, all running.
+    fn new(engines: usize) -> Result<impl PinInit<Self>> {
+        let faults = Faults {
+            pending: KVec::with_capacity(engines, GFP_KERNEL)?,
+            served: KVec::with_capacity(engines, GFP_KERNEL)?,
+            running: engines,
+            batches: 0,
+        };
+        Ok(pin_init!(FaultBuffer {
+            inner <- new_mutex!(faults, "gmem_npu_sim::faults"),
+            replay <- new_condvar!("gmem_npu_sim::replay"),
+        }))
+    }
+
+    /// Records a fault at `va` and stalls the engine until a batch served it.
+    fn stall(&self, ctx: &gmem::Context<NpuMmu>, va: usize, access: Access) -> Result {
+        let mut g = self.inner.lock();
+        // Cannot fail: one fault per engine, and the buffer has room for all of them.
+        g.pending
+            .push_within_capacity(Fault::new(va, access))
+            .map_err(|_| EINVAL)?;
+        g.running -= 1;
+        let batch = g.batches;
+        if g.running == 0 {
+            Self::serve(ctx, &mut g);
+            self.replay.notify_all();
+        }
+        while g.batches == batch {
+            self.replay.wait(&mut g);
+        }
+        g.served
+            .iter()
+            .find(|f| f.va() == va)
+            .map_or(Err(EINVAL), Fault::status)
+    }
+
+    /// An engine is done: if it was the last one running, serves what the others recorded.
+    fn finish(&self, ctx: &gmem::Context<NpuMmu>) {
+        let mut g = self.inner.lock();
+        g.running -= 1;
+        if g.running == 0 && !g.pending.is_empty() {
+            Self::serve(ctx, &mut g);
+            self.replay.notify_all();
+        }
+    }
+
+    /// Hands the recorded faults to GMEM, with the buffer locked: every engine of the job is
+    /// stalled or finished.  The stalled ones run again.
+    fn serve(ctx: &gmem::Context<NpuMmu>, g: &mut Faults) {
+        core::mem::swap(&mut g.pending, &mut g.served);
+        g.pending.clear();
+        // Each fault's status says how it went.
+        let _ = ctx.fault_batch(&mut g.served);
+        g.running += g.served.len();
+        g.batches += 1;
+    }
+}
+
+/// An engine's share of a job.
 #[pin_data]
 struct JobWork {
     #[pin]
@@ -272,11 +390,14 @@ struct JobWork {
     #[pin]
     done: Completion,
     npu: Arc<Npu>,
-    /// The context the job runs in, until the job is done: dropped before the submitter is
+    /// The context the job runs in, until the engine is done: dropped before the submitter is
     /// woken, so that a close() right after the job detaches the device before it returns.
     #[pin]
     attached: Mutex<Option<Arc<Attached>>>,
     job: Job,
+    /// The engine's bytes of the job: `part.0..part.1` of each operand.
+    part: (usize, usize),
+    faults: Arc<FaultBuffer>,
     #[pin]
     result: Mutex<Result<u64>>,
 }
@@ -290,7 +411,11 @@ impl WorkItem for JobWork {
 
     fn run(this: Arc<JobWork>) {
         let attached = this.attached.lock().take();
-        let result = attached.map_or(Err(EINVAL), |a| execute(&this.npu, &a.ctx, &this.job));
+        let result = attached.map_or(Err(EINVAL), |a| {
+            let result = execute(&this.npu, &a.ctx, &this.job, this.part, &this.faults);
+            this.faults.finish(&a.ctx);
+            result
+        });
         *this.result.lock() = result;
         this.done.complete_all();
     }
@@ -299,17 +424,24 @@ impl WorkItem for JobWork {
 /// Words the engine processes per step: at most a page of each operand.
 const STEP: usize = PAGE_SIZE;
 
-/// The engine: runs `job` through the NPU's MMU.  Returns the job's `value`.
-fn execute(npu: &Npu, ctx: &gmem::Context<NpuMmu>, job: &Job) -> Result<u64> {
-    let len = job.len as usize;
+/// An engine: runs bytes `from..to` of `job` through the NPU's MMU, reporting its faults
+/// through `faults`.  Returns its part of the job's `value`.
+fn execute(
+    npu: &Npu,
+    ctx: &gmem::Context<NpuMmu>,
+    job: &Job,
+    (from, to): (usize, usize),
+    faults: &FaultBuffer,
+) -> Result<u64> {
     let mut holds = KVec::new();
     if !npu.faultable {
         // A device without fault support: everything must be resident before it starts, and
         // stay so (held against eviction) until it ends.
         for (addr, write) in operands(job)? {
+            let addr = addr + from as u64;
             let start = addr as usize & !(PAGE_SIZE - 1);
             // The last page of the address space has no end: it is no user address.
-            let end = (addr as usize + len)
+            let end = (addr as usize + (to - from))
                 .checked_next_multiple_of(PAGE_SIZE)
                 .ok_or(EFAULT)?;
             holds.push(ctx.hold(start, end - start)?, GFP_KERNEL)?;
@@ -322,12 +454,12 @@ fn execute(npu: &Npu, ctx: &gmem::Context<NpuMmu>, job: &Job) -> Result<u64> {
     let (b, c) = rest.split_at_mut(STEP);
     let pmap = ctx.pmap();
     let mut sum = 0u64;
-    let mut done = 0usize;
+    let mut done = from;
     let mut misses = 0;
-    while done < len {
+    while done < to {
         let at = |base: u64| base as usize + done;
         let room = |va: usize| PAGE_SIZE - va % PAGE_SIZE;
-        let mut seg = len - done;
+        let mut seg = to - done;
         for (addr, _) in operands(job)? {
             seg = seg.min(room(at(addr)));
         }
@@ -388,7 +520,7 @@ fn execute(npu: &Npu, ctx: &gmem::Context<NpuMmu>, job: &Job) -> Result<u64> {
                 if !npu.faultable || misses > 64 {
                     return Err(EFAULT);
                 }
-                ctx.fault(va, if write { Access::WRITE } else { Access::READ })?;
+                faults.stall(ctx, va, if write { Access::WRITE } else { Access::READ })?;
             }
         }
     }

@@ -44,10 +44,20 @@ struct gmem_npu_info {
 /* value = the sum of the len / 4 u32 words at src0, as a __u64. */
 #define GMEM_NPU_OP_SUM32	4
 
+/*
+ * Run the job on @n (1 to 8) engines at once, each on an equal share of its
+ * words, as a GPU runs a kernel on many cores.  Engines that miss in the
+ * NPU's TLB at the same time report their faults together: the NPU's fault
+ * buffer is handed to GMEM as one batch once every engine of the job has
+ * stalled or finished, and the engines replay after it.
+ */
+#define GMEM_NPU_JOB_ENGINES_MASK	0x7U
+#define GMEM_NPU_JOB_ENGINES(n)		(((n) - 1) & GMEM_NPU_JOB_ENGINES_MASK)
+
 /**
  * struct gmem_npu_job - one synchronous job (GMEM_NPU_IOC_RUN)
  * @op: GMEM_NPU_OP_*
- * @flags: zero
+ * @flags: GMEM_NPU_JOB_ENGINES(n) or zero (one engine)
  * @dst: destination address (FILL32, COPY, ADD32)
  * @src0: first source address (COPY, ADD32, SUM32)
  * @src1: second source address (ADD32)
@@ -76,6 +86,9 @@ struct gmem_npu_job {
  * @tlb_invalidations: NPU TLB invalidation requests
  * @resident_pages: pages of NPU DRAM in use now
  * @dram_pages: pages of NPU DRAM managed by GMEM
+ * @fault_batches: batches of faults handed to GMEM (a fault buffer's contents)
+ * @prefetched_pages: pages GMEM moved here beyond the faulting ones (density
+ *	prefetch)
  */
 struct gmem_npu_stats {
 	__u64 faults;
@@ -86,6 +99,8 @@ struct gmem_npu_stats {
 	__u64 tlb_invalidations;
 	__u64 resident_pages;
 	__u64 dram_pages;
+	__u64 fault_batches;
+	__u64 prefetched_pages;
 };
 
 #define GMEM_NPU_IOC_MAGIC	'N'
@@ -96,7 +111,7 @@ struct gmem_npu_stats {
  *	EBUSY if this file is already attached.
  * RUN: run a job to completion.  EINVAL before ATTACH, for a bad op, a zero
  *	or unaligned length, an unaligned address, an operand that wraps past
- *	the end of the address space or non-zero flags; EFAULT
+ *	the end of the address space or unknown flags; EFAULT
  *	when the job touches an address outside the attached process's
  *	MAP_PEER_SHARED mappings (the job stops there).
  * STATS: read the counters.
