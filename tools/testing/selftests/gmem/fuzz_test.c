@@ -884,7 +884,7 @@ static void do_ioctl(void)
 	/* The job, always built (a RUN reads it wherever arg points). */
 	memset(job, 0, sizeof(*job));
 	job->op = rnd(8) ? 1 + rnd(4) : bad_ops[rnd(ARRAY_SIZE(bad_ops))];
-	job->flags = rnd(20) ? 0 : 1U << rnd(32);
+	job->flags = rnd(20) ? GMEM_NPU_JOB_ENGINES(1 + rnd(8)) : 1U << rnd(32);
 	job->len = rnd(3) ? (1 + rnd(2 * PAGE / 4)) * 4 : lens[rnd(ARRAY_SIZE(lens))];
 	job->dst = job_addr(1, &dcls);
 	job->src0 = job_addr(0, &scls0);
@@ -955,7 +955,8 @@ static void do_ioctl(void)
 		exact = 1;
 	} else {
 		int foreign = fd == F.foreign_fd || s->foreign;
-		int refused = job->flags || !job->len || job->len % 4;
+		int refused = job->flags & ~GMEM_NPU_JOB_ENGINES_MASK ||
+			      !job->len || job->len % 4;
 		int n = 0;
 		unsigned long ops[3];
 		int cls[3];

@@ -170,6 +170,7 @@ FIXTURE(npu)
 	int fd[2];		/* /dev/gmem_npu0, /dev/gmem_npu1 (-1: none) */
 	struct gmem_npu_info info[2];
 	struct gmem_npu_stats start[2];	/* when the test started */
+	long long threshold[2];	/* prefetch_threshold, restored at the end */
 	int faultable;
 };
 
@@ -180,6 +181,8 @@ FIXTURE_SETUP(npu)
 	self->npages = NPAGES;
 	self->fd[0] = -1;
 	self->fd[1] = -1;
+	self->threshold[0] = -1;
+	self->threshold[1] = -1;
 	if (access(npu_dev_path[0], F_OK))
 		SKIP(return, "no %s (gmem_npu_sim not loaded, or no ivshmem device)",
 		     npu_dev_path[0]);
@@ -193,15 +196,29 @@ FIXTURE_SETUP(npu)
 		ASSERT_EQ(0, gm_limit_reset(self->info[i].hnid,
 					    self->info[i].dram_size));
 		ASSERT_EQ(0, npu_stats(self->fd[i], &self->start[i]));
+		/*
+		 * The tests count pages moved one by one, and their buffers
+		 * are often one VMA: density prefetch, which would take pages
+		 * of a neighbour along, is off but where a test turns it on.
+		 */
+		self->threshold[i] = gm_node_read(self->info[i].hnid,
+						  "prefetch_threshold");
+		ASSERT_LE(0, self->threshold[i]);
+		ASSERT_EQ(0, gm_node_write(self->info[i].hnid,
+					   "prefetch_threshold", 0));
 	}
 	self->faultable = !!(self->info[0].flags & GMEM_NPU_INFO_FAULTABLE);
 }
 
 FIXTURE_TEARDOWN(npu)
 {
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < 2; i++) {
+		if (self->threshold[i] >= 0)
+			gm_node_write(self->info[i].hnid, "prefetch_threshold",
+				      self->threshold[i]);
 		if (self->fd[i] >= 0)
 			close(self->fd[i]);
+	}
 }
 
 /* Both NPUs' resident pages are back where they were at @start. */
@@ -967,6 +984,186 @@ TEST_F(npu, faults_counted)
 	expect_resident(_metadata, self->fd, self->start);
 }
 
+#define BLOCK	(2UL * 1024 * 1024)	/* what one batch moves at most */
+
+/* A peer-shared mapping of @len bytes that starts at a 2 MiB boundary. */
+static char *mmap_block_aligned(size_t len)
+{
+	char *p = mmap(NULL, len + BLOCK, PROT_NONE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	char *a;
+
+	if (p == MAP_FAILED)
+		return MAP_FAILED;
+	a = (char *)(((unsigned long)p + BLOCK - 1) & ~(BLOCK - 1));
+	if (a > p)
+		munmap(p, a - p);
+	munmap(a + len, p + len + BLOCK - (a + len));
+	return mmap_peer_shared(a, len, MAP_FIXED);
+}
+
+/*
+ * Four engines fill untouched memory with prefetch off: each stalls once on
+ * each of its pages, and the NPU hands GMEM one batch whenever all four are
+ * stalled, so every batch holds four faults (on two 2 MiB blocks).  SUM32 on
+ * four engines adds up their parts.
+ */
+TEST_F(npu, batched_faults_of_several_engines)
+{
+	size_t len = 4UL * 1024 * 1024;
+	long long pages = len / self->page;
+	struct gmem_npu_stats s, e;
+	__u64 sum;
+	void *p;
+
+	if (!self->faultable)
+		SKIP(return, "a prefaulting NPU raises no faults");
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, npu_fill_on(self->fd[0], p, len, 7, 4));
+	ASSERT_EQ(0, npu_stats(self->fd[0], &e));
+	ASSERT_EQ(pages, (long long)(e.faults - s.faults));
+	ASSERT_EQ(pages / 4, (long long)(e.fault_batches - s.fault_batches));
+	ASSERT_EQ(0, e.prefetched_pages - s.prefetched_pages);
+
+	/* On the NPU already: no fault, and the engines' sums add up. */
+	ASSERT_EQ(0, npu_sum_on(self->fd[0], p, len, &sum, 4));
+	ASSERT_EQ(7ULL * (len / 4), sum);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(e.faults, s.faults);
+	ASSERT_EQ(-1, check_words(p, len, 0, 7));
+
+	/* A job shorter than its engines' pages runs on fewer engines. */
+	ASSERT_EQ(0, npu_fill_on(self->fd[0], p, 3 * self->page, 9, 8));
+	ASSERT_EQ(9, ((__u32 *)p)[3 * self->page / 4 - 1]);
+	ASSERT_EQ(7, ((__u32 *)p)[3 * self->page / 4]);
+	ASSERT_EQ(0, munmap(p, len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/*
+ * Density prefetch: a fault brings along the largest aligned block around
+ * it that is more than half resident or faulting, so a sequential fill of
+ * untouched memory faults on few pages (22 per 2 MiB with the default 51%:
+ * 0-8, 16, 32, 64-65, 128-130, 256-261) and GMEM moves the others with
+ * them.  With
+ * the threshold at 0 every page faults.
+ */
+TEST_F(npu, density_prefetch_widens_faults)
+{
+	size_t len = 2 * BLOCK;
+	long long pages = len / self->page;
+	struct gmem_npu_stats s, e;
+	char *p, *q;
+
+	if (!self->faultable)
+		SKIP(return, "a prefaulting NPU raises no faults");
+	ASSERT_EQ(0, gm_node_write(self->info[0].hnid, "prefetch_threshold", 51));
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_block_aligned(len);
+	ASSERT_NE(MAP_FAILED, p);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, npu_fill(self->fd[0], p, len, 3));
+	ASSERT_EQ(0, npu_stats(self->fd[0], &e));
+	ASSERT_EQ(44, (long long)(e.faults - s.faults));
+	ASSERT_EQ(pages - 44, (long long)(e.prefetched_pages - s.prefetched_pages));
+	ASSERT_EQ(pages, (long long)(e.zero_fills - s.zero_fills));
+	ASSERT_EQ(-1, check_words(p, len, 0, 3));
+
+	ASSERT_EQ(0, gm_node_write(self->info[0].hnid, "prefetch_threshold", 0));
+	q = mmap_block_aligned(len);
+	ASSERT_NE(MAP_FAILED, q);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, npu_fill(self->fd[0], q, len, 4));
+	ASSERT_EQ(0, npu_stats(self->fd[0], &e));
+	ASSERT_EQ(pages, (long long)(e.faults - s.faults));
+	ASSERT_EQ(0, e.prefetched_pages - s.prefetched_pages);
+	ASSERT_EQ(-1, check_words(q, len, 0, 4));
+	ASSERT_EQ(-1, check_words(p, len, 0, 3));
+	ASSERT_EQ(0, munmap(p, len));
+	ASSERT_EQ(0, munmap(q, len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/* Bad thresholds are refused and leave the old one. */
+TEST_F(npu, prefetch_threshold_einval)
+{
+	unsigned int hnid = self->info[0].hnid;
+
+	ASSERT_EQ(0, gm_node_write(hnid, "prefetch_threshold", 100));
+	ASSERT_EQ(100, gm_node_read(hnid, "prefetch_threshold"));
+	ASSERT_NE(0, gm_node_write(hnid, "prefetch_threshold", 101));
+	ASSERT_EQ(EINVAL, errno);
+	ASSERT_EQ(100, gm_node_read(hnid, "prefetch_threshold"));
+}
+
+/*
+ * Prefetch stays in the faulting page's VMA: the first 300 pages of a 2 MiB
+ * block are one VMA, the rest (read-only) another.  At page 261 the whole
+ * block is more than 51% populated; only the rest of the first VMA comes.
+ */
+TEST_F(npu, prefetch_stops_at_the_vma)
+{
+	size_t first = 300 * self->page;
+	struct npu_delta d;
+	struct gmem_npu_stats s;
+	char *p;
+
+	if (!self->faultable)
+		SKIP(return, "a prefaulting NPU raises no faults");
+	ASSERT_EQ(0, gm_node_write(self->info[0].hnid, "prefetch_threshold", 51));
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_block_aligned(BLOCK);
+	ASSERT_NE(MAP_FAILED, p);
+	ASSERT_EQ(0, mprotect(p + first, BLOCK - first, PROT_READ));
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	ASSERT_EQ(0, npu_fill(self->fd[0], p, first, 5));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(300, d.resident);
+	ASSERT_EQ(-1, check_words(p, first, 0, 5));
+	ASSERT_EQ(-1, check_words(p + first, BLOCK - first, 0, 0));
+	ASSERT_EQ(0, munmap(p, BLOCK));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/*
+ * Prefetch never evicts: with room for 400 pages (16 of them the free
+ * reserve), a fill of 300 pages of a 2 MiB block would bring the whole block
+ * at page 261; it brings only what fits, and nothing is evicted.
+ */
+TEST_F(npu, prefetch_stops_at_free_memory)
+{
+	size_t len = 300 * self->page;
+	struct gmem_npu_stats s, e;
+	unsigned long long limit;
+	char *p;
+	int ret;
+
+	if (!self->faultable)
+		SKIP(return, "a prefaulting NPU raises no faults");
+	ASSERT_EQ(0, gm_node_write(self->info[0].hnid, "prefetch_threshold", 51));
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_block_aligned(BLOCK);
+	ASSERT_NE(MAP_FAILED, p);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	limit = (s.resident_pages + 400) * self->page;
+	ASSERT_EQ(0, gm_node_write(self->info[0].hnid, "limit", limit));
+	ret = npu_fill(self->fd[0], p, len, 6);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &e));
+	ASSERT_EQ(0, gm_node_write(self->info[0].hnid, "limit",
+				   self->info[0].dram_size));
+	ASSERT_EQ(0, ret);
+	ASSERT_EQ(0, e.evictions - s.evictions);
+	ASSERT_LE(300, (long long)(e.resident_pages - s.resident_pages));
+	ASSERT_GE(400 - 16, (long long)(e.resident_pages - s.resident_pages));
+	ASSERT_LT(0, e.prefetched_pages - s.prefetched_pages);
+	ASSERT_EQ(-1, check_words(p, len, 0, 6));
+	ASSERT_EQ(0, munmap(p, BLOCK));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
 /* RUN on a file that is not attached. */
 TEST_F(npu, run_before_attach)
 {
@@ -1046,7 +1243,7 @@ static const struct bad_job {
 	{ .op = GMEM_NPU_OP_SUM32 + 1, .len = 4 },
 	{ .op = 0xffffffff, .len = 4 },
 	/* flags */
-	{ .op = GMEM_NPU_OP_SUM32, .flags = 1, .len = 4 },
+	{ .op = GMEM_NPU_OP_SUM32, .flags = GMEM_NPU_JOB_ENGINES_MASK + 1, .len = 4 },
 	{ .op = GMEM_NPU_OP_FILL32, .flags = 0x80000000, .len = 4 },
 };
 
@@ -1922,7 +2119,10 @@ static void *storm_thread(void *arg)
  * back to retry: each window of the address space has an MMU notifier of
  * its own, and the storm is in another window than the buffer the NPU
  * moves.  (With one notifier over the whole process, every munmap made
- * every device fault in flight start over, with no bound.)
+ * every device fault in flight start over, with no bound.)  The buffer has
+ * its window to itself (the rest of it reserved, inaccessible): any other
+ * mapping there, a thread's stack say, would share its notifier, and NUMA
+ * balancing's scans of it would count as retries.
  */
 TEST_F_TIMEOUT(npu, unrelated_munmaps_retry_no_device_fault, 300)
 {
@@ -1936,16 +2136,14 @@ TEST_F_TIMEOUT(npu, unrelated_munmaps_retry_no_device_fault, 300)
 	before = gmem_stat("fault_retries");
 	ASSERT_LE(0, before) TH_LOG("no " GMEM_DEBUGFS "fault_retries");
 	ASSERT_EQ(0, npu_attach(self->fd[0]));
-	p = mmap_peer_shared(NULL, self->len, 0);
-	ASSERT_NE(MAP_FAILED, p);
-	fill_words(p, self->len, 11, 4);
-	/* The storm's place: a window of a reserved range that is not the buffer's. */
+	/* Two windows of a reserved range: the buffer's, then the storm's. */
 	reserve = mmap(NULL, 3 * window, PROT_NONE,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	ASSERT_NE(MAP_FAILED, reserve);
-	st.at = (char *)(((unsigned long)reserve + window - 1) & ~(window - 1));
-	if ((unsigned long)st.at / window == (unsigned long)p / window)
-		st.at += window;
+	p = (char *)(((unsigned long)reserve + window - 1) & ~(window - 1));
+	ASSERT_EQ(p, mmap_peer_shared(p, self->len, MAP_FIXED));
+	fill_words(p, self->len, 11, 4);
+	st.at = p + window;
 	ASSERT_EQ(0, pthread_create(&thread, NULL, storm_thread, &st));
 	/*
 	 * At least 20 round trips, and on until the storm made 500 munmaps
@@ -1971,7 +2169,6 @@ TEST_F_TIMEOUT(npu, unrelated_munmaps_retry_no_device_fault, 300)
 	ASSERT_EQ(before, after);
 	ASSERT_EQ(-1, check_words(p, self->len, 11, 4));
 	ASSERT_EQ(0, munmap(reserve, 3 * window));
-	ASSERT_EQ(0, munmap(p, self->len));
 	expect_resident(_metadata, self->fd, self->start);
 }
 

@@ -36,11 +36,14 @@ static inline int npu_run(int fd, struct gmem_npu_job *job)
 	return ioctl(fd, GMEM_NPU_IOC_RUN, job) ? errno : 0;
 }
 
-static inline int npu_do(int fd, __u32 op, const void *dst, const void *src0,
-			 const void *src1, size_t len, __u64 *value)
+/* One job on @engines engines at once; *@value in and out, if not NULL. */
+static inline int npu_do_on(int fd, __u32 op, const void *dst, const void *src0,
+			    const void *src1, size_t len, __u64 *value,
+			    unsigned int engines)
 {
 	struct gmem_npu_job job = {
 		.op = op,
+		.flags = GMEM_NPU_JOB_ENGINES(engines),
 		.dst = (unsigned long)dst,
 		.src0 = (unsigned long)src0,
 		.src1 = (unsigned long)src1,
@@ -52,6 +55,12 @@ static inline int npu_do(int fd, __u32 op, const void *dst, const void *src0,
 	if (!ret && value)
 		*value = job.value;
 	return ret;
+}
+
+static inline int npu_do(int fd, __u32 op, const void *dst, const void *src0,
+			 const void *src1, size_t len, __u64 *value)
+{
+	return npu_do_on(fd, op, dst, src0, src1, len, value, 1);
 }
 
 static inline int npu_fill(int fd, void *dst, size_t len, __u32 value)
@@ -77,6 +86,25 @@ static inline int npu_sum(int fd, const void *src, size_t len, __u64 *sum)
 {
 	*sum = 0xdeadbeefdeadbeefULL;
 	return npu_do(fd, GMEM_NPU_OP_SUM32, NULL, src, NULL, len, sum);
+}
+
+/* FILL32 of @len bytes at @dst with @value on @engines engines at once. */
+static inline int npu_fill_on(int fd, void *dst, size_t len, __u32 value,
+			      unsigned int engines)
+{
+	__u64 v = value;
+
+	return npu_do_on(fd, GMEM_NPU_OP_FILL32, dst, NULL, NULL, len, &v,
+			 engines);
+}
+
+/* SUM32 of @len bytes at @src on @engines engines at once. */
+static inline int npu_sum_on(int fd, const void *src, size_t len, __u64 *sum,
+			     unsigned int engines)
+{
+	*sum = 0xdeadbeefdeadbeefULL;
+	return npu_do_on(fd, GMEM_NPU_OP_SUM32, NULL, src, NULL, len, sum,
+			 engines);
 }
 
 static inline int npu_attach(int fd)

@@ -796,7 +796,8 @@ static void *racer(void *arg)
 		if (first >= SIDE_PAGES && first + n > 2 * SIDE_PAGES)
 			n = 2 * SIDE_PAGES - first;
 		if (rnd_below(&r, 2)) {
-			ret = npu_sum(S.fd[rnd_below(&r, S.nnpu)], p, n * PAGE, &sum);
+			ret = npu_sum_on(S.fd[rnd_below(&r, S.nnpu)], p, n * PAGE,
+					 &sum, 1 + rnd_below(&r, 4));
 			if (ret && ret != EFAULT) {
 				fail("%s: SUM32 on a neighbour: %s", __func__,
 				     strerror(ret));
@@ -891,11 +892,12 @@ static int worker_child(uint64_t r)
 		int a = rnd_below(&r, S.nnpu), b = rnd_below(&r, S.nnpu);
 		uint32_t v = rnd_next(&r);
 
-		if (npu_fill(fd[a], p, len, v))
+		if (npu_fill_on(fd[a], p, len, v, 1 + rnd_below(&r, 8)))
 			return 22;
 		if (hmadvise(S.hnid[b], (unsigned long)p, len, MADV_PREFETCH))
 			return 23;
-		if (npu_sum(fd[b], p, len, &sum) || sum != (__u64)v * (len / 4))
+		if (npu_sum_on(fd[b], p, len, &sum, 1 + rnd_below(&r, 8)) ||
+		    sum != (__u64)v * (len / 4))
 			return 24;
 		if (rnd_below(&r, 2) &&
 		    hmadvise(0, (unsigned long)p, len, MADV_PREFETCH))
