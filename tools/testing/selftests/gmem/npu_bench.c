@@ -14,8 +14,11 @@
  *	back to host node 0 (d2h), one call per CHUNK_KIB.
  *   npu_bench fault zero|migrate SIZE_MIB [ITERATIONS]
  *	An NPU SUM32 job over pages that were never touched (zero-fill
- *	device faults) or that the CPU wrote (migrate-in device faults), and
- *	the same job again once the pages are on the NPU (no fault).
+ *	device faults) or that the CPU wrote (migrate-in device faults), with
+ *	density prefetch at 51% (us_per_page; faults: how many pages faulted)
+ *	and off (us_per_page_noprefetch), and the CPU writing each page of
+ *	fresh anonymous memory without THP (anon_us_per_page).  The NPU's
+ *	prefetch_threshold is restored at the end.
  *   npu_bench cpufault SIZE_MIB [ITERATIONS]
  *	The CPU writing each page of a buffer resident on the NPU (a fault
  *	that brings the page home), and the CPU writing each page of fresh
@@ -334,50 +337,96 @@ static int bench_prefetch(size_t len, size_t chunk, int iterations)
 	return 0;
 }
 
-static int bench_fault(int migrate, size_t len, int iterations)
+/* The NPU's prefetch_threshold before bench_fault() changed it, put back at exit. */
+static char threshold_path[96];
+static unsigned long long threshold_saved;
+
+static void restore_threshold(void)
 {
-	double tf[MAX_ITERATIONS], tr[MAX_ITERATIONS];
+	if (write_ull(threshold_path, threshold_saved))
+		fprintf(stderr, "npu_bench: cannot restore %s\n", threshold_path);
+}
+
+/*
+ * One SUM32 job over fresh pages (zero-fill faults, or migrate-in faults of
+ * CPU-written pages) with the NPU's prefetch threshold at @threshold; checks
+ * that every page came exactly once, faulting or prefetched.  Returns the
+ * job's duration and the pages that faulted in *@faults.
+ */
+static double fault_job(struct npu *npu, int migrate, size_t len,
+			unsigned long long threshold, long long *faults)
+{
 	long long npages = len / page_size;
 	struct gmem_npu_stats s0, s1;
-	__u64 sum, want;
+	__u64 sum, want = migrate ? sum_words(len, 0x4321) : 0;
+	char *p = map_anon(len, MAP_PEER_SHARED);
+	double t;
+
+	if (write_ull(threshold_path, threshold))
+		die(threshold_path);
+	if (migrate)
+		fill_words(p, len, 0x4321);
+	npu_stats(npu, &s0);
+	t = npu_sum(npu, p, len, &sum);
+	npu_stats(npu, &s1);
+	expect("job result", sum, want);
+	*faults = s1.faults - s0.faults;
+	expect("pages that faulted or came along",
+	       *faults + s1.prefetched_pages - s0.prefetched_pages, npages);
+	if (!threshold)
+		expect("device faults without prefetch", *faults, npages);
+	expect(migrate ? "pages migrated in" : "pages zero-filled",
+	       migrate ? s1.migrations_to_dev - s0.migrations_to_dev :
+			 s1.zero_fills - s0.zero_fills, npages);
+	/* The same job on the same pages, now on the NPU. */
+	npu_sum(npu, p, len, &sum);
+	npu_stats(npu, &s0);
+	expect("job result", sum, want);
+	expect("device faults", s0.faults - s1.faults, 0);
+	munmap(p, len);
+	return t;
+}
+
+/* The CPU writes one byte of each page of [p, p + len). */
+static double cpu_touch(char *p, size_t len, char value);
+
+static int bench_fault(int migrate, size_t len, int iterations)
+{
+	double ton[MAX_ITERATIONS], toff[MAX_ITERATIONS], ta[MAX_ITERATIONS];
+	double fon[MAX_ITERATIONS];
+	long long npages = len / page_size, faults;
 	struct npu npu;
-	double fault_s, resident_s;
 
 	npu_open(&npu);
 	if (!(npu.info.flags & GMEM_NPU_INFO_FAULTABLE)) {
 		fprintf(stderr, "npu_bench: the NPU does not fault\n");
 		return 1;
 	}
-	want = migrate ? sum_words(len, 0x4321) : 0;
+	snprintf(threshold_path, sizeof(threshold_path),
+		 "/sys/kernel/mm/gmem/node%u/prefetch_threshold", npu.info.hnid);
+	if (read_ull(threshold_path, &threshold_saved))
+		die(threshold_path);
+	atexit(restore_threshold);
 	for (int it = -1; it < iterations; it++) {
-		char *p = map_anon(len, MAP_PEER_SHARED);
 		int i = it < 0 ? 0 : it;
+		char *q;
 
-		if (migrate)
-			fill_words(p, len, 0x4321);
-		npu_stats(&npu, &s0);
-		tf[i] = npu_sum(&npu, p, len, &sum);
-		npu_stats(&npu, &s1);
-		expect("job result", sum, want);
-		expect("device faults", s1.faults - s0.faults, npages);
-		expect(migrate ? "pages migrated in" : "pages zero-filled",
-		       migrate ? s1.migrations_to_dev - s0.migrations_to_dev :
-				 s1.zero_fills - s0.zero_fills, npages);
-		/* The same job on the same pages, now on the NPU. */
-		tr[i] = npu_sum(&npu, p, len, &sum);
-		npu_stats(&npu, &s0);
-		expect("job result", sum, want);
-		expect("device faults", s0.faults - s1.faults, 0);
-		munmap(p, len);
+		ton[i] = fault_job(&npu, migrate, len, 51, &faults);
+		fon[i] = faults;
+		toff[i] = fault_job(&npu, migrate, len, 0, &faults);
+		/* A fresh anonymous 4 KiB fault per page, for comparison. */
+		q = map_anon(len, 0);
+		if (madvise(q, len, MADV_NOHUGEPAGE))
+			die("madvise(MADV_NOHUGEPAGE)");
+		ta[i] = cpu_touch(q, len, 1);
+		munmap(q, len);
 	}
-	fault_s = median(tf, iterations);
-	resident_s = median(tr, iterations);
 	printf("npu_bench fault kind=%s size_mib=%zu iterations=%d pages=%lld",
 	       migrate ? "migrate" : "zero", len >> 20, iterations, npages);
-	printf(" us_per_page=%.3f faults_per_sec=%.0f",
-	       fault_s * 1e6 / npages, npages / fault_s);
-	printf(" resident_us_per_page=%.3f net_us_per_fault=%.3f\n",
-	       resident_s * 1e6 / npages, (fault_s - resident_s) * 1e6 / npages);
+	printf(" us_per_page=%.3f faults=%.0f us_per_page_noprefetch=%.3f",
+	       median(ton, iterations) * 1e6 / npages, median(fon, iterations),
+	       median(toff, iterations) * 1e6 / npages);
+	printf(" anon_us_per_page=%.3f\n", median(ta, iterations) * 1e6 / npages);
 	return 0;
 }
 
