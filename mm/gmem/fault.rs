@@ -280,14 +280,34 @@ impl BlockPages {
         self.0[i / 64] & (1 << (i % 64)) != 0
     }
 
+    /// The bits of word `w` for pages `from..to`.
+    fn mask(w: usize, from: usize, to: usize) -> u64 {
+        let lo = from.clamp(w * 64, w * 64 + 64) - w * 64;
+        let hi = to.clamp(w * 64, w * 64 + 64) - w * 64;
+        match hi - lo {
+            0 => 0,
+            64 => u64::MAX,
+            n => ((1u64 << n) - 1) << lo,
+        }
+    }
+
+    /// The words that hold pages `from..to`.
+    fn words(from: usize, to: usize) -> core::ops::Range<usize> {
+        from / 64..to.div_ceil(64)
+    }
+
     /// Adds pages `from..to`.
     fn set_range(&mut self, from: usize, to: usize) {
-        (from..to).for_each(|i| self.set(i));
+        for w in Self::words(from, to) {
+            self.0[w] |= Self::mask(w, from, to);
+        }
     }
 
     /// How many of pages `from..to` are in the set.
     fn count_range(&self, from: usize, to: usize) -> usize {
-        (from..to).filter(|&i| self.has(i)).count()
+        Self::words(from, to)
+            .map(|w| (self.0[w] & Self::mask(w, from, to)).count_ones() as usize)
+            .sum()
     }
 
     /// How many pages are in the set.
@@ -307,7 +327,16 @@ impl BlockPages {
 
     /// The pages of the set, in order.
     fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..CHUNK_PAGES).filter(|&i| self.has(i))
+        self.0.iter().enumerate().flat_map(|(w, &bits)| {
+            let mut left = bits;
+            core::iter::from_fn(move || {
+                let bit = left.trailing_zeros() as usize;
+                (left != 0).then(|| {
+                    left &= left - 1;
+                    w * 64 + bit
+                })
+            })
+        })
     }
 
     /// The runs of consecutive pages of the set, in order: (first page, length).
@@ -872,6 +901,21 @@ mod tests {
         assert_eq!(runs.next(), Some((511, 1)));
         assert_eq!(runs.next(), None);
         assert_eq!(b.count(), 5);
+    }
+
+    #[test]
+    fn block_pages_ranges_across_words() {
+        let b = pages(&[(60, 130), (511, 512)]);
+        assert_eq!(b.count(), 71);
+        assert_eq!(b.count_range(0, 64), 4);
+        assert_eq!(b.count_range(64, 128), 64);
+        assert_eq!(b.count_range(100, 512), 31);
+        assert_eq!(b.count_range(0, 0), 0);
+        assert!(b.has(129) && !b.has(130) && !b.has(59));
+        let mut it = b.iter();
+        assert_eq!(it.next(), Some(60));
+        assert_eq!(it.nth(69), Some(511));
+        assert_eq!(it.next(), None);
     }
 
     #[test]
