@@ -35,6 +35,16 @@ const PTE_ADDR: u64 = ((1 << 52) - 1) & !0xfff;
 const VA_BITS: u32 = 48;
 const TLB_ENTRIES: usize = 64;
 
+/// Splits `len` bytes at I/O address `io` into the bytes before the first 8-byte boundary, the
+/// 64-bit words after it and the bytes after the last word: how DRAM is accessed, 64 bits at a
+/// time (`memcpy_fromio()`, `memcpy_toio()` and `memset_io()` take 32 or 8 at a time on x86,
+/// which costs a multiple under QEMU).
+fn split_words(io: *mut u8, len: usize) -> (usize, usize, usize) {
+    let head = io.align_offset(8).min(len);
+    let words = (len - head) / 8;
+    (head, words, len - head - 8 * words)
+}
+
 /// Index of `va` in the table of `level` (3 = root).
 fn pt_index(va: usize, level: usize) -> usize {
     (va >> (12 + 9 * level)) & (ENTRIES - 1)
@@ -158,9 +168,20 @@ impl NpuMmu {
     /// Reads `buf.len()` bytes of DRAM at `pa`.
     pub(crate) fn read(&self, pa: u64, buf: &mut [u8]) -> Result {
         self.with_dram(|base| {
-            let io = Self::io(base, self.dram_size, pa, buf.len())?;
-            // SAFETY: `io` is within the mapped BAR (checked above) and `buf` is writable.
-            unsafe { bindings::memcpy_fromio(buf.as_mut_ptr().cast(), io, buf.len()) };
+            let io = Self::io(base, self.dram_size, pa, buf.len())?.cast::<u8>();
+            let (head, words, tail) = split_words(io, buf.len());
+            // SAFETY: `io` is within the mapped BAR (checked above) for `buf.len()` bytes, and
+            // `buf` is writable: the head and tail bytes are copied with `memcpy_fromio()`, the
+            // aligned words between them one 64-bit access each.
+            unsafe {
+                bindings::memcpy_fromio(buf.as_mut_ptr().cast(), io.cast(), head);
+                let src = io.add(head).cast::<u64>();
+                for (i, w) in buf[head..head + 8 * words].chunks_exact_mut(8).enumerate() {
+                    w.copy_from_slice(&src.add(i).read_volatile().to_ne_bytes());
+                }
+                let at = head + 8 * words;
+                bindings::memcpy_fromio(buf[at..].as_mut_ptr().cast(), io.add(at).cast(), tail);
+            }
             Ok(())
         })
     }
@@ -168,18 +189,37 @@ impl NpuMmu {
     /// Writes `buf` to DRAM at `pa`.
     pub(crate) fn write(&self, pa: u64, buf: &[u8]) -> Result {
         self.with_dram(|base| {
-            let io = Self::io(base, self.dram_size, pa, buf.len())?;
-            // SAFETY: `io` is within the mapped BAR (checked above) and `buf` is readable.
-            unsafe { bindings::memcpy_toio(io, buf.as_ptr().cast(), buf.len()) };
+            let io = Self::io(base, self.dram_size, pa, buf.len())?.cast::<u8>();
+            let (head, words, tail) = split_words(io, buf.len());
+            // SAFETY: as in `read`, with `buf` readable.
+            unsafe {
+                bindings::memcpy_toio(io.cast(), buf.as_ptr().cast(), head);
+                let dst = io.add(head).cast::<u64>();
+                for (i, w) in buf[head..head + 8 * words].chunks_exact(8).enumerate() {
+                    let word = u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+                    dst.add(i).write_volatile(word);
+                }
+                let at = head + 8 * words;
+                bindings::memcpy_toio(io.add(at).cast(), buf[at..].as_ptr().cast(), tail);
+            }
             Ok(())
         })
     }
 
+    /// Zeroes `len` bytes of DRAM at `pa`, 64 bits at a time where aligned.
     fn zero(&self, pa: u64, len: usize) -> Result {
         self.with_dram(|base| {
-            let io = Self::io(base, self.dram_size, pa, len)?;
-            // SAFETY: `io` is within the mapped BAR (checked above).
-            unsafe { bindings::memset_io(io, 0, len) };
+            let io = Self::io(base, self.dram_size, pa, len)?.cast::<u8>();
+            let (head, words, tail) = split_words(io, len);
+            // SAFETY: `io` is within the mapped BAR (checked above) for `len` bytes.
+            unsafe {
+                bindings::memset_io(io.cast(), 0, head);
+                let dst = io.add(head).cast::<u64>();
+                for i in 0..words {
+                    dst.add(i).write_volatile(0);
+                }
+                bindings::memset_io(io.add(head + 8 * words).cast(), 0, tail);
+            }
             Ok(())
         })
     }
