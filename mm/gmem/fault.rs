@@ -411,20 +411,10 @@ fn access_ok(access: c_uint) -> bool {
     access != 0 && access & !known == 0
 }
 
-/// Serves a batch of device faults of the context `ctx` in address space `this` (of `mm`):
-/// see `gm_dev_fault_batch()`.  Writes each fault's status and returns the first error, in
-/// address order.  `faults` holds 1 to `GM_FAULT_BATCH_MAX` faults.
-pub(crate) fn dev_fault_batch(
-    this: &AddressSpace,
-    mm: &MmWithUser,
-    ctx: &dyn DeviceOps,
-    faults: &mut [bindings::gm_fault],
-) -> Result {
-    // The pages, sorted, once each.
-    let Ok(mut wanted) = KVec::<Wanted>::with_capacity(faults.len(), GFP_KERNEL) else {
-        faults.iter_mut().for_each(|f| f.status = ENOMEM.to_errno());
-        return Err(ENOMEM);
-    };
+/// The pages `faults` ask for, sorted, once each with what all faults on it need; faults with
+/// bad `access` bits are left out.
+fn wanted_pages(faults: &[bindings::gm_fault]) -> Result<KVec<Wanted>> {
+    let mut wanted = KVec::<Wanted>::with_capacity(faults.len(), GFP_KERNEL)?;
     for f in faults.iter().filter(|f| access_ok(f.access)) {
         let page = Wanted {
             vpn: f.va as usize / PAGE_SIZE,
@@ -445,6 +435,22 @@ pub(crate) fn dev_fault_batch(
         }
     }
     wanted.truncate(kept);
+    Ok(wanted)
+}
+
+/// Serves a batch of device faults of the context `ctx` in address space `this` (of `mm`):
+/// see `gm_dev_fault_batch()`.  Writes each fault's status and returns the first error, in
+/// address order.  `faults` holds 1 to `GM_FAULT_BATCH_MAX` faults.
+pub(crate) fn dev_fault_batch(
+    this: &AddressSpace,
+    mm: &MmWithUser,
+    ctx: &dyn DeviceOps,
+    faults: &mut [bindings::gm_fault],
+) -> Result {
+    let Ok(mut wanted) = wanted_pages(faults) else {
+        faults.iter_mut().for_each(|f| f.status = ENOMEM.to_errno());
+        return Err(ENOMEM);
+    };
 
     // Every block's window has its notifier before any page of it is mapped on the device.
     for w in wanted.iter_mut() {
@@ -498,18 +504,13 @@ pub(crate) fn dev_fault_batch(
                 faulted.set(w.vpn - base);
             }
         }
-        let serve = if threshold == 0 {
+        let room = if threshold == 0 { 0 } else { ctx.free_pages() };
+        // No room (a device at its limit evicts for every page): no look at the block.
+        let serve = if room == 0 {
             faulted
         } else {
             let resident = BlockPages(this.lpt.on_device(base, CHUNK_PAGES, ctx.id()));
-            plan_block(
-                faulted,
-                resident,
-                threshold,
-                lo - base,
-                hi - base,
-                ctx.free_pages(),
-            )
+            plan_block(faulted, resident, threshold, lo - base, hi - base, room)
         };
         served += faulted.count();
         prefetched += serve.and_not(faulted).count();
@@ -916,6 +917,34 @@ mod tests {
         assert_eq!(it.next(), Some(60));
         assert_eq!(it.nth(69), Some(511));
         assert_eq!(it.next(), None);
+    }
+
+    fn fault(va: usize, access: u32) -> bindings::gm_fault {
+        bindings::gm_fault {
+            va: va as _,
+            access,
+            status: 0,
+        }
+    }
+
+    /// A batch is sorted and merged per page: a write on a page read elsewhere in the batch
+    /// wins, a byte address counts for its page, bad access bits leave a fault out.
+    #[test]
+    fn a_batch_is_sorted_and_merged_per_page() -> Result {
+        let (r, w) = (bindings::GM_ACCESS_READ, bindings::GM_ACCESS_WRITE);
+        let faults = [
+            fault(VA + 5 * PAGE_SIZE + 12, r),
+            fault(VA, r),
+            fault(VA + 5 * PAGE_SIZE, w),
+            fault(VA + 2 * PAGE_SIZE, 0),
+            fault(VA + 3 * PAGE_SIZE, 1 << 7),
+            fault(VA + PAGE_SIZE - 1, r),
+        ];
+        let wanted = wanted_pages(&faults)?;
+        assert_eq!(wanted.len(), 2);
+        assert_eq!((wanted[0].vpn, wanted[0].access), (VPN, r));
+        assert_eq!((wanted[1].vpn, wanted[1].access), (VPN + 5, r | w));
+        Ok(())
     }
 
     #[test]
