@@ -417,7 +417,7 @@ fn wanted_pages(faults: &[bindings::gm_fault]) -> Result<KVec<Wanted>> {
     let mut wanted = KVec::<Wanted>::with_capacity(faults.len(), GFP_KERNEL)?;
     for f in faults.iter().filter(|f| access_ok(f.access)) {
         let page = Wanted {
-            vpn: f.va as usize / PAGE_SIZE,
+            vpn: f.va / PAGE_SIZE,
             access: f.access,
             status: 0,
         };
@@ -524,15 +524,15 @@ pub(crate) fn dev_fault_batch(
     let mut first: Option<(usize, c_int)> = None;
     for f in faults.iter_mut() {
         f.status = if access_ok(f.access) {
-            let vpn = f.va as usize / PAGE_SIZE;
+            let vpn = f.va / PAGE_SIZE;
             wanted
                 .binary_search_by_key(&vpn, |w| w.vpn)
                 .map_or(EINVAL.to_errno(), |k| wanted[k].status)
         } else {
             EINVAL.to_errno()
         };
-        if f.status != 0 && first.is_none_or(|(va, _)| (f.va as usize) < va) {
-            first = Some((f.va as usize, f.status));
+        if f.status != 0 && first.is_none_or(|(va, _)| f.va < va) {
+            first = Some((f.va, f.status));
         }
     }
     match first {
@@ -921,7 +921,7 @@ mod tests {
 
     fn fault(va: usize, access: u32) -> bindings::gm_fault {
         bindings::gm_fault {
-            va: va as _,
+            va,
             access,
             status: 0,
         }

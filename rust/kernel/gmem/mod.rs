@@ -146,7 +146,7 @@ impl Fault {
 
     /// The faulting address.
     pub fn va(&self) -> usize {
-        self.0.va as usize
+        self.0.va
     }
 
     /// What became of the fault in the last [`Context::fault_batch`] that had it: `Ok` once its
