@@ -655,10 +655,11 @@ static inline void gm_mremap_undo(struct vm_area_struct *vma,
  * @end: its end
  *
  * madvise(MADV_DONTNEED) and MADV_FREE discard a range's data.  Pages that
- * live on a device or are parked in host memory have no PTE for the zap
- * that follows to remove, so they go here.  (The MMU notifier cannot do it:
- * a copy-on-write fault notifies the same event for a page whose data must
- * stay.)
+ * live on a device or are parked in host memory have no PTE for the zap to
+ * remove, so they go here, before the zap and again after it: a page GMEM
+ * moves to a device meanwhile loses its PTE before the zap comes.  (The MMU
+ * notifier cannot do it: a copy-on-write fault notifies the same event for
+ * a page whose data must stay.)
  */
 static inline void gm_madvise_dontneed(struct vm_area_struct *vma,
 				       unsigned long start, unsigned long end)

@@ -489,6 +489,13 @@ impl AddressSpace {
     /// Pages being moved go too (a claimed entry is nowhere): an eviction or a migration in
     /// flight then finds its entry gone and frees what it holds, as after munmap.  Left alone,
     /// it would record its copy when it ends, and the dropped data would come back.
+    ///
+    /// Callers drop before the zap and again after it.  A move to a device takes the page's
+    /// PTE before it copies: one that claims the page after the first call has taken the PTE
+    /// before the zap comes, and only the second call finds its claim (or the device page it
+    /// recorded).  A page that moves home in between had its claim dropped by the first call
+    /// and is not mapped.  What is left: a page moved to a device and back home, both whole
+    /// moves, between the two calls.
     pub(crate) fn dontneed(&self, start: usize, end: usize) {
         self.drop_range(start, end, |r| {
             matches!(

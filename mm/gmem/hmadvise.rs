@@ -182,14 +182,19 @@ impl Request {
                 }
                 Ok(())
             }
-            // Everywhere: like madvise(MADV_DONTNEED) under the mmap read lock, device and
-            // parked pages first (they have no PTE for the zap).
+            // Everywhere: like madvise(MADV_DONTNEED) under the mmap read lock.  Device and
+            // parked pages have no PTE for the zap: they go before it, and again after it, for
+            // a page that a move to a device took from the CPU page table meanwhile (its
+            // claim started after the first drop, its zap came before ours).
             (Advice::DontNeed, None) if self.target == Target::All => {
                 self.for_each_vma(&mmap, |vma, start, end| {
                     if let Some(this) = this {
                         this.dontneed(start, end);
                     }
                     vma.zap_vma_range(start, end - start);
+                    if let Some(this) = this {
+                        this.dontneed(start, end);
+                    }
                     Ok(())
                 })
             }

@@ -2172,4 +2172,77 @@ TEST_F_TIMEOUT(npu, unrelated_munmaps_retry_no_device_fault, 300)
 	expect_resident(_metadata, self->fd, self->start);
 }
 
+/* A thread that moves a range to an NPU and home again until told to stop. */
+struct mover {
+	char *p;
+	size_t len;
+	unsigned int hnid;
+	atomic_int stop;
+	long moves;
+	int err;
+};
+
+static void *mover_thread(void *arg)
+{
+	struct mover *m = arg;
+
+	while (!atomic_load(&m->stop)) {
+		if (hmadvise(m->hnid, (unsigned long)m->p, m->len, MADV_PREFETCH) ||
+		    hmadvise(0, (unsigned long)m->p, m->len, MADV_PREFETCH)) {
+			m->err = errno;
+			break;
+		}
+		m->moves++;
+	}
+	return NULL;
+}
+
+/*
+ * After madvise(MADV_DONTNEED) or hmadvise(GM_NODE_ALL, MADV_DONTNEED)
+ * returns, the range reads zeros, however GMEM moves its pages meanwhile.
+ * A move to a device takes a page's PTE before it copies it: one that
+ * started after the drop of the device pages and before the zap used to
+ * put the old data on the device after the call (found by stress.mixed,
+ * whose NPU jobs prefetch the advisor's pages).
+ */
+TEST_F_TIMEOUT(npu, dontneed_beats_a_concurrent_move, 300)
+{
+	struct mover m = { .len = 8 * self->page, .hnid = self->info[0].hnid };
+	struct timespec t0, t1;
+	pthread_t thread;
+	long bad = -1;
+	int i;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	m.p = mmap_peer_shared(NULL, m.len, 0);
+	ASSERT_NE(MAP_FAILED, m.p);
+	ASSERT_EQ(0, pthread_create(&thread, NULL, mover_thread, &m));
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (i = 0; i < 4000; i++) {
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		if (t1.tv_sec - t0.tv_sec > 60)
+			break;
+		fill_words(m.p, m.len, 1, 2 * i + 1);
+		if (i % 2) {
+			ASSERT_EQ(0, hmadvise(GM_NODE_ALL, (unsigned long)m.p,
+					      m.len, MADV_DONTNEED));
+		} else {
+			ASSERT_EQ(0, madvise(m.p, m.len, MADV_DONTNEED));
+		}
+		bad = check_words(m.p, m.len, 0, 0);
+		if (bad >= 0)
+			break;
+	}
+	atomic_store(&m.stop, 1);
+	ASSERT_EQ(0, pthread_join(thread, NULL));
+	TH_LOG("%d drops, %ld round trips meanwhile", i, m.moves);
+	ASSERT_EQ(0, m.err);
+	ASSERT_EQ(-1, bad)
+		TH_LOG("after %s number %d, word %ld is %#x, not 0",
+		       i % 2 ? "hmadvise(GM_NODE_ALL, MADV_DONTNEED)" : "madvise(MADV_DONTNEED)",
+		       i, bad, ((__u32 *)m.p)[bad]);
+	ASSERT_EQ(0, munmap(m.p, m.len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
 TEST_HARNESS_MAIN
