@@ -26,6 +26,7 @@ use crate::{
     devmem::DmemCgroup,
     fault::{check_fault, dev_fault, dev_fault_batch},
     lpt::{DeviceId, DevicePage, Residency},
+    trace,
 };
 use core::{
     ptr::NonNull,
@@ -37,7 +38,7 @@ use kernel::{
     ffi::{c_uint, c_ulong, c_void},
     mm::{Mm, MmWithUser},
     new_mutex, new_spinlock,
-    page::{Page, PAGE_SIZE},
+    page::{BorrowedPage, Page, PAGE_SIZE},
     prelude::*,
     sync::{aref::ARef, Arc, Mutex, SpinLock},
 };
@@ -265,14 +266,17 @@ impl DeviceOps for Context {
             self.unmap_va(va, moves.len() * PAGE_SIZE);
             return Err(e);
         }
-        let stats = &self.dev.stats;
-        for m in moves {
-            Stats::inc(if m.page.is_null() {
-                &stats.zero_fills
-            } else {
-                &stats.migrations_to_dev
+        let zeroed = moves.iter().filter(|m| m.page.is_null()).count();
+        Stats::add(&self.dev.stats.zero_fills, zeroed);
+        Stats::add(&self.dev.stats.migrations_to_dev, moves.len() - zeroed);
+        let from = moves
+            .iter()
+            .find_map(|m| NonNull::new(m.page))
+            .map_or(trace::NO_NODE, |page| {
+                // SAFETY: the caller holds the pages of `moves` for the duration of the call.
+                unsafe { BorrowedPage::from_raw(page) }.nid()
             });
-        }
+        trace::migrate(va, moves.len(), zeroed, from, self.dev.id.into());
         Ok(())
     }
 
@@ -322,9 +326,12 @@ impl DeviceOps for Context {
             // One release and one invalidation for the run, then the copies: the device must
             // not write after a copy, or the write is lost.
             self.unmap_va(va, run.len() * PAGE_SIZE);
-            return run
-                .iter()
-                .try_for_each(|&(page, dst)| self.copy_to_host(page, dst));
+            run.iter()
+                .try_for_each(|&(page, dst)| self.copy_to_host(page, dst))?;
+            if let Some((_, dst)) = run.first() {
+                trace::migrate(va, run.len(), 0, self.dev.id.into(), dst.nid());
+            }
+            return Ok(());
         };
         let mut moves = KVec::with_capacity(run.len(), GFP_KERNEL)?;
         for &(page, dst) in run {
@@ -348,6 +355,9 @@ impl DeviceOps for Context {
             )
         })?;
         Stats::add(&self.dev.stats.migrations_to_host, run.len());
+        if let Some((_, dst)) = run.first() {
+            trace::migrate(va, run.len(), 0, self.dev.id.into(), dst.nid());
+        }
         Ok(())
     }
 

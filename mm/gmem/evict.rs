@@ -31,6 +31,7 @@ use crate::{
     devmem::{reserve, DeviceMemory, DmemCgroup, LimitPool, Refused, Victim, EVICT_BATCH},
     lpt::{Claim, DevicePage, ParkedPage, Residency},
     migrate::map_run_home,
+    trace,
 };
 use kernel::{
     alloc::KVec,
@@ -149,6 +150,7 @@ pub(crate) fn evict(
         |v, (ctx, claim)| give_back(dev, memory, v, &ctx, claim),
     )?;
     if picked.is_empty() {
+        trace::evict(dev.id, count, 0, &Err(ENOMEM));
         return Err(ENOMEM);
     }
     for ((victim, (ctx, claim)), host) in picked.into_iter().zip(hosts) {
@@ -231,11 +233,13 @@ pub(crate) fn evict(
             done += 1;
         }
     }
-    match done {
+    let ret = match done {
         0 if busy > 0 => Err(EAGAIN),
         0 => Err(ENOMEM),
         _ => Ok(done),
-    }
+    };
+    trace::evict(dev.id, count, done, &ret);
+    ret
 }
 
 /// The eviction policy: picks up to `count` pages with the clock of `memory`, and asks the
@@ -332,6 +336,13 @@ fn copy_out(dev: &Device, c: &mut Claimed) -> Option<ParkedPage> {
     // the page stays on the device, and the caller looks for another victim.
     let copy = ParkedPage::charged(host, mm, false).ok()?;
     c.ctx.copy_to_host(page, &copy.page()).ok()?;
+    trace::migrate(
+        c.victim.vpn * PAGE_SIZE,
+        1,
+        0,
+        dev.id.into(),
+        copy.page().nid(),
+    );
     Some(copy)
 }
 

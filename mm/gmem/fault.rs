@@ -39,6 +39,7 @@ use crate::{
     device::{DeviceList, DeviceOps},
     lpt::{Claim, DevicePage, LogicalPageTable, ParkedPage, Residency},
     migrate::{end_failed, host_after_failure, to_device, PinnedPage, CHUNK_PAGES},
+    trace,
 };
 use kernel::{
     bindings,
@@ -101,8 +102,12 @@ pub(crate) fn cpu_fault_begin(
         };
         return match was {
             Residency::Device(page) => match bring_home(devices, va, page, dst) {
-                Ok(()) => Ok((claim, Fill::Data)),
+                Ok(()) => {
+                    trace::cpu_fault(va, page.dev.into(), &Ok(()));
+                    Ok((claim, Fill::Data))
+                }
                 Err(e) => {
+                    trace::cpu_fault(va, page.dev.into(), &Err(e));
                     // The device copy is still good: give the entry its page back.
                     if !lpt.end_claim(claim, Residency::Device(page)) {
                         // Dropped meanwhile: nobody else knows the device page.
@@ -115,6 +120,7 @@ pub(crate) fn cpu_fault_begin(
                 // SAFETY: the claim took the parked page out of the entry: it is ours.
                 let parked = unsafe { ParkedPage::from_raw(raw) };
                 copy_page(&parked.page(), dst);
+                trace::cpu_fault(va, trace::NO_NODE, &Ok(()));
                 Ok((claim, Fill::Data))
             }
             Residency::Host => zero(dst).map(|()| (claim, Fill::ZeroWasHost)),
@@ -512,8 +518,12 @@ pub(crate) fn dev_fault_batch(
             let resident = BlockPages(this.lpt.on_device(base, CHUNK_PAGES, ctx.id()));
             plan_block(faulted, resident, threshold, lo - base, hi - base, room)
         };
+        let extra = serve.and_not(faulted).count();
+        if extra > 0 {
+            trace::prefetch(ctx.id(), base * PAGE_SIZE, faulted.count(), extra);
+        }
         served += faulted.count();
-        prefetched += serve.and_not(faulted).count();
+        prefetched += extra;
         serve_block(this, mm, ctx, vma, base, serve, faulted, group, prot);
     }
     drop(guard);
@@ -535,10 +545,13 @@ pub(crate) fn dev_fault_batch(
             first = Some((f.va, f.status));
         }
     }
-    match first {
+    let ret = match first {
         Some((_, errno)) => Err(Error::from_errno(errno)),
         None => Ok(()),
-    }
+    };
+    let lowest = wanted.first().map_or(0, |w| w.vpn * PAGE_SIZE);
+    trace::dev_fault(ctx.id(), lowest, faults.len(), served, prefetched, &ret);
+    ret
 }
 
 /// Moves the pages `serve` of the block at page `base` (all in `vma`) to the context's device

@@ -5,8 +5,9 @@
  * Everything GMEM does lives in Rust (gmem.rs and its modules).  This file
  * holds only what C must provide: the system call entry, the initcall, the
  * static key that gates the core-MM hooks, the sysfs directories of device
- * nodes and the exports of the driver API (symbols of Rust crates other than
- * the kernel crate are not exported to modules otherwise).
+ * nodes, the exports of the driver API (symbols of Rust crates other than
+ * the kernel crate are not exported to modules otherwise) and the
+ * tracepoints' instances (trace.rs calls them).
  */
 #include <linux/gmem.h>
 #include <linux/init.h>
@@ -16,6 +17,10 @@
 #include <linux/slab.h>
 #include <linux/syscalls.h>
 #include <linux/sysfs.h>
+
+#define CREATE_TRACE_POINTS
+#define CREATE_RUST_TRACE_POINTS
+#include <trace/events/gmem.h>
 
 EXPORT_SYMBOL_GPL(gm_dev_create);
 EXPORT_SYMBOL_GPL(gm_dev_destroy);

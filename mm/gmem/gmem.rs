@@ -14,7 +14,8 @@
 //! ([`devmem`]) at the bottom, then devices ([`device`]), the address space
 //! and its notifiers ([`address_space`]), migration ([`migrate`]) and
 //! eviction ([`evict`]), faults ([`fault`]), contexts ([`context`]) and
-//! `hmadvise(2)` ([`hmadvise`]).  No module uses one above it.
+//! `hmadvise(2)` ([`hmadvise`]).  No module uses one above it; [`trace`] (the tracepoints)
+//! uses none, and any may call it.
 //!
 //! # Who owns a page
 //!
@@ -81,6 +82,7 @@ mod fault;
 mod hmadvise;
 mod lpt;
 mod migrate;
+mod trace;
 
 /// Prefix of this crate's log lines (`module!` would define it for a module).
 const __LOG_PREFIX: &[u8] = b"gmem\0";

@@ -2245,4 +2245,358 @@ TEST_F_TIMEOUT(npu, dontneed_beats_a_concurrent_move, 300)
 	expect_resident(_metadata, self->fd, self->start);
 }
 
+/*
+ * Tracepoints (<trace/events/gmem.h>, tracefs events/gmem/): what they
+ * record is checked against what the NPU's counters and the test itself
+ * know.  Device work runs on the NPU's engine threads, so the events are
+ * picked by address range and node, not by task.
+ */
+#define TRACEFS		"/sys/kernel/tracing"
+
+/* Writes @val to the tracefs file @name (truncating it): 0, or an errno. */
+static int tracefs_write(const char *name, const char *val)
+{
+	char path[128];
+	int fd, err = 0;
+
+	snprintf(path, sizeof(path), TRACEFS "/%s", name);
+	fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+	if (fd < 0)
+		return errno;
+	if (write(fd, val, strlen(val)) < 0)
+		err = errno;
+	close(fd);
+	return err;
+}
+
+/* Mounts tracefs if it is not, empties the buffer, turns GMEM's events on. */
+static int trace_start(void)
+{
+	int err;
+
+	if (access(TRACEFS "/events", F_OK) &&
+	    mount("nodev", TRACEFS, "tracefs", 0, NULL) && errno != EBUSY)
+		return errno;
+	if (access(TRACEFS "/events/gmem", F_OK))
+		return errno;
+	err = tracefs_write("tracing_on", "0");
+	err = err ?: tracefs_write("buffer_size_kb", "8192");
+	err = err ?: tracefs_write("trace", "");
+	err = err ?: tracefs_write("events/gmem/enable", "1");
+	return err ?: tracefs_write("tracing_on", "1");
+}
+
+static void trace_stop(void)
+{
+	tracefs_write("events/gmem/enable", "0");
+}
+
+/*
+ * GMEM's events in the trace buffer for device @hnid and addresses
+ * [@lo, @hi), summed.  A host node is a node below @first_hnid.
+ */
+struct gm_trace {
+	long long dev_faults;		/* gmem_dev_fault events */
+	long long fault_pages;		/* their pages */
+	long long fault_errors;		/* those with ret != 0 */
+	long long to_dev;		/* gmem_migrate to @hnid: pages */
+	long long to_dev_zeroed;	/* of which zero-filled */
+	long long from_host;		/* of which from a host node */
+	long long from_nowhere;		/* of which from -1 (all zero) */
+	long long from_other;		/* from anything else */
+	long long to_host;		/* gmem_migrate from @hnid to a host node */
+	long long cpu_faults;		/* gmem_cpu_fault from @hnid, ret 0 */
+	long long prefetches;		/* gmem_prefetch events */
+	long long prefetched;		/* their pages */
+	long long evictions;		/* gmem_evict events */
+	long long evicted;		/* their pages */
+	long long lost;			/* lines that did not parse */
+};
+
+/* What follows "@event: " in the trace line @line, or NULL. */
+static const char *event_args(const char *line, const char *event)
+{
+	char tag[64];
+	const char *at;
+
+	snprintf(tag, sizeof(tag), " %s: ", event);
+	at = strstr(line, tag);
+	return at ? at + strlen(tag) : NULL;
+}
+
+/* Adds the GMEM event of the trace line @line to @t. */
+static void trace_add(const char *line, int hnid, unsigned int first_hnid,
+		      unsigned long lo, unsigned long hi, struct gm_trace *t)
+{
+	unsigned int a, b;
+	unsigned long va;
+	const char *e;
+	int h, x, y;
+
+	e = event_args(line, "gmem_dev_fault");
+	if (e) {
+		if (sscanf(e, "hnid=%d va=%lx faults=%u pages=%u prefetched=%*u ret=%d",
+			   &h, &va, &a, &b, &x) != 5) {
+			t->lost++;
+		} else if (h == hnid && va >= lo && va < hi) {
+			t->dev_faults++;
+			t->fault_pages += b;
+			t->fault_errors += x != 0;
+		}
+		return;
+	}
+	e = event_args(line, "gmem_migrate");
+	if (e) {
+		if (sscanf(e, "va=%lx pages=%u zeroed=%u from=%d to=%d",
+			   &va, &a, &b, &x, &y) != 5) {
+			t->lost++;
+		} else if (va < lo || va >= hi) {
+			return;
+		} else if (y == hnid) {
+			t->to_dev += a;
+			t->to_dev_zeroed += b;
+			if (x == -1 && a == b)
+				t->from_nowhere += a;
+			else if (x >= 0 && (unsigned int)x < first_hnid)
+				t->from_host += a;
+			else
+				t->from_other += a;
+		} else if (x == hnid && y >= 0 && (unsigned int)y < first_hnid) {
+			t->to_host += a;
+		}
+		return;
+	}
+	e = event_args(line, "gmem_cpu_fault");
+	if (e) {
+		if (sscanf(e, "va=%lx from=%d ret=%d", &va, &x, &y) != 3)
+			t->lost++;
+		else if (va >= lo && va < hi && x == hnid && !y)
+			t->cpu_faults++;
+		return;
+	}
+	e = event_args(line, "gmem_prefetch");
+	if (e) {
+		if (sscanf(e, "hnid=%d va=%lx faulted=%u pages=%u",
+			   &h, &va, &a, &b) != 4) {
+			t->lost++;
+		} else if (h == hnid && va >= (lo & ~(BLOCK - 1)) && va < hi) {
+			t->prefetches++;
+			t->prefetched += b;
+		}
+		return;
+	}
+	e = event_args(line, "gmem_evict");
+	if (e) {
+		if (sscanf(e, "hnid=%d wanted=%u evicted=%u ret=%d",
+			   &h, &a, &b, &x) != 4) {
+			t->lost++;
+		} else if (h == hnid) {
+			t->evictions++;
+			t->evicted += b;
+		}
+	}
+}
+
+static int trace_read(int hnid, unsigned int first_hnid, unsigned long lo,
+		      unsigned long hi, struct gm_trace *t)
+{
+	FILE *f = fopen(TRACEFS "/trace", "r");
+	char line[512];
+
+	if (!f)
+		return errno;
+	memset(t, 0, sizeof(*t));
+	while (fgets(line, sizeof(line), f))
+		if (line[0] != '#')
+			trace_add(line, hnid, first_hnid, lo, hi, t);
+	fclose(f);
+	return 0;
+}
+
+/* Waits until NPU @fd's evictions stop (the reserve's worker is done). */
+static int evictions_settle(int fd, struct gmem_npu_stats *s)
+{
+	__u64 last = ~0ULL;
+	int same = 0;
+
+	for (int i = 0; i < 500 && same < 3; i++) {
+		if (npu_stats(fd, s))
+			return errno;
+		same = s->evictions == last ? same + 1 : 0;
+		last = s->evictions;
+		usleep(20000);
+	}
+	return same < 3 ? ETIMEDOUT : 0;
+}
+
+/* The lowest hnid: every NUMA node of host memory is below it. */
+static unsigned int first_hnid(const struct gmem_npu_info info[2], int fd1)
+{
+	return fd1 >= 0 && info[1].hnid < info[0].hnid ? info[1].hnid : info[0].hnid;
+}
+
+/* The five events exist, with the fields Documentation/mm/gmem.rst names. */
+TEST(tracepoint_formats)
+{
+	static const char *const want[][7] = {
+		{ "gmem_dev_fault", "hnid", "va", "faults", "pages", "prefetched", "ret" },
+		{ "gmem_cpu_fault", "va", "from", "ret" },
+		{ "gmem_migrate", "va", "pages", "zeroed", "from", "to" },
+		{ "gmem_prefetch", "hnid", "va", "faulted", "pages" },
+		{ "gmem_evict", "hnid", "wanted", "evicted", "ret" },
+	};
+	char path[128], buf[4096], field[64];
+	ssize_t n;
+	int fd;
+
+	if (access(TRACEFS "/events", F_OK) &&
+	    mount("nodev", TRACEFS, "tracefs", 0, NULL) && errno != EBUSY)
+		SKIP(return, "no tracefs: %s", strerror(errno));
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+		snprintf(path, sizeof(path), TRACEFS "/events/gmem/%s/format",
+			 want[i][0]);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		ASSERT_LE(0, fd) TH_LOG("%s: %s", path, strerror(errno));
+		n = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		ASSERT_LT(0, n);
+		buf[n] = 0;
+		for (int j = 1; j < 7 && want[i][j]; j++) {
+			snprintf(field, sizeof(field), " %s;", want[i][j]);
+			EXPECT_NE(NULL, strstr(buf, field))
+				TH_LOG("%s has no field %s", want[i][0], want[i][j]);
+		}
+	}
+}
+
+/*
+ * A round trip shows in the trace: the NPU reads pages the CPU wrote (one
+ * migration per page to the NPU, from a host node, after device faults
+ * that name each page once), the CPU reads them back (one CPU fault per
+ * page, from the NPU, and the migrations home), and the NPU fills
+ * untouched memory (zero fills, from no node).
+ */
+TEST_F(npu, tracepoints_show_a_round_trip)
+{
+	unsigned int low = first_hnid(self->info, self->fd[1]);
+	int hnid = self->info[0].hnid, err;
+	struct gm_trace t;
+	char *p, *q;
+	__u64 sum;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	q = mmap_peer_shared(NULL, self->len, 0);
+	ASSERT_NE(MAP_FAILED, q);
+	fill_words(p, self->len, 3, 1);
+	err = trace_start();
+	if (err)
+		SKIP(return, "no GMEM events in tracefs: %s", strerror(err));
+	ASSERT_EQ(0, npu_sum(self->fd[0], p, self->len, &sum));
+	ASSERT_EQ(sum_words(self->len, 3, 1), sum);
+	ASSERT_EQ(-1, check_words(p, self->len, 3, 1));
+	ASSERT_EQ(0, npu_fill(self->fd[0], q, self->len, 9));
+	trace_stop();
+
+	ASSERT_EQ(0, trace_read(hnid, low, (unsigned long)p,
+				(unsigned long)p + self->len, &t));
+	EXPECT_EQ(0, t.lost);
+	EXPECT_EQ((long long)self->npages, t.to_dev);
+	EXPECT_EQ(0, t.to_dev_zeroed);
+	EXPECT_EQ((long long)self->npages, t.from_host);
+	EXPECT_EQ(0, t.from_other);
+	EXPECT_EQ((long long)self->npages, t.cpu_faults);
+	EXPECT_EQ((long long)self->npages, t.to_host);
+	if (self->faultable) {
+		EXPECT_LE(1, t.dev_faults);
+		EXPECT_EQ((long long)self->npages, t.fault_pages);
+	} else {
+		/* A prefaulting NPU's jobs make ranges resident: no fault. */
+		EXPECT_EQ(0, t.dev_faults);
+	}
+	EXPECT_EQ(0, t.fault_errors);
+
+	ASSERT_EQ(0, trace_read(hnid, low, (unsigned long)q,
+				(unsigned long)q + self->len, &t));
+	EXPECT_EQ((long long)self->npages, t.to_dev);
+	EXPECT_EQ((long long)self->npages, t.to_dev_zeroed);
+	EXPECT_EQ((long long)self->npages, t.from_nowhere);
+	EXPECT_EQ(0, t.cpu_faults);
+	EXPECT_EQ(0, t.to_host);
+	ASSERT_EQ(-1, check_words(q, self->len, 0, 9));
+	ASSERT_EQ(0, munmap(p, self->len));
+	ASSERT_EQ(0, munmap(q, self->len));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+/*
+ * Density prefetch and eviction show in the trace as the NPU's counters
+ * count them: the pages prefetched, and the evictions of a stream through
+ * an NPU whose limit is lowered (counted between two readings of the
+ * counters, since eviction may go on in the background).
+ */
+TEST_F_TIMEOUT(npu, tracepoints_count_prefetch_and_eviction, 300)
+{
+	unsigned int low = first_hnid(self->info, self->fd[1]);
+	size_t len = 2 * BLOCK, stream = 2 * OVERSUB_LIMIT;
+	int hnid = self->info[0].hnid, err;
+	struct gmem_npu_stats s0, s1, a, b;
+	unsigned long long limit;
+	struct gm_trace t;
+	char path[128];
+	char *p, *q;
+
+	if (!self->faultable)
+		SKIP(return, "a prefaulting NPU raises no faults to widen");
+	ASSERT_EQ(0, gm_node_write(hnid, "prefetch_threshold", 51));
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	p = mmap_block_aligned(len);
+	ASSERT_NE(MAP_FAILED, p);
+	err = trace_start();
+	if (err)
+		SKIP(return, "no GMEM events in tracefs: %s", strerror(err));
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s0));
+	ASSERT_EQ(0, npu_fill(self->fd[0], p, len, 3));
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s1));
+	trace_stop();
+	ASSERT_EQ(0, trace_read(hnid, low, (unsigned long)p,
+				(unsigned long)p + len, &t));
+	EXPECT_EQ(0, t.lost);
+	ASSERT_LT(0, s1.prefetched_pages - s0.prefetched_pages);
+	EXPECT_LE(1, t.prefetches);
+	EXPECT_EQ((long long)(s1.prefetched_pages - s0.prefetched_pages), t.prefetched);
+	EXPECT_EQ((long long)(s1.faults - s0.faults), t.fault_pages);
+	EXPECT_EQ((long long)(len / self->page), t.to_dev);
+	ASSERT_EQ(-1, check_words(p, len, 0, 3));
+	ASSERT_EQ(0, munmap(p, len));
+
+	ASSERT_EQ(0, gm_node_write(hnid, "prefetch_threshold", 0));
+	limit_path(&self->info[0], path, sizeof(path));
+	ASSERT_EQ(0, read_ull(path, &limit));
+	ASSERT_EQ(0, write_ull(path, OVERSUB_LIMIT));
+	q = mmap_peer_shared(NULL, stream, 0);
+	ASSERT_NE(MAP_FAILED, q);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s0));
+	ASSERT_EQ(0, trace_start());
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s1));
+	for (size_t off = 0; off < stream; off += OVERSUB_CHUNK)
+		ASSERT_EQ(0, npu_fill(self->fd[0], q + off, OVERSUB_CHUNK, 5));
+	ASSERT_EQ(0, evictions_settle(self->fd[0], &a));
+	trace_stop();
+	ASSERT_EQ(0, npu_stats(self->fd[0], &b));
+	ASSERT_EQ(0, write_ull(path, limit));
+	ASSERT_EQ(0, trace_read(hnid, low, (unsigned long)q,
+				(unsigned long)q + stream, &t));
+	EXPECT_EQ(0, t.lost);
+	ASSERT_LE((stream - OVERSUB_LIMIT) / self->page,
+		  a.evictions - s1.evictions);
+	EXPECT_LE(1, t.evictions);
+	EXPECT_LE((long long)(a.evictions - s1.evictions), t.evicted);
+	EXPECT_GE((long long)(b.evictions - s0.evictions), t.evicted);
+	ASSERT_EQ(-1, check_words(q, stream, 0, 5));
+	ASSERT_EQ(0, munmap(q, stream));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
 TEST_HARNESS_MAIN
