@@ -36,6 +36,7 @@ for p in patches/*.patch MAINTAINERS.patch; do
 	n=$((n + 1))
 done
 c_files=$(git ls-files 'mm/gmem/*.c' 'include/linux/gmem.h' 'include/uapi/linux/gmem.h' \
+	'include/trace/events/gmem.h' \
 	'tools/testing/selftests/gmem/*.[ch]' 'samples/rust/*/*.[ch]' 'lib/test_gmem.c')
 for f in $c_files; do
 	while IFS= read -r line; do

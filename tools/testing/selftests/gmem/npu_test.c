@@ -2452,7 +2452,7 @@ TEST(tracepoint_formats)
 	if (access(TRACEFS "/events", F_OK) &&
 	    mount("nodev", TRACEFS, "tracefs", 0, NULL) && errno != EBUSY)
 		SKIP(return, "no tracefs: %s", strerror(errno));
-	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+	for (size_t i = 0; i < ARRAY_SIZE(want); i++) {
 		snprintf(path, sizeof(path), TRACEFS "/events/gmem/%s/format",
 			 want[i][0]);
 		fd = open(path, O_RDONLY | O_CLOEXEC);
