@@ -497,8 +497,10 @@ int gm_dev_set_prefetch_threshold(struct gm_dev *dev, unsigned int percent);
 void gm_as_cover(struct mm_struct *mm, unsigned long addr, unsigned long len);
 int gm_as_mremap(struct mm_struct *mm, unsigned long old_addr,
 		 unsigned long new_addr, unsigned long len, bool undo);
-void gm_as_dontneed(struct mm_struct *mm, unsigned long start,
-		    unsigned long end);
+void gm_as_dontneed_begin(struct mm_struct *mm, unsigned long start,
+			  unsigned long end);
+void gm_as_dontneed_end(struct mm_struct *mm, unsigned long start,
+			unsigned long end);
 vm_fault_t gm_cpu_fault_begin(struct mm_struct *mm, unsigned long addr,
 			      struct page *page, unsigned long *token);
 bool gm_cpu_fault_end(struct mm_struct *mm, unsigned long addr,
@@ -649,23 +651,40 @@ static inline void gm_mremap_undo(struct vm_area_struct *vma,
 }
 
 /**
- * gm_madvise_dontneed() - drop the device and parked pages of a range
+ * gm_madvise_dontneed_begin() - start discarding a range of a VMA
  * @vma: the VMA of the range, mmap or VMA lock held
  * @start: start of the range
  * @end: its end
  *
  * madvise(MADV_DONTNEED) and MADV_FREE discard a range's data.  Pages that
  * live on a device or are parked in host memory have no PTE for the zap to
- * remove, so they go here, before the zap and again after it: a page GMEM
- * moves to a device meanwhile loses its PTE before the zap comes.  (The MMU
- * notifier cannot do it: a copy-on-write fault notifies the same event for
- * a page whose data must stay.)
+ * remove, so they go here.  Until gm_madvise_dontneed_end(), which the
+ * caller calls after the zap under the same lock, GMEM moves no page of the
+ * range from host memory to a device: such a move takes the page's PTE
+ * before it copies the page, and would carry the data past the zap.  (The
+ * MMU notifier cannot do this: a copy-on-write fault notifies the same
+ * event for a page whose data must stay.)  Nothing outside peer-shared VMAs.
  */
-static inline void gm_madvise_dontneed(struct vm_area_struct *vma,
-				       unsigned long start, unsigned long end)
+static inline void gm_madvise_dontneed_begin(struct vm_area_struct *vma,
+					     unsigned long start,
+					     unsigned long end)
 {
 	if (gm_vma_peer_shared(vma))
-		gm_as_dontneed(vma->vm_mm, start, end);
+		gm_as_dontneed_begin(vma->vm_mm, start, end);
+}
+
+/**
+ * gm_madvise_dontneed_end() - end what gm_madvise_dontneed_begin() started
+ * @vma: the VMA of the range, mmap or VMA lock held
+ * @start: start of the range
+ * @end: its end
+ */
+static inline void gm_madvise_dontneed_end(struct vm_area_struct *vma,
+					   unsigned long start,
+					   unsigned long end)
+{
+	if (gm_vma_peer_shared(vma))
+		gm_as_dontneed_end(vma->vm_mm, start, end);
 }
 
 #else /* !CONFIG_GMEM */
@@ -715,8 +734,15 @@ static inline void gm_mremap_undo(struct vm_area_struct *vma,
 {
 }
 
-static inline void gm_madvise_dontneed(struct vm_area_struct *vma,
-				       unsigned long start, unsigned long end)
+static inline void gm_madvise_dontneed_begin(struct vm_area_struct *vma,
+					     unsigned long start,
+					     unsigned long end)
+{
+}
+
+static inline void gm_madvise_dontneed_end(struct vm_area_struct *vma,
+					   unsigned long start,
+					   unsigned long end)
 {
 }
 

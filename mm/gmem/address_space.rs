@@ -60,6 +60,17 @@ struct Moves {
     fenced: bool,
 }
 
+/// The page ranges being discarded (`MADV_DONTNEED`, `MADV_FREE`, hmadvise), as one span: no
+/// move takes a page of it from host memory (see [`AddressSpace::dontneed_begin`]).
+struct Discards {
+    /// Discards under way.
+    count: usize,
+    /// The first page of the span of them all.
+    first: usize,
+    /// The page after its last.
+    end: usize,
+}
+
 /// Address spaces alive (shown in debugfs).
 static ADDRESS_SPACES: AtomicUsize = AtomicUsize::new(0);
 
@@ -153,6 +164,10 @@ pub(crate) struct AddressSpace {
     /// Signalled when the last eviction under way ends.
     #[pin]
     moves_done: CondVar,
+    /// Ranges being discarded.  Changed under the logical page table lock (taken first) when a
+    /// discard ends, so that [`LogicalPageTable::wait_while`] sees it.
+    #[pin]
+    discards: SpinLock<Discards>,
 }
 
 // SAFETY: `mm` is only an identity and is dereferenced only by paths of that mm, which keep it
@@ -179,6 +194,14 @@ impl AddressSpace {
                 inherited,
                 moves <- new_spinlock!(Moves { count: 0, fenced: false }, "gmem_as::moves"),
                 moves_done <- new_condvar!("gmem_as::moves_done"),
+                discards <- new_spinlock!(
+                    Discards {
+                        count: 0,
+                        first: 0,
+                        end: 0,
+                    },
+                    "gmem_as::discards"
+                ),
             }),
             GFP_KERNEL_ACCOUNT,
         )?;
@@ -402,6 +425,9 @@ impl AddressSpace {
     /// while the caller held the old page: the claim alone would succeed, and the old page's
     /// stale data would be copied over the new one.  Leaving the CPU page table takes an
     /// invalidation, so the page table is only looked at when the sequence moved.
+    ///
+    /// Refused while the page is being discarded (see [`AddressSpace::dontneed_begin`]): the
+    /// caller waits with [`AddressSpace::wait_discarded`] and looks at the page again.
     pub(crate) fn claim_since(
         &self,
         vpn: usize,
@@ -410,22 +436,29 @@ impl AddressSpace {
         still_mapped: impl FnOnce() -> bool,
     ) -> Result<Option<Claim>> {
         // The sequence is read in the claim's own critical section: a host page the fault saw
-        // needs no second trip through the lock.
+        // needs no second trip through the lock.  So is the discard check: a discard that
+        // starts later finds the claim and drops it.
         let mut changed = true;
+        let mut discarding = false;
         let claim = match seen {
-            Some(seen) => self
-                .lpt
-                .claim_if(vpn, seen, |lpt| changed = self.changed(lpt, seq)),
+            Some(seen) => self.lpt.claim_if(vpn, seen, |lpt| {
+                changed = self.changed(lpt, seq);
+                discarding = self.discarding(vpn);
+            }),
             None => {
                 let claim = self.lpt.claim(vpn, None)?;
-                changed = claim.is_some() && self.changed(&self.lpt.lock(), seq);
+                if claim.is_some() {
+                    let lpt = self.lpt.lock();
+                    changed = self.changed(&lpt, seq);
+                    discarding = self.discarding(vpn);
+                }
                 claim
             }
         };
         let Some(claim) = claim else {
             return Ok(None);
         };
-        if changed && !still_mapped() {
+        if discarding || (changed && !still_mapped()) {
             // Nobody else touched the entry while it was ours: put it back as it was.
             self.lpt
                 .end_claim(claim, seen.unwrap_or(Residency::Nowhere));
@@ -490,12 +523,8 @@ impl AddressSpace {
     /// flight then finds its entry gone and frees what it holds, as after munmap.  Left alone,
     /// it would record its copy when it ends, and the dropped data would come back.
     ///
-    /// Callers drop before the zap and again after it.  A move to a device takes the page's
-    /// PTE before it copies: one that claims the page after the first call has taken the PTE
-    /// before the zap comes, and only the second call finds its claim (or the device page it
-    /// recorded).  A page that moves home in between had its claim dropped by the first call
-    /// and is not mapped.  What is left: a page moved to a device and back home, both whole
-    /// moves, between the two calls.
+    /// A discard calls it through [`AddressSpace::dontneed_begin`] and
+    /// [`AddressSpace::dontneed_end`], around its zap.
     pub(crate) fn dontneed(&self, start: usize, end: usize) {
         self.drop_range(start, end, |r| {
             matches!(
@@ -503,6 +532,56 @@ impl AddressSpace {
                 Residency::Device(_) | Residency::Parked(_) | Residency::Nowhere
             )
         });
+    }
+
+    /// Starts discarding `start..end` (addresses): drops its device and parked pages and the
+    /// claims of its pages being moved ([`AddressSpace::dontneed`]), and keeps moves from host
+    /// memory out of it until [`AddressSpace::dontneed_end`].  The caller zaps the range in
+    /// between.
+    ///
+    /// A move to a device takes a host page's PTE before it copies the page.  One that claimed
+    /// the page after the drop and took the PTE before the zap would put the data on the
+    /// device after the discard, or, moved home again before it ended, back in the CPU page
+    /// table.  Moves that claimed before are dropped here; later ones wait.
+    pub(crate) fn dontneed_begin(&self, start: usize, end: usize) {
+        let (first, last) = (start / PAGE_SIZE, end.div_ceil(PAGE_SIZE));
+        {
+            let mut d = self.discards.lock();
+            if d.count == 0 {
+                (d.first, d.end) = (first, last);
+            } else {
+                (d.first, d.end) = (d.first.min(first), d.end.max(last));
+            }
+            d.count += 1;
+        }
+        self.dontneed(start, end);
+    }
+
+    /// Ends the discard of `start..end` that [`AddressSpace::dontneed_begin`] started, after
+    /// the zap: drops again what a move recorded meanwhile (none should have), then lets the
+    /// moves that wait go.
+    pub(crate) fn dontneed_end(&self, start: usize, end: usize) {
+        self.dontneed(start, end);
+        {
+            let _lpt = self.lpt.lock();
+            let mut d = self.discards.lock();
+            d.count -= 1;
+            if d.count == 0 {
+                (d.first, d.end) = (0, 0);
+            }
+        }
+        self.lpt.wake();
+    }
+
+    /// Whether page `vpn` is in a range being discarded.
+    fn discarding(&self, vpn: usize) -> bool {
+        let d = self.discards.lock();
+        d.count != 0 && (d.first..d.end).contains(&vpn)
+    }
+
+    /// Sleeps while page `vpn` is in a range being discarded.
+    pub(crate) fn wait_discarded(&self, vpn: usize) {
+        self.lpt.wait_while(|_| self.discarding(vpn));
     }
 
     /// Waits until no eviction holds a claim on a page of this address space.
@@ -625,7 +704,7 @@ unsafe extern "C" fn invalidate(
         // it checks the PTE, so the page may have moved to a device meanwhile (the fault then
         // retries and brings it home).  Nor do they concern a device, which maps only device
         // pages.  The zaps that discard data drop device and parked pages themselves
-        // (`gm_as_dontneed()`, hmadvise).
+        // (`gm_as_dontneed_begin()`, hmadvise).
         bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_VMA
         | bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_PAGE => {
             if !blockable {
@@ -1016,6 +1095,38 @@ mod tests {
         let claim = this.begin_move(10, Residency::Host);
         assert!(claim.is_some_and(|c| this.end_move(c, Residency::Host)));
         this.move_done();
+        Ok(())
+    }
+
+    /// The interleaving stress.mixed found: a move to a device claims a host page after
+    /// MADV_DONTNEED dropped the device pages and takes the page's PTE before the zap, which
+    /// then finds nothing.  While the discard runs, such a claim is refused (and the entry left
+    /// as it was); elsewhere, and once the discard ended, it succeeds.
+    #[test]
+    fn no_move_from_the_host_during_a_discard() -> Result {
+        let (this, _fake) = setup()?;
+        let host = Some(Residency::Host);
+        // The page table says the pinned page is still mapped: only the discard refuses.
+        let seq = || Seq {
+            notifier: this.window(0).expect("covered"),
+            seq: 0,
+        };
+        this.dontneed_begin(9 * PAGE_SIZE, 11 * PAGE_SIZE);
+        assert!(this.claim_since(10, host, &seq(), || true)?.is_none());
+        assert_eq!(this.lpt.residency(10), Some(Residency::Host));
+        // A page that had no entry is refused too.
+        assert!(this.claim_since(9, None, &seq(), || true)?.is_none());
+        assert!(this.discarding(9) && this.discarding(10) && !this.discarding(11));
+        // A second discard widens the span; the first one's end does not end it.
+        this.dontneed_begin(20 * PAGE_SIZE, 21 * PAGE_SIZE);
+        this.dontneed_end(9 * PAGE_SIZE, 11 * PAGE_SIZE);
+        assert!(this.discarding(15));
+        this.dontneed_end(20 * PAGE_SIZE, 21 * PAGE_SIZE);
+        assert!(!this.discarding(10) && !this.discarding(20));
+        // Returns at once: no discard covers the page.
+        this.wait_discarded(10);
+        let claim = this.claim_since(10, host, &seq(), || true)?;
+        assert!(claim.is_some_and(|c| this.lpt.end_claim(c, Residency::Host)));
         Ok(())
     }
 

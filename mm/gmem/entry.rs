@@ -444,14 +444,16 @@ pub unsafe extern "C" fn gm_as_mremap(
     errno(unsafe { this.mremap(old, new, len, undo) })
 }
 
-/// Drops the device and parked pages of `start..end` (madvise `MADV_DONTNEED` or `MADV_FREE`,
-/// before the zap of the range's PTEs).
+/// Starts the discard of `start..end` (madvise `MADV_DONTNEED` or `MADV_FREE`, before the zap
+/// of the range's PTEs): drops its device and parked pages, and keeps moves from host memory
+/// out of it until [`gm_as_dontneed_end`].
 ///
 /// # Safety
 ///
-/// Called by madvise with `mm`'s mmap or VMA lock held.
+/// Called by madvise with `mm`'s mmap or VMA lock held, and followed by
+/// [`gm_as_dontneed_end`] for the same range under the same lock.
 #[export]
-pub unsafe extern "C" fn gm_as_dontneed(
+pub unsafe extern "C" fn gm_as_dontneed_begin(
     mm: *mut bindings::mm_struct,
     start: c_ulong,
     end: c_ulong,
@@ -459,7 +461,25 @@ pub unsafe extern "C" fn gm_as_dontneed(
     // SAFETY: `mm` is the mm madvise works on (another process's with process_madvise()),
     // kept alive and locked by the caller.
     if let Some(this) = unsafe { AddressSpace::of(mm) } {
-        this.dontneed(start, end);
+        this.dontneed_begin(start, end);
+    }
+}
+
+/// Ends the discard [`gm_as_dontneed_begin`] started, after the zap.
+///
+/// # Safety
+///
+/// As for [`gm_as_dontneed_begin`], which the caller called for this range.
+#[export]
+pub unsafe extern "C" fn gm_as_dontneed_end(
+    mm: *mut bindings::mm_struct,
+    start: c_ulong,
+    end: c_ulong,
+) {
+    // SAFETY: as in `gm_as_dontneed_begin`; the address space that began the discard is the
+    // mm's until the mm goes.
+    if let Some(this) = unsafe { AddressSpace::of(mm) } {
+        this.dontneed_end(start, end);
     }
 }
 

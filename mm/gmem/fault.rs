@@ -735,6 +735,8 @@ pub(crate) fn fault_page(
                 let still_mapped = || host.as_ref().is_none_or(|h| h.still_mapped(mm, va));
                 let Some(claim) = this.claim_since(vpn, seen, &pinned, still_mapped)? else {
                     ctx.free(DevicePage { dev: ctx.id(), pfn });
+                    // A discard of the page (`MADV_DONTNEED`) keeps moves out until it ends.
+                    this.wait_discarded(vpn);
                     continue;
                 };
                 if host.is_some() {

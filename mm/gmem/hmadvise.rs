@@ -183,17 +183,16 @@ impl Request {
                 Ok(())
             }
             // Everywhere: like madvise(MADV_DONTNEED) under the mmap read lock.  Device and
-            // parked pages have no PTE for the zap: they go before it, and again after it, for
-            // a page that a move to a device took from the CPU page table meanwhile (its
-            // claim started after the first drop, its zap came before ours).
+            // parked pages have no PTE for the zap: they go as the discard begins, and no move
+            // takes a page from the CPU page table until it ends.
             (Advice::DontNeed, None) if self.target == Target::All => {
                 self.for_each_vma(&mmap, |vma, start, end| {
                     if let Some(this) = this {
-                        this.dontneed(start, end);
+                        this.dontneed_begin(start, end);
                     }
                     vma.zap_vma_range(start, end - start);
                     if let Some(this) = this {
-                        this.dontneed(start, end);
+                        this.dontneed_end(start, end);
                     }
                     Ok(())
                 })

@@ -549,10 +549,16 @@ impl LogicalPageTable {
 
     /// Sleeps until page `vpn` is not claimed (its claim ended or its entry went).
     pub(crate) fn wait_unclaimed(&self, vpn: usize) {
+        self.wait_while(|lpt| lpt.get(vpn).is_some_and(|m| m.busy()));
+    }
+
+    /// Sleeps while `cond`, looked at under the table's lock, holds.  Whoever makes it false
+    /// does so under that lock, then calls [`LogicalPageTable::wake`].
+    pub(crate) fn wait_while(&self, mut cond: impl FnMut(&Guard<'_, MappingBox>) -> bool) {
         kernel::task::might_sleep();
         let mut guard = self.wait_lock.lock();
         self.waiters.fetch_add(1u32, Relaxed);
-        while self.lock().get(vpn).is_some_and(|m| m.busy()) {
+        while cond(&self.lock()) {
             self.unclaimed.wait(&mut guard);
         }
         self.waiters.fetch_sub(1u32, Relaxed);
