@@ -25,6 +25,7 @@
 #include <uapi/linux/gmem.h>
 
 struct gm_as;
+struct seq_file;
 
 /*
  * The device side of GMEM (see Documentation/mm/gmem.rst, "Writing a
@@ -208,6 +209,8 @@ struct gm_mmu {
  * @reserve_low_pages: free pages (within the limit) below which GMEM
  *	evicts in the background
  * @reserve_high_pages: free pages at which the background eviction stops
+ * @pinned_pages: pages every process pinned on the device (hmadvise()'s
+ *	MADV_PIN); never more than @limit_pages
  */
 struct gm_dev_stats {
 	u64 faults;
@@ -222,6 +225,7 @@ struct gm_dev_stats {
 	u64 limit_pages;
 	u64 reserve_low_pages;
 	u64 reserve_high_pages;
+	u64 pinned_pages;
 };
 
 #ifdef CONFIG_GMEM
@@ -308,7 +312,8 @@ unsigned int gm_dev_caps(const struct gm_dev *dev);
  *	means all of it.  Pages above a lowered limit are evicted as the
  *	device allocates.  Not exported.
  *
- * Return: 0, or -ENODEV if GMEM does not manage the device's memory.
+ * Return: 0, -ENODEV if GMEM does not manage the device's memory, or
+ * -EBUSY if @bytes is below what processes pinned there (MADV_PIN).
  */
 int gm_dev_set_limit(struct gm_dev *dev, u64 bytes);
 
@@ -479,7 +484,7 @@ int gm_core_init(void);
  * @hnid: a host or device node id, or GM_NODE_ALL
  * @start: start of the range, page aligned, untagged
  * @len: its length in bytes
- * @advice: MADV_PREFETCH or MADV_DONTNEED
+ * @advice: an advice hmadvise() takes (MADV_PREFETCH, MADV_PIN, ...)
  *
  * The hmadvise() system call, for a driver that moves a range on the
  * process's request (an ioctl, say): MADV_PREFETCH to a host node brings
@@ -495,6 +500,7 @@ void gm_as_exit(struct mm_struct *mm);
 unsigned int gm_dev_prefetch_threshold(const struct gm_dev *dev);
 int gm_dev_set_prefetch_threshold(struct gm_dev *dev, unsigned int percent);
 void gm_as_cover(struct mm_struct *mm, unsigned long addr, unsigned long len);
+int gm_show_maps(struct seq_file *m, struct mm_struct *mm);
 int gm_as_mremap(struct mm_struct *mm, unsigned long old_addr,
 		 unsigned long new_addr, unsigned long len, bool undo);
 void gm_as_dontneed_begin(struct mm_struct *mm, unsigned long start,

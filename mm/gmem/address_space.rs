@@ -30,7 +30,8 @@
 
 use crate::{
     device::DeviceList,
-    lpt::{Claim, LogicalPageTable, MappingBox, ParkedPage, Residency},
+    lpt::{Claim, DeviceId, LogicalPageTable, MappingBox, ParkedPage, Residency},
+    policy::Policy,
 };
 use core::{
     fmt,
@@ -38,6 +39,7 @@ use core::{
     sync::atomic::{AtomicPtr, AtomicUsize, Ordering},
 };
 use kernel::{
+    alloc::flags::__GFP_NOFAIL,
     bindings, c_str,
     debugfs::Dir,
     error::to_result,
@@ -168,6 +170,9 @@ pub(crate) struct AddressSpace {
     /// discard ends, so that [`LogicalPageTable::wait_while`] sees it.
     #[pin]
     discards: SpinLock<Discards>,
+    /// The attributes `hmadvise(2)` gave ranges of pages.
+    #[pin]
+    pub(crate) policy: Policy,
 }
 
 // SAFETY: `mm` is only an identity and is dereferenced only by paths of that mm, which keep it
@@ -202,6 +207,7 @@ impl AddressSpace {
                     },
                     "gmem_as::discards"
                 ),
+                policy <- Policy::new(),
             }),
             GFP_KERNEL_ACCOUNT,
         )?;
@@ -593,6 +599,18 @@ impl AddressSpace {
         }
     }
 
+    /// What gives pins back to their device when the attributes lose them: for the `release`
+    /// of [`Policy`]'s changes.  Runs under the policy's lock and takes the device list's.
+    pub(crate) fn unpin(&self) -> impl FnMut(DeviceId, usize) + '_ {
+        |dev, pages| {
+            // Never the last reference dropped here: `get_if` clones nothing when refused.
+            self.devices.get_if(dev, |d| {
+                d.unpin(pages);
+                false
+            });
+        }
+    }
+
     /// Whether a page in `start..end` (addresses) lives on a device.
     fn has_device_pages(&self, start: usize, end: usize) -> bool {
         let mut found = false;
@@ -626,6 +644,10 @@ impl PinnedDrop for AddressSpace {
         // An eviction that claimed one of our pages finishes (finding its entry gone) before
         // the address space may go.
         self.wait_moves();
+        // Pins go back to their devices (exit did it already, through the notifiers).
+        let mut unpin = self.unpin();
+        self.policy.unmap(0, usize::MAX / PAGE_SIZE + 1, &mut unpin);
+        drop(unpin);
         // Contexts outlive their address space when their driver still holds them.
         for device in self.devices.take_all() {
             device.address_space_gone();
@@ -684,6 +706,9 @@ unsafe extern "C" fn invalidate(
     match range.event {
         bindings::mmu_notifier_event_MMU_NOTIFY_UNMAP
         | bindings::mmu_notifier_event_MMU_NOTIFY_RELEASE => {
+            // The attributes of the range go with it; pins are given back.
+            this.policy
+                .unmap(start / PAGE_SIZE, end.div_ceil(PAGE_SIZE), this.unpin());
             if blockable {
                 this.drop_range(start, end, |_| true);
                 return true;
@@ -848,6 +873,8 @@ pub(crate) unsafe fn fork(oldmm: *mut bindings::mm_struct, mm: *mut bindings::mm
         });
     result?;
     let child = AddressSpace::new(mm, true)?;
+    // The child has the parent's attributes, but not its pins.
+    parent.policy.fork(&child.policy)?;
     // SAFETY: `mm` is the new, write-locked child mm, with no VMA yet.
     unsafe { AddressSpace::register(mm, true) }?;
     // The child follows the windows the parent follows.
@@ -897,6 +924,16 @@ impl AddressSpace {
         // The entries' new windows are followed before the entries move there.
         // SAFETY: the caller holds the mmap lock for writing.
         unsafe { self.cover(new, new.saturating_add(len), true) }?;
+        // Attributes first: they are the only part that may fail (to allocate), except on
+        // the way back, which may not.
+        let (pages, from, to) = (len / PAGE_SIZE, old / PAGE_SIZE, new / PAGE_SIZE);
+        let flags = if undo {
+            GFP_KERNEL | __GFP_NOFAIL
+        } else {
+            GFP_KERNEL_ACCOUNT
+        };
+        self.policy
+            .move_range(from, to, pages, flags, self.unpin())?;
         self.fence_moves();
         let moved = self.lpt.move_range(
             old / PAGE_SIZE,
@@ -916,6 +953,12 @@ impl AddressSpace {
             },
         );
         self.unfence_moves();
+        if moved.is_err() {
+            // Nothing moved: neither do the attributes.
+            let _ =
+                self.policy
+                    .move_range(to, from, pages, GFP_KERNEL | __GFP_NOFAIL, self.unpin());
+        }
         moved
     }
 }

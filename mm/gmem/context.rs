@@ -164,6 +164,10 @@ impl Context {
         // back to the device (a second chance) after a look at the logical page table: so
         // look again until a pass finds nothing of the device, with no eviction under way.
         self.detaching.store(true, Ordering::Release);
+        // Attributes that name the device go, and its pins with them.  A pin that comes later
+        // is refused (`pin` looks at the flag under the same lock as this).
+        this.policy
+            .forget(self.dev.id, |_, pages| self.dev.unpin(pages));
         if let Some(mm) = self.mm.mmget_not_zero() {
             let _lock = mm.mmap_read_lock();
             for _ in 0..DETACH_PASSES {
@@ -212,6 +216,18 @@ const DETACH_PASSES: usize = 8;
 impl DeviceOps for Context {
     fn id(&self) -> DeviceId {
         self.dev.id
+    }
+
+    fn pin(&self, pages: usize) -> Result {
+        // Leaving the address space: its pins are forgotten (see `detach`).
+        if self.detaching.load(Ordering::Acquire) {
+            return Err(EINVAL);
+        }
+        self.dev.pin(pages)
+    }
+
+    fn unpin(&self, pages: usize) {
+        self.dev.unpin(pages)
     }
 
     /// Allocates a device page for this context, charged to its dmem cgroup.

@@ -100,6 +100,10 @@ pub(crate) struct Device {
     /// Density prefetch threshold, percent (sysfs `prefetch_threshold`; 0: off).
     prefetch_threshold: AtomicU32,
     sysfs: AtomicPtr<c_void>,
+    /// Pages processes pinned here (`MADV_PIN`): never more than the memory's limit, which
+    /// may not go below it.
+    #[pin]
+    pinned: SpinLock<u64>,
     /// Refills the free reserve in the background (see [`reserve`] and `crate::evict`).
     #[pin]
     reclaim: Work<Device>,
@@ -232,6 +236,7 @@ impl Device {
                 stats: Stats::default(),
                 prefetch_threshold: AtomicU32::new(PREFETCH_THRESHOLD),
                 sysfs: AtomicPtr::new(core::ptr::null_mut()),
+                pinned <- new_spinlock!(0, "gm_dev::pinned"),
                 reclaim <- new_work!("gmem_reclaim"),
             }),
             GFP_KERNEL,
@@ -340,7 +345,38 @@ impl Device {
             limit_pages: self.memory().map_or(0, |m| m.limit()),
             reserve_low_pages: self.memory().map_or(0, |m| reserve(m.limit()).0),
             reserve_high_pages: self.memory().map_or(0, |m| reserve(m.limit()).1),
+            pinned_pages: *self.pinned.lock(),
         }
+    }
+
+    /// Counts `pages` more pinned pages: `ENOSPC` past the memory's limit (or without memory).
+    pub(crate) fn pin(&self, pages: usize) -> Result {
+        let limit = self.memory().map_or(0, |m| m.limit());
+        let mut pinned = self.pinned.lock();
+        *pinned = pinned
+            .checked_add(pages as u64)
+            .filter(|&n| n <= limit)
+            .ok_or(ENOSPC)?;
+        Ok(())
+    }
+
+    /// Counts `pages` pinned pages fewer.
+    pub(crate) fn unpin(&self, pages: usize) {
+        let mut pinned = self.pinned.lock();
+        debug_assert!(*pinned >= pages as u64);
+        *pinned = pinned.saturating_sub(pages as u64);
+    }
+
+    /// Sets how many pages of the memory may be used: `ENODEV` without memory, `EBUSY` below
+    /// the pinned pages.
+    pub(crate) fn set_limit(&self, pages: u64) -> Result {
+        let memory = self.memory().ok_or(ENODEV)?;
+        let pinned = self.pinned.lock();
+        if pages.min(memory.usage().pages) < *pinned {
+            return Err(EBUSY);
+        }
+        memory.set_limit(pages);
+        Ok(())
     }
 }
 
@@ -491,6 +527,14 @@ pub(crate) trait DeviceOps: Send + Sync {
             self.free(page);
         }
     }
+
+    /// Counts `pages` more pages pinned on the device (`MADV_PIN`): `ENOSPC` past its limit.
+    fn pin(&self, _pages: usize) -> Result {
+        Err(ENOSPC)
+    }
+
+    /// Counts `pages` pinned pages of the device fewer (see [`DeviceOps::pin`]).
+    fn unpin(&self, _pages: usize) {}
 
     /// Makes `start..end` resident on the device (`hmadvise(MADV_PREFETCH)`).  Called without
     /// the mmap lock.

@@ -17,13 +17,16 @@ use crate::{
     fault::{cpu_fault_begin, cpu_fault_end, Fill},
     hmadvise::hmadvise,
     lpt::{self, Claim},
+    maps,
 };
 use core::ptr::NonNull;
 use kernel::{
     bindings,
     ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void},
+    mm::MmWithUser,
     page::{BorrowedPage, PAGE_SIZE},
     prelude::*,
+    seq_file::SeqFile,
     sync::Arc,
 };
 
@@ -156,13 +159,7 @@ pub unsafe extern "C" fn gm_dev_name(dev: *const bindings::gm_dev) -> *const c_c
 #[export]
 pub unsafe extern "C" fn gm_dev_set_limit(dev: *mut bindings::gm_dev, bytes: u64) -> c_int {
     // SAFETY: `dev` is live by the safety requirements.
-    match unsafe { device_ref(dev) }.memory() {
-        Some(memory) => {
-            memory.set_limit(bytes / PAGE_SIZE as u64);
-            0
-        }
-        None => ENODEV.to_errno(),
-    }
+    errno(unsafe { device_ref(dev) }.set_limit(bytes / PAGE_SIZE as u64))
 }
 
 /// The device's capabilities (`GM_DEV_CAP_*`).
@@ -374,8 +371,9 @@ pub unsafe extern "C" fn gm_as_prepare(mm: *mut bindings::mm_struct) -> c_int {
 }
 
 /// Lets the address space of `mm` follow `len` bytes at `addr`, a range that mmap() just
-/// mapped peer-shared: registers the MMU interval notifiers of its windows.  A failure is not
-/// fatal: a device fault registers what it needs itself.
+/// mapped peer-shared: registers the MMU interval notifiers of its windows, and drops range
+/// attributes an unmap there could not (see `Policy::unmap`).  A failure is not fatal: a device
+/// fault registers what it needs itself.
 ///
 /// # Safety
 ///
@@ -384,9 +382,29 @@ pub unsafe extern "C" fn gm_as_prepare(mm: *mut bindings::mm_struct) -> c_int {
 pub unsafe extern "C" fn gm_as_cover(mm: *mut bindings::mm_struct, addr: c_ulong, len: c_ulong) {
     // SAFETY: `mm` is current's mm, alive for the whole call.
     if let Some(this) = unsafe { AddressSpace::of(mm) } {
+        let end = addr.saturating_add(len);
         // SAFETY: as above; no mmap lock is held.
-        let _ = unsafe { this.cover(addr, addr.saturating_add(len), false) };
+        let _ = unsafe { this.cover(addr, end, false) };
+        let _ = this
+            .policy
+            .reset(addr / PAGE_SIZE, end.div_ceil(PAGE_SIZE), this.unpin());
     }
+}
+
+/// Writes `/proc/<pid>/gmem_maps` of `mm` into `m` (see `crate::maps`).
+///
+/// # Safety
+///
+/// `m` is the seq_file being read; `mm` has a user the caller holds, and none of its locks.
+#[export]
+pub unsafe extern "C" fn gm_show_maps(
+    m: *mut bindings::seq_file,
+    mm: *mut bindings::mm_struct,
+) -> c_int {
+    // SAFETY: by the safety requirements `m` is valid and only this thread uses it for the
+    // call, and `mm` has a user.
+    let (m, mm) = unsafe { (SeqFile::from_raw(m), MmWithUser::from_raw(mm)) };
+    errno(maps::show(m, mm))
 }
 
 /// Prepares fork: brings the parent's device pages home and gives the child an address space.

@@ -29,8 +29,9 @@ use crate::{
     address_space::AddressSpace,
     device::{device_arc, Device, DeviceOps, Stats},
     devmem::{reserve, DeviceMemory, DmemCgroup, LimitPool, Refused, Victim, EVICT_BATCH},
-    lpt::{Claim, DevicePage, ParkedPage, Residency},
+    lpt::{Claim, DeviceId, DevicePage, ParkedPage, Residency},
     migrate::map_run_home,
+    policy::Attrs,
     trace,
 };
 use kernel::{
@@ -76,9 +77,46 @@ pub(crate) fn alloc_page(dev: &Device, cgroup: Option<&DmemCgroup>) -> Result<u6
 /// allocation: pages whose owner's mmap lock can be had, which become anonymous memory; only
 /// if there are none (every candidate's owner is busy or exiting), pages that are then parked.
 fn make_room(dev: &Device, limit: Option<&LimitPool>) -> Result {
-    match evict(dev, EVICT_BATCH, limit, false) {
-        Err(e) if e == EAGAIN => evict(dev, EVICT_BATCH, limit, true).map(|_| ()),
-        result => result.map(|_| ()),
+    // Pages that prefer the device go only when nothing else can.
+    for spare in [Evict::Spare, Evict::Any] {
+        let done = match evict(dev, EVICT_BATCH, limit, spare) {
+            Err(e) if e == EAGAIN => evict(dev, EVICT_BATCH, limit, spare.parking()),
+            done => done,
+        };
+        match done {
+            Err(e) if e == ENOSPC && spare == Evict::Spare => continue,
+            done => return done.map(|_| ()),
+        }
+    }
+    Err(ENOMEM)
+}
+
+/// Which pages an eviction may take, and what it does with those whose owner is busy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Evict {
+    /// Not the pages that prefer the device (`MADV_PREFERRED_LOCATION`); pages whose owner is
+    /// busy stay.
+    Spare,
+    /// Any page; pages whose owner is busy stay.
+    Any,
+    /// As [`Evict::Spare`], but pages whose owner is busy are parked.
+    SpareParking,
+    /// As [`Evict::Any`], but pages whose owner is busy are parked.
+    AnyParking,
+}
+
+impl Evict {
+    /// The same pages, parking those whose owner is busy.
+    fn parking(self) -> Self {
+        match self {
+            Self::Spare | Self::SpareParking => Self::SpareParking,
+            Self::Any | Self::AnyParking => Self::AnyParking,
+        }
+    }
+
+    /// Whether pages that prefer the device stay.
+    fn spares(self) -> bool {
+        matches!(self, Self::Spare | Self::SpareParking)
     }
 }
 
@@ -91,8 +129,9 @@ impl WorkItem for Device {
             return;
         };
         while memory.free_pages() < reserve(memory.limit()).1 {
-            // Nothing left to evict (all busy or held): the allocating path waits instead.
-            if evict(&this, EVICT_BATCH, None, false).is_err() {
+            // Nothing left to evict (all busy or held): the allocating path waits instead.  It
+            // never takes pages that prefer the device: that is for real pressure only.
+            if evict(&this, EVICT_BATCH, None, Evict::Spare).is_err() {
                 break;
             }
         }
@@ -114,15 +153,18 @@ struct Claimed {
 ///
 /// Eviction may run in any process and under another mmap lock, so it only tries the owner's:
 /// the pages of an owner whose lock it cannot get (or that is exiting) stay on the device, and
-/// the clock moves on to other pages; with `park`, they are copied out and parked in the
-/// logical page table instead.  Returns how many went; `EAGAIN` if none did because their
-/// owners were busy, `ENOMEM` if none could go at all.
+/// the clock moves on to other pages; with [`Evict::parking`], they are copied out and parked
+/// in the logical page table instead.  Pages pinned to the device never go; with
+/// [`Evict::Spare`], neither do pages that prefer it.  Returns how many went; `EAGAIN` if none
+/// did because their owners were busy, `ENOSPC` if none could go but pages that prefer the
+/// device, `ENOMEM` if none could go at all.
 pub(crate) fn evict(
     dev: &Device,
     count: usize,
     limit: Option<&LimitPool>,
-    park: bool,
+    how: Evict,
 ) -> Result<usize> {
+    let park = matches!(how, Evict::SpareParking | Evict::AnyParking);
     let memory = dev.memory().ok_or(ENOMEM)?;
     // Everything is allocated before the first claim, so that every claim is ended.
     let mut batch = KVec::with_capacity(count, GFP_KERNEL)?;
@@ -137,6 +179,7 @@ pub(crate) fn evict(
         // Cannot fail: the capacity is there.
         hosts.push(host, GFP_KERNEL)?;
     }
+    let mut spared = false;
     let picked = pick_cold(
         memory,
         hosts.len(),
@@ -144,14 +187,26 @@ pub(crate) fn evict(
             if limit.is_some_and(|l| !l.evicting_helps(v.pool)) {
                 return None;
             }
-            claim(dev, v)
+            // SAFETY: as in `claim`, which is called under the same lock.
+            let attrs = unsafe { &*(v.space as *const AddressSpace) }
+                .policy
+                .attrs(v.vpn);
+            match verdict(attrs, dev.id, how) {
+                Verdict::Go => claim(dev, v),
+                Verdict::Spared => {
+                    spared = true;
+                    None
+                }
+                Verdict::Never => None,
+            }
         },
         |v, (ctx, _)| ctx.clear_young(v.vpn * PAGE_SIZE),
         |v, (ctx, claim)| give_back(dev, memory, v, &ctx, claim),
     )?;
     if picked.is_empty() {
-        trace::evict(dev.id, count, 0, &Err(ENOMEM));
-        return Err(ENOMEM);
+        let err = if spared { ENOSPC } else { ENOMEM };
+        trace::evict(dev.id, count, 0, &Err(err));
+        return Err(err);
     }
     for ((victim, (ctx, claim)), host) in picked.into_iter().zip(hosts) {
         // Cannot fail: the capacity is there.
@@ -240,6 +295,26 @@ pub(crate) fn evict(
     };
     trace::evict(dev.id, count, done, &ret);
     ret
+}
+
+/// What the attributes of a page of device `dev` say about evicting it.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Go,
+    /// It prefers the device, and `how` spares such pages.
+    Spared,
+    /// It is pinned to the device.
+    Never,
+}
+
+fn verdict(attrs: Attrs, dev: DeviceId, how: Evict) -> Verdict {
+    if attrs.pinned == Some(dev) {
+        Verdict::Never
+    } else if how.spares() && attrs.preferred == Some(dev) {
+        Verdict::Spared
+    } else {
+        Verdict::Go
+    }
 }
 
 /// The eviction policy: picks up to `count` pages with the clock of `memory`, and asks the
@@ -504,6 +579,48 @@ mod tests {
         )?;
         assert_eq!(picked.len(), 3);
         assert_eq!(asked, 8);
+        Ok(())
+    }
+
+    #[test]
+    fn pinned_pages_stay_and_preferred_ones_go_last() -> Result {
+        let (mem, _pfns) = memory(6)?;
+        let policy = KBox::pin_init(crate::policy::Policy::new(), GFP_KERNEL)?;
+        let set = |first, end, attrs: Attrs| {
+            policy.update(first, end, move |_| attrs, |_, _| Ok(()), |_, _| {})
+        };
+        let (pinned, preferred) = (
+            |dev| Attrs {
+                pinned: Some(dev),
+                preferred: None,
+            },
+            |node| Attrs {
+                pinned: None,
+                preferred: Some(node),
+            },
+        );
+        // Pages 100 and 101 are pinned to device 0 (this one), 102 and 103 prefer it, 104
+        // prefers device 1 and 105 is pinned there.
+        set(100, 102, pinned(0))?;
+        set(102, 104, preferred(0))?;
+        set(104, 105, preferred(1))?;
+        set(105, 106, pinned(1))?;
+        let pick = |how| {
+            pick_cold(
+                &mem,
+                6,
+                |v| (verdict(policy.attrs(v.vpn), 0, how) == Verdict::Go).then_some(()),
+                |_, ()| false,
+                |v, ()| mem.unpick(v.pfn),
+            )
+        };
+        let spared = pick(Evict::Spare)?;
+        assert_eq!(&vpns(&spared)?[..], &[104, 105]);
+        for (v, ()) in spared {
+            mem.unpick(v.pfn);
+        }
+        let any = pick(Evict::AnyParking)?;
+        assert_eq!(&vpns(&any)?[..], &[102, 103, 104, 105]);
         Ok(())
     }
 

@@ -516,7 +516,10 @@ pub(crate) fn dev_fault_batch(
             faulted
         } else {
             let resident = BlockPages(this.lpt.on_device(base, CHUNK_PAGES, ctx.id()));
-            plan_block(faulted, resident, threshold, lo - base, hi - base, room)
+            let planned = plan_block(faulted, resident, threshold, lo - base, hi - base, room);
+            // Prefetch leaves the pages that prefer another node where they are.
+            let elsewhere = BlockPages(this.policy.preferring_other(base, CHUNK_PAGES, ctx.id()));
+            planned.and_not(elsewhere.and_not(faulted))
         };
         let extra = serve.and_not(faulted).count();
         if extra > 0 {

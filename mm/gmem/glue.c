@@ -191,6 +191,14 @@ static ssize_t prefetch_threshold_store(struct kobject *kobj,
 	return err ? err : count;
 }
 
+/* Bytes processes pinned on the device (MADV_PIN); never more than limit. */
+static ssize_t pinned_show(struct kobject *kobj, struct kobj_attribute *attr,
+			   char *buf)
+{
+	return sysfs_emit(buf, "%llu\n",
+			  gm_node_stats(kobj).pinned_pages << PAGE_SHIFT);
+}
+
 /* Batches of device faults served, and pages density prefetch added. */
 static ssize_t fault_batches_show(struct kobject *kobj,
 				  struct kobj_attribute *attr, char *buf)
@@ -217,6 +225,7 @@ static struct kobj_attribute gm_prefetch_threshold_attr =
 	__ATTR_RW(prefetch_threshold);
 static struct kobj_attribute gm_fault_batches_attr = __ATTR_RO(fault_batches);
 static struct kobj_attribute gm_prefetched_attr = __ATTR_RO(prefetched);
+static struct kobj_attribute gm_pinned_attr = __ATTR_RO(pinned);
 
 static struct attribute *gm_node_attrs[] = {
 	&gm_name_attr.attr,
@@ -231,6 +240,7 @@ static struct attribute *gm_node_attrs[] = {
 	&gm_prefetch_threshold_attr.attr,
 	&gm_fault_batches_attr.attr,
 	&gm_prefetched_attr.attr,
+	&gm_pinned_attr.attr,
 	NULL,
 };
 ATTRIBUTE_GROUPS(gm_node);

@@ -10,11 +10,12 @@
 //! Nothing outside `mm/gmem/` can depend on this crate, so every entry point
 //! is an `extern "C"` function declared in C and checked against that
 //! declaration by `#[export]`; they are all in [`entry`], on top of the
-//! modules below: the logical page table ([`lpt`]) and device memory
-//! ([`devmem`]) at the bottom, then devices ([`device`]), the address space
-//! and its notifiers ([`address_space`]), migration ([`migrate`]) and
+//! modules below: the logical page table ([`lpt`]), device memory
+//! ([`devmem`]) and range attributes ([`policy`]) at the bottom, then
+//! devices ([`device`]), the address space and its notifiers
+//! ([`address_space`]), migration ([`migrate`]) and
 //! eviction ([`evict`]), faults ([`fault`]), contexts ([`context`]) and
-//! `hmadvise(2)` ([`hmadvise`]).  No module uses one above it; [`trace`] (the tracepoints)
+//! `hmadvise(2)` ([`hmadvise`]) and `/proc/<pid>/gmem_maps` ([`maps`]).  No module uses one above it; [`trace`] (the tracepoints)
 //! uses none, and any may call it.
 //!
 //! # Who owns a page
@@ -52,10 +53,13 @@
 //! 3. An address space's `moves` lock (evictions under way), then the logical page table lock
 //!    (the XArray's spinlock), which protects every field of every entry.  No allocation that
 //!    may reclaim, and no device operation, under either.
-//! 4. A device list's spinlock: only to find a device; never held while calling one.  The
-//!    table's `wait_lock` only orders a sleeper with its wake-up.
+//! 4. An address space's policy lock (range attributes): a leaf, except that giving a pin back
+//!    takes the device list's lock and the device's pin count under it.  Eviction reads
+//!    attributes under the device memory's lock.
+//! 5. A device list's spinlock: only to find a device; never held while calling one (but to
+//!    count pins).  The table's `wait_lock` only orders a sleeper with its wake-up.
 //!
-//! Nothing that may sleep runs under 2, 3 or 4.  Device operations (copies, TLB invalidation,
+//! Nothing that may sleep runs under 2 to 5.  Device operations (copies, TLB invalidation,
 //! freeing device memory) run with at most `mmap_lock` held, on pages that were first claimed
 //! or taken out of the table.
 //!
@@ -81,7 +85,9 @@ mod evict;
 mod fault;
 mod hmadvise;
 mod lpt;
+mod maps;
 mod migrate;
+mod policy;
 mod trace;
 
 /// Prefix of this crate's log lines (`module!` would define it for a module).

@@ -13,9 +13,10 @@
 
 use crate::{
     address_space::{cpu_fault_in, AddressSpace},
-    device::hnid_registered,
+    device::{hnid_registered, DeviceOps},
     lpt::{DeviceId, Residency},
     migrate::park_home,
+    policy::{Attrs, Node},
 };
 use kernel::{
     bindings, current,
@@ -31,11 +32,21 @@ use kernel::{
 /// An advice `hmadvise(2)` accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Advice {
-    /// `MADV_PREFETCH`: move every page of the range to the node.
+    /// `MADV_PREFETCH`: move every page of the range to the node (or, for
+    /// every node, to its preferred location).
     Prefetch,
     /// `MADV_DONTNEED`: drop the pages of the range held by the node (or by
     /// every node), so that the next access from anywhere reads zeros.
     DontNeed,
+    /// `MADV_PREFERRED_LOCATION`: the pages should live on the node.
+    Prefer,
+    /// `MADV_NO_PREFERRED_LOCATION`: forget it (only where it is the node).
+    NoPrefer,
+    /// `MADV_PIN`: keep the pages on the device, never evicted.
+    Pin,
+    /// `MADV_UNPIN`: let them be evicted again (only where pinned to the
+    /// node).
+    Unpin,
 }
 
 impl Advice {
@@ -43,8 +54,17 @@ impl Advice {
         match u32::try_from(advice) {
             Ok(bindings::MADV_PREFETCH) => Ok(Self::Prefetch),
             Ok(bindings::MADV_DONTNEED) => Ok(Self::DontNeed),
+            Ok(bindings::MADV_PREFERRED_LOCATION) => Ok(Self::Prefer),
+            Ok(bindings::MADV_NO_PREFERRED_LOCATION) => Ok(Self::NoPrefer),
+            Ok(bindings::MADV_PIN) => Ok(Self::Pin),
+            Ok(bindings::MADV_UNPIN) => Ok(Self::Unpin),
             _ => Err(EINVAL),
         }
+    }
+
+    /// Whether the advice takes `GM_NODE_ALL`.
+    fn takes_every_node(self) -> bool {
+        !matches!(self, Self::Prefer | Self::Pin)
     }
 }
 
@@ -53,7 +73,8 @@ impl Advice {
 pub(crate) enum Target {
     /// One node: an online host NUMA node or a device node.
     Node(c_int),
-    /// Every node (`GM_NODE_ALL`); only for [`Advice::DontNeed`].
+    /// Every node (`GM_NODE_ALL`); not for [`Advice::Prefer`] and
+    /// [`Advice::Pin`].
     All,
 }
 
@@ -88,7 +109,7 @@ impl Request {
         let len = len.checked_next_multiple_of(PAGE_SIZE).ok_or(EINVAL)?;
         let end = start.checked_add(len).ok_or(EINVAL)?;
         let target = match hnid {
-            bindings::GM_NODE_ALL if advice == Advice::DontNeed => Target::All,
+            bindings::GM_NODE_ALL if advice.takes_every_node() => Target::All,
             nid if nid >= 0 && node_valid(nid) => Target::Node(nid),
             _ => return Err(EINVAL),
         };
@@ -128,6 +149,45 @@ impl Request {
         };
         let (first, last) = (self.start / PAGE_SIZE, self.end / PAGE_SIZE);
         match (self.advice, device) {
+            (Advice::Prefer | Advice::NoPrefer | Advice::Unpin, _) => {
+                self.set_attrs(this.ok_or(EINVAL)?, None)
+            }
+            // Pinned first, so that no eviction takes the pages as they arrive, then moved.
+            (Advice::Pin, Some(device)) => {
+                self.set_attrs(this.ok_or(EINVAL)?, Some(&*device))?;
+                drop(mmap);
+                device.prefetch(self.start, self.end)
+            }
+            // Pins are for devices.
+            (Advice::Pin, None) => Err(EINVAL),
+            // Every page to its preferred location: a prefetch per run of pages that has one.
+            (Advice::Prefetch, None) if self.target == Target::All => {
+                let Some(this) = this else {
+                    return Ok(());
+                };
+                let mut runs = KVec::new();
+                this.policy.for_each_run(first, last, |run| {
+                    if let Some(node) = run.attrs.preferred {
+                        runs.push((run.first, run.end, node), GFP_KERNEL)?;
+                    }
+                    Ok(())
+                })?;
+                drop(mmap);
+                for (a, b, node) in runs {
+                    let request = Request {
+                        target: Target::Node(node.into()),
+                        start: a * PAGE_SIZE,
+                        end: b * PAGE_SIZE,
+                        advice: Advice::Prefetch,
+                    };
+                    match request.apply(mm) {
+                        // A device that is not attached (to a child of fork): the pages stay.
+                        Err(e) if e == EINVAL => {}
+                        done => done?,
+                    }
+                }
+                Ok(())
+            }
             // To a device: the device faults the whole range in, without the lock (a device
             // fault takes it itself).  Pages beyond what the device may hold push earlier
             // ones out: the end of the range stays on the device.
@@ -239,6 +299,67 @@ impl Request {
         }
     }
 
+    /// Changes the attributes of the range as the advice says.  `device` is
+    /// the device to pin to.
+    fn set_attrs(&self, this: &AddressSpace, device: Option<&dyn DeviceOps>) -> Result {
+        let (first, last) = (self.start / PAGE_SIZE, self.end / PAGE_SIZE);
+        // The node the advice names, if it names one (`None`: every node).
+        let named = |n: Option<Node>| match self.target {
+            Target::Node(node) => n.map(c_int::from) == Some(node),
+            Target::All => true,
+        };
+        let unpin = this.unpin();
+        match (self.advice, device) {
+            (Advice::Prefer, _) => {
+                let Target::Node(node) = self.target else {
+                    return Err(EINVAL);
+                };
+                let node = Node::try_from(node).map_err(|_| EINVAL)?;
+                let prefer = |a: Attrs| Attrs {
+                    preferred: Some(node),
+                    ..a
+                };
+                this.policy
+                    .update(first, last, prefer, |_, _| Ok(()), unpin)
+            }
+            (Advice::NoPrefer, _) => {
+                let forget = |a: Attrs| {
+                    if named(a.preferred) {
+                        Attrs {
+                            preferred: None,
+                            ..a
+                        }
+                    } else {
+                        a
+                    }
+                };
+                this.policy
+                    .update(first, last, forget, |_, _| Ok(()), unpin)
+            }
+            (Advice::Pin, Some(device)) => {
+                let id = device.id();
+                let pin = |a: Attrs| Attrs {
+                    pinned: Some(id),
+                    ..a
+                };
+                this.policy
+                    .update(first, last, pin, |_, pages| device.pin(pages), unpin)
+            }
+            (Advice::Unpin, _) => {
+                let unpinned = |a: Attrs| {
+                    if named(a.pinned) {
+                        Attrs { pinned: None, ..a }
+                    } else {
+                        a
+                    }
+                };
+                this.policy
+                    .update(first, last, unpinned, |_, _| Ok(()), unpin)
+            }
+            _ => Err(EINVAL),
+        }
+    }
+
     /// Calls `f(vma, start, end)` for each VMA of the range, clipped to it,
     /// in address order.  Fails with `ENOMEM` at the first unmapped page.
     fn for_each_vma(
@@ -283,6 +404,10 @@ mod tests {
 
     const PREFETCH: c_int = bindings::MADV_PREFETCH as c_int;
     const DONTNEED: c_int = bindings::MADV_DONTNEED as c_int;
+    const PREFER: c_int = bindings::MADV_PREFERRED_LOCATION as c_int;
+    const NO_PREFER: c_int = bindings::MADV_NO_PREFERRED_LOCATION as c_int;
+    const PIN: c_int = bindings::MADV_PIN as c_int;
+    const UNPIN: c_int = bindings::MADV_UNPIN as c_int;
     const BASE: usize = 0x7f00_0000_0000;
 
     /// Nodes 0 and 1 exist, nothing else.
@@ -295,18 +420,29 @@ mod tests {
     }
 
     #[test]
-    fn accepts_both_advices() {
+    fn accepts_every_advice() {
         let r = parse(1, BASE, 2 * PAGE_SIZE, PREFETCH).unwrap().unwrap();
         assert_eq!(r.advice, Advice::Prefetch);
         assert_eq!(r.target, Target::Node(1));
         assert_eq!((r.start, r.end), (BASE, BASE + 2 * PAGE_SIZE));
         let r = parse(0, BASE, PAGE_SIZE, DONTNEED).unwrap().unwrap();
         assert_eq!(r.advice, Advice::DontNeed);
+        for (raw, advice) in [
+            (PREFER, Advice::Prefer),
+            (NO_PREFER, Advice::NoPrefer),
+            (PIN, Advice::Pin),
+            (UNPIN, Advice::Unpin),
+        ] {
+            assert_eq!(
+                parse(1, BASE, PAGE_SIZE, raw).unwrap().unwrap().advice,
+                advice
+            );
+        }
     }
 
     #[test]
     fn rejects_unknown_advice() {
-        for advice in [-1, 0, 1, 3, 25, 199, 201, c_int::MAX, c_int::MIN] {
+        for advice in [-1, 0, 1, 3, 25, 199, 205, c_int::MAX, c_int::MIN] {
             assert_eq!(parse(0, BASE, PAGE_SIZE, advice), Err(EINVAL));
         }
     }
@@ -343,11 +479,17 @@ mod tests {
         assert_eq!(parse(2, BASE, PAGE_SIZE, PREFETCH), Err(EINVAL));
         assert_eq!(parse(-2, BASE, PAGE_SIZE, DONTNEED), Err(EINVAL));
         assert_eq!(parse(c_int::MAX, BASE, PAGE_SIZE, PREFETCH), Err(EINVAL));
-        // Every node makes sense for dropping pages, not for moving them.
+        // Every node: to drop pages, to move each to its preferred location,
+        // to undo an attribute; not to prefer or pin.
         let all = bindings::GM_NODE_ALL;
-        assert_eq!(parse(all, BASE, PAGE_SIZE, PREFETCH), Err(EINVAL));
-        let r = parse(all, BASE, PAGE_SIZE, DONTNEED).unwrap().unwrap();
-        assert_eq!(r.target, Target::All);
+        for advice in [PREFETCH, DONTNEED, NO_PREFER, UNPIN] {
+            let r = parse(all, BASE, PAGE_SIZE, advice).unwrap().unwrap();
+            assert_eq!(r.target, Target::All);
+        }
+        for advice in [PREFER, PIN] {
+            assert_eq!(parse(all, BASE, PAGE_SIZE, advice), Err(EINVAL));
+            assert_eq!(parse(2, BASE, PAGE_SIZE, advice), Err(EINVAL));
+        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ use kernel::{
     },
     bindings, c_str,
     error::to_result,
-    ffi::c_void,
+    ffi::{c_int, c_void},
     new_condvar, new_spinlock,
     page::{BorrowedPage, Page},
     prelude::*,
@@ -720,6 +720,30 @@ impl LogicalPageTable {
             next = vpn + 1;
         }
         bits
+    }
+
+    /// Calls `f(node)`, under the lock, for every page in `start..end` that lives on a device
+    /// (the device's id) or is parked (the NUMA node of the host page that holds it).
+    pub(crate) fn for_each_away_node(&self, start: usize, end: usize, mut f: impl FnMut(c_int)) {
+        let mut next = start;
+        while next < end {
+            let guard = self.lock();
+            // A batch at a time, as in `walk`.
+            for _ in 0..WALK_BATCH {
+                let Some((vpn, m)) = guard.find(next, end - 1) else {
+                    return;
+                };
+                next = vpn + 1;
+                match m.residency() {
+                    Residency::Device(page) => f(c_int::from(page.dev)),
+                    // SAFETY: the entry owns the page, and keeps it while the lock is held.
+                    Residency::Parked(raw) => {
+                        f(unsafe { bindings::page_to_nid(raw as usize as *const bindings::page) })
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 
     /// Calls `f(vpn, page)`, without the lock, for every device-resident page in `start..end`.

@@ -35,7 +35,20 @@
  */
 #define MADV_PREFETCH		200	/* move the range to node hnid */
 
-/* hnid for "every node" where an advice accepts it (MADV_DONTNEED). */
+/*
+ * Attributes of a range, kept by address until changed, unmapped or the
+ * process exits; fork() passes all but the pins to the child.  The NO_
+ * and UN advices take GM_NODE_ALL, or a node to undo only that node's.
+ */
+#define MADV_PREFERRED_LOCATION	201	/* pages should live on hnid */
+#define MADV_NO_PREFERRED_LOCATION 202	/* forget the preferred location */
+#define MADV_PIN		203	/* keep on device hnid, never evict */
+#define MADV_UNPIN		204	/* let the pages be evicted again */
+
+/*
+ * hnid for "every node" where an advice accepts it: MADV_DONTNEED,
+ * MADV_PREFETCH (each page to its preferred location) and the NO_/UN advices.
+ */
 #define GM_NODE_ALL		(-1)
 
 #endif /* _UAPI_LINUX_GMEM_H */

@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `/proc/<pid>/gmem_maps`: the attributes of a process's peer-shared memory and where its
+//! pages are, in the style of `numa_maps`.
+//!
+//! One line per piece of a peer-shared VMA whose attributes are uniform, in address order:
+//!
+//! ```text
+//! 7f0000000000-7f0000200000 preferred=4 accessed_by=none read_mostly=0 pinned=none N0=12 N4=500
+//! ```
+//!
+//! `N<node>=<pages>` counts the pages of the piece that each node holds: a host NUMA node for
+//! pages in host memory (mapped by the CPU, or parked after an eviction), a device's node id for
+//! pages on the device.  Pages being moved are on no node.  `accessed_by` and `read_mostly` are
+//! there for the advices to come (remote mapping and read duplication).
+
+use crate::{
+    address_space::AddressSpace,
+    policy::{Node, Span},
+};
+use kernel::{
+    bindings,
+    ffi::c_int,
+    fmt,
+    mm::{
+        virt::{flags, VmaRef},
+        MmWithUser,
+    },
+    page::PAGE_SIZE,
+    prelude::*,
+    seq_file::{seq_print, SeqFile},
+};
+
+/// A node, or `none`.
+struct Shown(Option<Node>);
+
+impl fmt::Display for Shown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(node) => write!(f, "{node}"),
+            None => f.write_str("none"),
+        }
+    }
+}
+
+/// Pages per node, in a table with room for every node.
+struct Counts(KVec<(c_int, usize)>);
+
+impl Counts {
+    fn add(&mut self, node: c_int) {
+        if let Some(c) = self.0.iter_mut().find(|c| c.0 == node) {
+            c.1 += 1;
+        } else {
+            // Cannot fail: there is room for every host node and every device.
+            let _ = self.0.push_within_capacity((node, 1));
+        }
+    }
+}
+
+/// Writes the lines of `mm` (see the module documentation).  Nothing for a process without
+/// peer-shared memory.
+pub(crate) fn show(m: &SeqFile, mm: &MmWithUser) -> Result {
+    // SAFETY: the caller holds a user of `mm`: its address space lives as long.
+    let Some(this) = (unsafe { AddressSpace::of(mm.as_raw()) }) else {
+        return Ok(());
+    };
+    // SAFETY: `nr_node_ids` is set during early boot and never changes afterwards.
+    let host_nodes = unsafe { bindings::nr_node_ids } as usize;
+    let mut counts = Counts(KVec::with_capacity(host_nodes + 64, GFP_KERNEL)?);
+    let _mmap = mm.mmap_read_lock();
+    let mut addr = 0;
+    loop {
+        // SAFETY: the mmap lock is held.
+        let vma = unsafe { bindings::find_vma(mm.as_raw(), addr) };
+        if vma.is_null() {
+            return Ok(());
+        }
+        // SAFETY: `vma` is a VMA of `mm`, valid while its mmap lock (`mmap`) is held.
+        let vma = unsafe { VmaRef::from_raw(vma) };
+        addr = vma.end();
+        if vma.flags() & flags::PEER_SHARED == 0 {
+            continue;
+        }
+        let (first, end) = (vma.start() / PAGE_SIZE, vma.end() / PAGE_SIZE);
+        this.policy.for_each_run(first, end, |run| {
+            show_run(m, this, vma, &mut counts, run);
+            Ok(())
+        })?;
+    }
+}
+
+/// Writes the line of `run`, a piece of `vma`.
+fn show_run(m: &SeqFile, this: &AddressSpace, vma: &VmaRef, counts: &mut Counts, run: Span) {
+    counts.0.clear();
+    this.lpt
+        .for_each_away_node(run.first, run.end, |node| counts.add(node));
+    for vpn in run.first..run.end {
+        if let Some(nid) = vma.page_nid(vpn * PAGE_SIZE) {
+            counts.add(nid);
+        }
+    }
+    counts.0.sort_unstable_by_key(|c| c.0);
+    seq_print!(
+        m,
+        "{:08x}-{:08x} preferred={} accessed_by=none read_mostly=0 pinned={}",
+        run.first * PAGE_SIZE,
+        run.end * PAGE_SIZE,
+        Shown(run.attrs.preferred),
+        Shown(run.attrs.pinned),
+    );
+    for (node, pages) in counts.0.iter() {
+        seq_print!(m, " N{}={}", node, pages);
+    }
+    seq_print!(m, "\n");
+}
