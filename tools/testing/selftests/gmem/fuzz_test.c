@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Hostile input for GMEM: a seeded, randomized fuzzer over hmadvise(),
+ * Hostile input for GMEM: a seeded, randomized fuzzer over hmadvise() (its
+ * moves, drops and range attributes: preferred locations and pins),
  * mmap/munmap/mremap/mprotect/madvise/mlock with and without
  * MAP_PEER_SHARED and the simulated NPU's ioctls, with random and boundary
  * arguments: huge lengths, ranges that wrap around, kernel and
@@ -8,8 +9,10 @@
  * files of other processes (passed over a socket, inherited by fork, of a
  * process that died).  Every call must fail only with an errno documented
  * for it (exactly the one the arguments alone decide, where they do) and
- * the kernel must not crash or splat; at the end the memory the fuzzer
- * never handed out is intact and GMEM is back where it started.
+ * the kernel must not crash or splat; /proc/self/gmem_maps, read now and
+ * then, keeps its format and shows no attribute the process cannot have;
+ * at the end the memory the fuzzer never handed out is intact and GMEM is
+ * back where it started (pins included).
  *
  * Everything the fuzzer may change lives in an arena fenced by PROT_NONE
  * mappings, or in mappings it made itself outside it ("extras"): calls
@@ -84,8 +87,7 @@ static struct {
 	unsigned long iter;
 	int child;		/* this is a forked fuzzer child */
 
-	char *fence;		/* fence | arena | fence */
-	char *arena;
+	char *arena;		/* between PROT_NONE fences */
 	char *canary;		/* peer-shared, fenced, read by jobs, never written */
 	char *plain;		/* ordinary memory, a refused job's target */
 	char *ro;		/* a read-only page (ioctl argument) */
@@ -114,18 +116,18 @@ static int trace;	/* GMEM_FUZZ_TRACE: log every call, not just violations */
 
 static const char *const op_names[] = {
 	"hmadvise", "mmap", "munmap", "mprotect", "mremap", "madvise",
-	"mlock", "ioctl", "open/close", "touch", "fork",
+	"mlock", "ioctl", "open/close", "touch", "gmem_maps", "fork",
 };
 
 enum { OP_HMADVISE, OP_MMAP, OP_MUNMAP, OP_MPROTECT, OP_MREMAP, OP_MADVISE,
-	OP_MLOCK, OP_IOCTL, OP_SLOT, OP_TOUCH, OP_FORK, NR_OPS };
+	OP_MLOCK, OP_IOCTL, OP_SLOT, OP_TOUCH, OP_MAPS, OP_FORK, NR_OPS };
 
 /* Weights of the operations, per 1000 iterations. */
 static const int op_weight[NR_OPS] = {
 	[OP_HMADVISE] = 250, [OP_MMAP] = 90, [OP_MUNMAP] = 60,
 	[OP_MPROTECT] = 70, [OP_MREMAP] = 70, [OP_MADVISE] = 60,
-	[OP_MLOCK] = 20, [OP_IOCTL] = 270, [OP_SLOT] = 40, [OP_TOUCH] = 68,
-	[OP_FORK] = 2,
+	[OP_MLOCK] = 20, [OP_IOCTL] = 260, [OP_SLOT] = 40, [OP_TOUCH] = 68,
+	[OP_MAPS] = 10, [OP_FORK] = 2,
 };
 
 static uint64_t rnd(uint64_t n)
@@ -386,47 +388,90 @@ static int npu_of_node(int n)
 	return -1;
 }
 
+static int advice_known(int advice)
+{
+	switch (advice) {
+	case MADV_PREFETCH:
+	case MADV_DONTNEED:
+	case MADV_PREFERRED_LOCATION:
+	case MADV_NO_PREFERRED_LOCATION:
+	case MADV_PIN:
+	case MADV_UNPIN:
+		return 1;
+	}
+	return 0;
+}
+
+/* The advices that take GM_NODE_ALL: all but those that name one node. */
+static int advice_takes_all(int advice)
+{
+	return advice != MADV_PREFERRED_LOCATION && advice != MADV_PIN;
+}
+
 /*
  * What hmadvise() must return, from its documentation: the arguments are
  * checked in order (advice, alignment, overflow, node) before anything
  * else; an empty range then returns 0.  After that it depends on what is
  * mapped, except where the first page of the range decides.
+ *
+ * MADV_PIN to a host node is refused (EINVAL) with the node check, or with
+ * the check that a device node is attached, after the range's: a hole in
+ * the range (ENOMEM) may then come first.
  */
 static uint64_t hmadvise_allowed(int hnid, unsigned long start,
 				 unsigned long len, int advice, int cls,
 				 int *exact)
 {
 	unsigned long alen = page_align(len);
+	int host_pin, dev;
 	uint64_t set;
-	int dev;
 
 	*exact = 1;
-	if (advice != MADV_PREFETCH && advice != MADV_DONTNEED)
+	if (!advice_known(advice))
 		return BIT(EINVAL);
 	if (start & (PAGE - 1))
 		return BIT(EINVAL);
 	if ((len && !alen) || start + alen < start)
 		return BIT(EINVAL);
-	if (hnid == GM_NODE_ALL ? advice != MADV_DONTNEED :
+	if (hnid == GM_NODE_ALL ? !advice_takes_all(advice) :
 	    !node_online(hnid) && !node_registered(hnid))
 		return BIT(EINVAL);
-	if (!alen)
-		return OK;
+	host_pin = advice == MADV_PIN && node_online(hnid);
+	if (!alen) {
+		*exact = !host_pin;
+		return host_pin ? OK | BIT(EINVAL) : OK;
+	}
 	/* Nothing is mapped at the first page: the lowest address decides. */
-	if (cls == A_KERNEL || cls == A_LOW)
-		return BIT(ENOMEM);
+	if (cls == A_KERNEL || cls == A_LOW) {
+		*exact = !host_pin;
+		return BIT(ENOMEM) | (host_pin ? BIT(EINVAL) : 0);
+	}
 	/* Ordinary memory at the first page. */
 	if (cls == A_PLAIN)
 		return BIT(EINVAL);
 	*exact = 0;
 	set = BIT(EINVAL) | BIT(ENOMEM);
-	dev = npu_of_node(hnid);
-	/* A device node of a device this process is not attached to. */
-	if (dev >= 0 && !F.mm_attached[dev])
+	if (host_pin)
 		return set;
+	dev = npu_of_node(hnid);
+	/*
+	 * A device node of a device this process is not attached to.  Undoing
+	 * what names it may find nothing to undo instead.
+	 */
+	if (dev >= 0 && !F.mm_attached[dev])
+		return advice == MADV_NO_PREFERRED_LOCATION ||
+		       advice == MADV_UNPIN ? set | OK : set;
 	set |= OK;
-	if (advice == MADV_PREFETCH)
-		set |= BIT(EINTR) | (dev >= 0 ? BIT(EFAULT) : 0);
+	/*
+	 * Moves: to the node, to each page's preferred location (GM_NODE_ALL,
+	 * possibly a device) or, for a pin, to the device, which the pins of
+	 * every process together may not take past its limit.
+	 */
+	if (advice == MADV_PREFETCH || advice == MADV_PIN)
+		set |= BIT(EINTR) | (dev >= 0 || hnid == GM_NODE_ALL ?
+				     BIT(EFAULT) : 0);
+	if (advice == MADV_PIN)
+		set |= BIT(ENOSPC);
 	return set;
 }
 
@@ -434,8 +479,10 @@ static void do_hmadvise(void)
 {
 	static const int advices[] = {
 		MADV_PREFETCH, MADV_DONTNEED, MADV_PREFETCH, MADV_DONTNEED,
-		-1, 0, MADV_WILLNEED, MADV_FREE, MADV_PAGEOUT, 199, 201,
-		0x7fffffff, MADV_PREFETCH | 0x10000,
+		MADV_PREFERRED_LOCATION, MADV_NO_PREFERRED_LOCATION, MADV_PIN,
+		MADV_UNPIN, MADV_PREFERRED_LOCATION, MADV_PIN,
+		-1, 0, MADV_WILLNEED, MADV_FREE, MADV_PAGEOUT, 199,
+		MADV_UNPIN + 1, 0x7fffffff, MADV_PREFETCH | 0x10000,
 	};
 	static const int odd_hnids[] = {
 		-2, -1000, 64, 1 << 20, 0x7fffffff, -0x7fffffff - 1, 63, 4,
@@ -1095,6 +1142,64 @@ static void do_touch(void)
 	      write ? "write" : "read", p);
 }
 
+/* /proc/self/gmem_maps */
+
+#define MAPS_LINES	1024
+
+static char maps_text[1 << 18];
+static struct gm_maps_line maps_lines[MAPS_LINES];
+
+/*
+ * Whether @node may be a preferred location (@pin 0) or a pin (@pin 1) of
+ * this process: none (-1), an online host node (not for a pin), or a
+ * device this process is attached to, since every attribute that names a
+ * device goes when the device leaves the process.  A forked child has its
+ * parent's preferred locations, devices included; pins it has only its own.
+ */
+static int maps_attr_ok(int node, int pin)
+{
+	int dev = npu_of_node(node);
+
+	if (node < 0)
+		return 1;
+	if (dev < 0)
+		return !pin && node_online(node);
+	return F.mm_attached[dev] || (!pin && F.child);
+}
+
+/*
+ * gmem_maps: its format and order (gm_maps_parse()), attributes this
+ * process may have (maps_attr_ok()), and pages only on online host nodes
+ * and NPUs.
+ */
+static void do_maps(void)
+{
+	const char *line = maps_text;
+	int n, bad = -1, len;
+
+	if (gm_maps_text(0, maps_text, sizeof(maps_text)) < 0) {
+		check(OP_MAPS, -1, errno, OK, 1, "reading /proc/self/gmem_maps");
+		return;
+	}
+	n = gm_maps_parse(maps_text, maps_lines, MAPS_LINES, PAGE);
+	if (n < 0)
+		bad = -1 - n;
+	for (int i = 0; i < n && i < MAPS_LINES && bad < 0; i++) {
+		const struct gm_maps_line *l = &maps_lines[i];
+
+		if (!maps_attr_ok(l->preferred, 0) || !maps_attr_ok(l->pinned, 1))
+			bad = i;
+		for (int j = 0; j < l->nnodes; j++)
+			if (!node_online(l->node[j]) && !node_registered(l->node[j]))
+				bad = i;
+	}
+	for (int i = 0; i < bad && strchr(line, '\n'); i++)
+		line = strchr(line, '\n') + 1;
+	len = strchrnul(line, '\n') - line;
+	check(OP_MAPS, bad < 0 ? 0 : -1, EPROTO, OK, 1,
+	      "gmem_maps line %d of %d: %.*s", bad, n, len, line);
+}
+
 static void fuzz_one(void);
 
 /*
@@ -1181,6 +1286,9 @@ static void fuzz_one(void)
 	case OP_TOUCH:
 		do_touch();
 		break;
+	case OP_MAPS:
+		do_maps();
+		break;
 	default:
 		do_fork();
 		break;
@@ -1240,35 +1348,6 @@ static pid_t start_helper(int *fd)
 
 static void on_alarm(int sig)
 {
-}
-
-static int online_host_nodes(void)
-{
-	char path[64];
-	int n;
-
-	for (n = 0;; n++) {
-		snprintf(path, sizeof(path), "/sys/devices/system/node/node%d", n);
-		if (access(path, F_OK))
-			break;
-	}
-	return n ? n : 1;
-}
-
-/* Map @pages pages between two PROT_NONE fences of FENCE_PAGES. */
-static char *fenced(size_t pages, int peer)
-{
-	char *p = mmap(NULL, (pages + 2 * FENCE_PAGES) * PAGE, PROT_NONE,
-		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	if (p == MAP_FAILED)
-		return NULL;
-	p += FENCE_PAGES * PAGE;
-	if (mmap(p, pages * PAGE, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED |
-		 (peer ? MAP_PEER_SHARED : 0), -1, 0) != p)
-		return NULL;
-	return p;
 }
 
 /*
@@ -1365,10 +1444,9 @@ TEST_F_TIMEOUT(fuzz, random_calls, 600)
 		F.slot[i].fd = -1;
 
 	/* What must survive: the canary (peer-shared) and plain memory. */
-	F.arena = fenced(ARENA_PAGES, 1);
+	F.arena = mmap_fenced(ARENA_PAGES * PAGE, FENCE_PAGES * PAGE, 1);
 	ASSERT_NE(NULL, F.arena);
-	F.fence = F.arena - FENCE_PAGES * PAGE;
-	F.canary = fenced(CANARY_PAGES, 1);
+	F.canary = mmap_fenced(CANARY_PAGES * PAGE, FENCE_PAGES * PAGE, 1);
 	ASSERT_NE(NULL, F.canary);
 	fill_pattern(F.canary, CANARY_PAGES * PAGE, seed);
 	F.plain = mmap(NULL, 8 * PAGE, PROT_READ | PROT_WRITE,
@@ -1380,7 +1458,7 @@ TEST_F_TIMEOUT(fuzz, random_calls, 600)
 	ASSERT_NE(MAP_FAILED, F.ro);
 	F.none = mmap(NULL, PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT_NE(MAP_FAILED, F.none);
-	F.edge = fenced(1, 0);
+	F.edge = mmap_fenced(PAGE, FENCE_PAGES * PAGE, 0);
 	ASSERT_NE(NULL, F.edge);
 
 	F.memfd = memfd_create("gmem_fuzz", MFD_CLOEXEC);
@@ -1459,9 +1537,8 @@ TEST_F_TIMEOUT(fuzz, random_calls, 600)
 	}
 	for (int i = 0; i < F.nextra; i++)
 		munmap(F.extra[i].p, F.extra[i].len);
-	munmap(F.fence, (ARENA_PAGES + 2 * FENCE_PAGES) * PAGE);
-	munmap(F.canary - FENCE_PAGES * PAGE,
-	       (CANARY_PAGES + 2 * FENCE_PAGES) * PAGE);
+	munmap_fenced(F.arena, ARENA_PAGES * PAGE, FENCE_PAGES * PAGE);
+	munmap_fenced(F.canary, CANARY_PAGES * PAGE, FENCE_PAGES * PAGE);
 	unmap_peer_shared(_metadata);
 	ASSERT_EQ(0, gm_baseline_wait(&self->base, 30, why, sizeof(why)))
 		TH_LOG("after fuzzing: %s", why);

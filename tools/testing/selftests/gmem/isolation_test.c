@@ -10,7 +10,6 @@
  *
  * Device memory is global: nothing else may use the NPUs while this runs.
  */
-#include <grp.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -22,7 +21,6 @@
 #include "npu_util.h"
 
 #define SECRET		0x5ec2e700U	/* what the first process leaves behind */
-#define NOBODY		65534
 
 /*
  * The NPU memory the first process fills and the second then uses: with the
@@ -67,36 +65,6 @@ static int recv_fd(int sock)
 	if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
 		memcpy(&fd, CMSG_DATA(cm), sizeof(int));
 	return fd;
-}
-
-/* One byte over a pipe or socket: a step of a two-process handshake. */
-static int sync_send(int fd)
-{
-	return write(fd, "s", 1) == 1 ? 0 : -1;
-}
-
-static int sync_wait(int fd)
-{
-	char c;
-
-	return read(fd, &c, 1) == 1 ? 0 : -1;
-}
-
-/* The errno of a failed hmadvise(), 0 if it succeeded. */
-static int hmadvise_err(int hnid, const void *p, size_t len, int advice)
-{
-	return hmadvise(hnid, (unsigned long)p, len, advice) ? errno : 0;
-}
-
-/* The index of the first word of [p, p + len) that is not @v, or -1. */
-static long first_not(const void *p, size_t len, __u32 v)
-{
-	const __u32 *w = p;
-
-	for (size_t i = 0; i < len / 4; i++)
-		if (w[i] != v)
-			return i;
-	return -1;
 }
 
 /* Skips without an NPU; the baseline and npu0's description otherwise. */
@@ -151,7 +119,7 @@ TEST_F(isolation, device_node_permissions)
 {
 	static const char *const ro[] = {
 		"name", "faultable", "size", "resident", "free", "evictions",
-		"reserve_low", "reserve_high",
+		"reserve_low", "reserve_high", GM_NODE_PINNED,
 	};
 	char path[128];
 	struct stat st;
@@ -178,16 +146,6 @@ TEST_F(isolation, device_node_permissions)
 			EXPECT_EQ(0444, st.st_mode & 07777) TH_LOG("%s", path);
 		}
 	}
-}
-
-/* Drop to nobody for good: 0, or -1 if root's rights are still there. */
-static int become_nobody(void)
-{
-	if (setgroups(0, NULL) || setgid(NOBODY) || setuid(NOBODY))
-		return -1;
-	if (getuid() != NOBODY || geteuid() != NOBODY || !setuid(0))
-		return -1;
-	return 0;
 }
 
 /*

@@ -984,24 +984,6 @@ TEST_F(npu, faults_counted)
 	expect_resident(_metadata, self->fd, self->start);
 }
 
-#define BLOCK	(2UL * 1024 * 1024)	/* what one batch moves at most */
-
-/* A peer-shared mapping of @len bytes that starts at a 2 MiB boundary. */
-static char *mmap_block_aligned(size_t len)
-{
-	char *p = mmap(NULL, len + BLOCK, PROT_NONE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	char *a;
-
-	if (p == MAP_FAILED)
-		return MAP_FAILED;
-	a = (char *)(((unsigned long)p + BLOCK - 1) & ~(BLOCK - 1));
-	if (a > p)
-		munmap(p, a - p);
-	munmap(a + len, p + len + BLOCK - (a + len));
-	return mmap_peer_shared(a, len, MAP_FIXED);
-}
-
 /*
  * Four engines fill untouched memory with prefetch off: each stalls once on
  * each of its pages, and the NPU hands GMEM one batch whenever all four are

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * Helpers shared by the GMEM reliability selftests (stress, fuzz, isolation,
- * out of memory): the simulated NPU's ioctls, the per-device sysfs files, a
+ * out of memory, range policy): the simulated NPU's ioctls, the per-device sysfs files, a
  * seeded random number generator and the "back to where it started" check
  * of device and tracking memory.
  *
@@ -131,6 +131,17 @@ static inline int npu_open_attached(int i)
 	return fd;
 }
 
+/* The index of the first word of [p, p + len) that is not @v, or -1. */
+static inline long first_not(const void *p, size_t len, __u32 v)
+{
+	const __u32 *w = p;
+
+	for (size_t i = 0; i < len / 4; i++)
+		if (w[i] != v)
+			return i;
+	return -1;
+}
+
 /* The sum of the u32 words of [p, p + len), as SUM32 computes it. */
 static inline __u64 sum32(const void *p, size_t len)
 {
@@ -151,6 +162,12 @@ static inline long long gm_node_read(unsigned int hnid, const char *name)
 	snprintf(path, sizeof(path), "/sys/kernel/mm/gmem/node%u/%s", hnid, name);
 	return read_ull(path, &v) ? -1 : (long long)v;
 }
+
+/*
+ * The bytes every process pinned on a device (hmadvise(MADV_PIN)), in
+ * /sys/kernel/mm/gmem/node<hnid>/: at most its limit.
+ */
+#define GM_NODE_PINNED	"pinned"
 
 static inline int gm_node_write(unsigned int hnid, const char *name,
 				unsigned long long v)
@@ -270,14 +287,15 @@ static inline double now_sec(void)
 }
 
 /*
- * What GMEM holds on behalf of all processes: device memory in use on each
- * NPU, tracked pages, GMEM address spaces and GmMapping objects.  A test
- * that leaves nothing behind ends where it started.
+ * What GMEM holds on behalf of all processes: device memory in use and
+ * pinned on each NPU, tracked pages, GMEM address spaces and GmMapping
+ * objects.  A test that leaves nothing behind ends where it started.
  */
 struct gm_baseline {
 	int nnpu;
 	unsigned int hnid[NPU_MAX];
 	long long resident[NPU_MAX];	/* bytes, from sysfs */
+	long long pinned[NPU_MAX];	/* bytes, from sysfs (-1: no pins) */
 	long tracked;
 	long spaces;
 	long mappings;			/* gmem_mapping slab objects */
@@ -316,6 +334,7 @@ static inline int gm_baseline_take(struct gm_baseline *b)
 		b->resident[i] = gm_node_read(info.hnid, "resident");
 		if (b->resident[i] < 0)
 			return -1;
+		b->pinned[i] = gm_node_read(info.hnid, GM_NODE_PINNED);
 		b->nnpu++;
 	}
 	b->tracked = tracked_pages();
@@ -346,19 +365,40 @@ static inline int gm_baseline_wait(const struct gm_baseline *b, double timeout,
 		same = now.tracked == b->tracked && now.spaces == b->spaces &&
 		       (b->mappings < 0 || now.mappings == b->mappings);
 		for (int i = 0; i < b->nnpu; i++)
-			same &= now.resident[i] == b->resident[i];
+			same &= now.resident[i] == b->resident[i] &&
+				now.pinned[i] == b->pinned[i];
 		if (same)
 			return 0;
 		if (now_sec() > end) {
 			snprintf(why, size,
-				 "tracked pages %ld (was %ld), address spaces %ld (was %ld), gmem_mapping objects %ld (was %ld), npu0 resident %lld (was %lld), npu1 resident %lld (was %lld)",
+				 "tracked pages %ld (was %ld), address spaces %ld (was %ld), gmem_mapping objects %ld (was %ld), npu0 resident %lld (was %lld) pinned %lld (was %lld), npu1 resident %lld (was %lld) pinned %lld (was %lld)",
 				 now.tracked, b->tracked, now.spaces, b->spaces,
 				 now.mappings, b->mappings, now.resident[0],
-				 b->resident[0], now.resident[1], b->resident[1]);
+				 b->resident[0], now.pinned[0], b->pinned[0],
+				 now.resident[1], b->resident[1], now.pinned[1],
+				 b->pinned[1]);
 			return -1;
 		}
 		usleep(20000);
 	}
+}
+
+#define BLOCK	(2UL * 1024 * 1024)	/* what one batch moves at most */
+
+/* A peer-shared mapping of @len bytes that starts at a 2 MiB boundary. */
+static inline char *mmap_block_aligned(size_t len)
+{
+	char *p = mmap(NULL, len + BLOCK, PROT_NONE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	char *a;
+
+	if (p == MAP_FAILED)
+		return MAP_FAILED;
+	a = (char *)(((unsigned long)p + BLOCK - 1) & ~(BLOCK - 1));
+	if (a > p)
+		munmap(p, a - p);
+	munmap(a + len, p + len + BLOCK - (a + len));
+	return mmap_peer_shared(a, len, MAP_FIXED);
 }
 
 #endif /* GMEM_NPU_UTIL_H */

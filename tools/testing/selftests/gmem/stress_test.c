@@ -3,11 +3,13 @@
  * GMEM under stress, for a bounded time: CPU threads and jobs on both NPUs
  * hammer overlapping pages of one buffer with a pattern that says what
  * every word must hold, while other threads munmap, mremap and mprotect
- * the ranges next to it, prefetch and drop pages with hmadvise(), fork
- * children that check and write their copy, and SIGKILL processes in the
- * middle of their jobs and prefetches.  At the end every word of the
- * buffer is what the pattern says, and device memory, tracked pages, GMEM
- * address spaces and gmem_mapping objects are back where they started.
+ * the ranges next to it, prefetch and drop pages and set and clear their
+ * preferred locations and pins with hmadvise(), fork children that check
+ * and write their copy, and SIGKILL processes in the middle of their jobs,
+ * prefetches and pins.  At the end every word of the buffer is what the
+ * pattern says, each NPU's pinned pages are those gmem_maps shows pinned,
+ * and device memory, pins, tracked pages, GMEM address spaces and
+ * gmem_mapping objects are back where they started.
  *
  * The buffer is cut into 256-byte chunks, 16 to a page, and every chunk
  * has one writer (a CPU thread, an NPU thread, or nobody: a frozen chunk
@@ -105,8 +107,11 @@ static struct {
 
 	/* What happened, for the log. */
 	atomic_ulong cpu_writes, jobs, job_retries, prefetches, dontneeds,
-		side_ops, racer_ops, children, kills;
+		attributes, side_ops, racer_ops, children, kills;
 } S;
+
+/* A checker child's /proc/self/gmem_maps. */
+static char child_maps[1 << 16];
 
 static void fail(const char *fmt, ...)
 {
@@ -381,9 +386,44 @@ static void *npu_writer(void *arg)
 #define ADVISOR_DROP_FMT "%s: page %lu after hmadvise(%d, MADV_DONTNEED): %d zero words, %d kept, of %lu"
 
 /*
- * The advisor: prefetches random ranges of the buffer to random nodes
- * (which moves pages under everybody's feet but changes no data) and drops
- * its own pages with MADV_DONTNEED on random nodes.
+ * A random range attribute advice: a preferred location (a host node or an
+ * NPU), a pin on an NPU, or either undone, everywhere (GM_NODE_ALL) or for
+ * one node.  None changes data.  Returns the advice, and its node in
+ * *@node.
+ */
+static int random_attribute(uint64_t *r, int *node)
+{
+	static const int advices[] = {
+		MADV_PREFERRED_LOCATION, MADV_NO_PREFERRED_LOCATION, MADV_PIN,
+		MADV_UNPIN,
+	};
+	int advice = advices[rnd_below(r, ARRAY_SIZE(advices))];
+	int npu = S.hnid[rnd_below(r, S.nnpu)];
+
+	switch (advice) {
+	case MADV_PREFERRED_LOCATION:
+		*node = random_node(r);
+		break;
+	case MADV_NO_PREFERRED_LOCATION:
+		*node = rnd_one_in(r, 2) ? GM_NODE_ALL : random_node(r);
+		break;
+	case MADV_PIN:
+		*node = npu;
+		break;
+	default:
+		*node = rnd_one_in(r, 2) ? GM_NODE_ALL : npu;
+		break;
+	}
+	return advice;
+}
+
+/*
+ * The advisor: prefetches random ranges of the buffer to random nodes or
+ * to their preferred locations, sets and clears their preferred locations
+ * and pins (all of which moves pages under everybody's feet but changes
+ * no data), and drops its own pages with MADV_DONTNEED on random nodes.
+ * Nothing may fail: the buffer stays mapped, and its pins are far below
+ * an NPU's limit.
  */
 static void *advisor(void *arg)
 {
@@ -391,13 +431,14 @@ static void *advisor(void *arg)
 	unsigned long npages = BUF_PAGES / ADVISOR_EVERY;
 
 	while (!stopping()) {
-		if (rnd_below(&r, 3)) {
-			unsigned long first = rnd_below(&r, BUF_PAGES);
-			unsigned long n = 1 + rnd_below(&r, 32);
-			int node = random_node(&r);
+		unsigned long first = rnd_below(&r, BUF_PAGES);
+		unsigned long n = 1 + rnd_below(&r, 32);
+		int op = rnd_below(&r, 6), node, advice;
 
-			if (first + n > BUF_PAGES)
-				n = BUF_PAGES - first;
+		if (first + n > BUF_PAGES)
+			n = BUF_PAGES - first;
+		if (op < 3) {
+			node = rnd_one_in(&r, 4) ? GM_NODE_ALL : random_node(&r);
 			if (hmadvise(node, (unsigned long)S.buf + first * PAGE,
 				     n * PAGE, MADV_PREFETCH)) {
 				fail("hmadvise(%d, buffer page %lu, %lu pages, MADV_PREFETCH): %s",
@@ -405,6 +446,15 @@ static void *advisor(void *arg)
 				break;
 			}
 			atomic_fetch_add(&S.prefetches, 1);
+		} else if (op == 3) {
+			advice = random_attribute(&r, &node);
+			if (hmadvise(node, (unsigned long)S.buf + first * PAGE,
+				     n * PAGE, advice)) {
+				fail("hmadvise(%d, buffer page %lu, %lu pages, %d): %s",
+				     node, first, n, advice, strerror(errno));
+				break;
+			}
+			atomic_fetch_add(&S.attributes, 1);
 		} else {
 			unsigned long p = rnd_below(&r, npages) * ADVISOR_EVERY +
 					  ADVISOR_EVERY - 1;
@@ -682,7 +732,7 @@ static void *churner(void *arg)
 	while (!stopping()) {
 		unsigned long first, n;
 		int fd = S.fd[rnd_below(&r, S.nnpu)];
-		int ret = 0, node, op;
+		int ret = 0, node, op, advice;
 		__u64 v;
 		char *p;
 
@@ -751,12 +801,21 @@ static void *churner(void *arg)
 			}
 			break;
 		default:
-			node = random_node(&r);
-			churn_log("  prefetch to node %d", node);
-			if (hmadvise(node, (unsigned long)p, n * PAGE,
-				     MADV_PREFETCH)) {
-				fail("%s: hmadvise(%d, MADV_PREFETCH): %s",
-				     __func__, node, strerror(errno));
+			/*
+			 * A prefetch, or a range attribute that the next
+			 * munmap, mremap or mprotect of the neighbour then
+			 * drops, moves or keeps.
+			 */
+			if (rnd_one_in(&r, 2)) {
+				node = random_node(&r);
+				advice = MADV_PREFETCH;
+			} else {
+				advice = random_attribute(&r, &node);
+			}
+			churn_log("  hmadvise(%d) on node %d", advice, node);
+			if (hmadvise(node, (unsigned long)p, n * PAGE, advice)) {
+				fail("%s: hmadvise(%d, %d): %s", __func__, node,
+				     advice, strerror(errno));
 				return NULL;
 			}
 			break;
@@ -772,10 +831,10 @@ static void *churner(void *arg)
 }
 
 /*
- * The racer: reads the neighbours through the NPUs and prefetches them
- * while the churner remaps them.  Nothing is checked but the errors, which
- * must be those documented for a range that is unmapped (ENOMEM), not
- * readable or gone after the checks (EFAULT).
+ * The racer: reads the neighbours through the NPUs, prefetches them and
+ * sets their range attributes while the churner remaps them.  Nothing is
+ * checked but the errors, which must be those documented for a range that
+ * is unmapped (ENOMEM), not readable or gone after the checks (EFAULT).
  */
 static void *racer(void *arg)
 {
@@ -804,13 +863,14 @@ static void *racer(void *arg)
 				break;
 			}
 		} else {
-			int node = random_node(&r);
+			int node = random_node(&r), advice = MADV_PREFETCH;
 
-			if (hmadvise(node, (unsigned long)p, n * PAGE,
-				     MADV_PREFETCH) &&
+			if (rnd_one_in(&r, 3))
+				advice = random_attribute(&r, &node);
+			if (hmadvise(node, (unsigned long)p, n * PAGE, advice) &&
 			    errno != ENOMEM && errno != EFAULT) {
-				fail("%s: hmadvise(%d, MADV_PREFETCH) on a neighbour: %s",
-				     __func__, node, strerror(errno));
+				fail("%s: hmadvise(%d, %d) on a neighbour: %s",
+				     __func__, node, advice, strerror(errno));
 				break;
 			}
 		}
@@ -820,7 +880,8 @@ static void *racer(void *arg)
 }
 
 /*
- * A child that checks its copy of the buffer: the frozen chunks, read by
+ * A child that checks its copy of the buffer: it has none of the parent's
+ * pins (fork does not pass them on), and its frozen chunks read right by
  * the CPU and by an NPU it attaches itself; then it writes its copy and
  * drops part of it, which must not reach the parent.  Returns the exit
  * status: 0, or the step that failed.  Only system calls here: the parent
@@ -830,10 +891,16 @@ static int checker_child(uint64_t r)
 {
 	int fd = npu_open_attached(rnd_below(&r, S.nnpu));
 	unsigned long first;
+	const char *pin;
 	__u64 sum;
 
 	if (fd < 0)
 		return 10;
+	if (gm_maps_text(0, child_maps, sizeof(child_maps)) < 0)
+		return 17;
+	for (pin = child_maps; (pin = strstr(pin, " pinned=")); pin++)
+		if (strncmp(pin + 8, "none", 4))
+			return 18;
 	for (uint32_t k = 0; k < S.nown[OWNER_FROZEN]; k++) {
 		uint32_t c = S.own[OWNER_FROZEN][k];
 		long i = chunk_diff(S.buf, c);
@@ -908,6 +975,10 @@ static int worker_child(uint64_t r)
 		if (rnd_below(&r, 2) &&
 		    hmadvise(S.hnid[a], (unsigned long)p, len, MADV_DONTNEED))
 			return 27;
+		/* Pins that its exit (or SIGKILL) must give back. */
+		if (rnd_one_in(&r, 4) &&
+		    hmadvise(S.hnid[b], (unsigned long)p, len, MADV_PIN))
+			return 28;
 	}
 	return 0;
 }
@@ -965,16 +1036,51 @@ static void *forker(void *arg)
 	return NULL;
 }
 
-static int online_host_nodes(void)
+/*
+ * What each NPU counts as pinned (its sysfs "pinned", from @base on)
+ * is what gmem_maps shows pinned there: the pins of the buffer and its
+ * neighbours, once the children's are gone (a killed child may still be
+ * tearing its address space down).  0, or -1 with the difference in @why.
+ */
+static int pins_settle(const struct gm_baseline *base, char *why, size_t size)
 {
-	int n = 0;
-	char path[64];
+	static struct gm_maps_line lines[256];
+	static char text[1 << 16];
+	double end = now_sec() + 10;
 
 	for (;;) {
-		snprintf(path, sizeof(path), "/sys/devices/system/node/node%d", n);
-		if (access(path, F_OK))
-			return n ? n : 1;
-		n++;
+		long long want[NPU_MAX] = { 0 }, got[NPU_MAX];
+		int n, same = 1;
+
+		if (gm_maps_text(0, text, sizeof(text)) < 0) {
+			snprintf(why, size, "gmem_maps: %s", strerror(errno));
+			return -1;
+		}
+		n = gm_maps_parse(text, lines, ARRAY_SIZE(lines), PAGE);
+		if (n < 0 || n > (int)ARRAY_SIZE(lines)) {
+			snprintf(why, size, "gmem_maps line %d is wrong (or too many): %.400s",
+				 -1 - n, text);
+			return -1;
+		}
+		for (int i = 0; i < n; i++)
+			for (int j = 0; j < S.nnpu; j++)
+				if (lines[i].pinned == (int)S.hnid[j])
+					want[j] += lines[i].end - lines[i].start;
+		for (int j = 0; j < S.nnpu; j++) {
+			got[j] = gm_node_read(S.hnid[j], GM_NODE_PINNED) -
+				 base->pinned[j];
+			same &= got[j] == want[j];
+		}
+		if (same)
+			return 0;
+		if (now_sec() > end) {
+			snprintf(why, size,
+				 "pinned on npu0 %lld bytes, in gmem_maps %lld; npu1 %lld, %lld",
+				 got[0], want[0], S.nnpu > 1 ? got[1] : 0,
+				 S.nnpu > 1 ? want[1] : 0);
+			return -1;
+		}
+		usleep(20000);
 	}
 }
 
@@ -1029,6 +1135,7 @@ FIXTURE_SETUP(stress)
 			break;
 		ASSERT_LE(0, S.fd[i]) TH_LOG("%s: %s", npu_dev_path[i], strerror(errno));
 		ASSERT_EQ(0, npu_get_info(S.fd[i], &info));
+		ASSERT_EQ(0, gm_limit_reset(info.hnid, info.dram_size));
 		S.hnid[i] = info.hnid;
 		S.nnpu++;
 	}
@@ -1039,7 +1146,7 @@ FIXTURE_TEARDOWN(stress)
 }
 
 /* What the run logs at the end, too long for a line with the call. */
-#define STRESS_SUMMARY_FMT "%.1f s: %lu CPU chunk writes, %lu NPU jobs (%lu EFAULT retries), %lu prefetches, %lu drops, %lu neighbour steps, %lu racer calls, %lu children (%lu killed)"
+#define STRESS_SUMMARY_FMT "%.1f s: %lu CPU chunk writes, %lu NPU jobs (%lu EFAULT retries), %lu prefetches, %lu range attributes, %lu drops, %lu neighbour steps, %lu racer calls, %lu children (%lu killed)"
 
 TEST_F_TIMEOUT(stress, mixed, 600)
 {
@@ -1096,8 +1203,8 @@ TEST_F_TIMEOUT(stress, mixed, 600)
 
 	TH_LOG(STRESS_SUMMARY_FMT,
 	       now_sec() - t0, S.cpu_writes, S.jobs, S.job_retries,
-	       S.prefetches, S.dontneeds, S.side_ops, S.racer_ops, S.children,
-	       S.kills);
+	       S.prefetches, S.attributes, S.dontneeds, S.side_ops, S.racer_ops,
+	       S.children, S.kills);
 	if (S.failure[0])
 		for (unsigned int i = S.nhistory > 32 ? S.nhistory - 32 : 0;
 		     i < S.nhistory; i++)
@@ -1116,6 +1223,8 @@ TEST_F_TIMEOUT(stress, mixed, 600)
 	for (uint32_t c = 0; c < NCHUNK; c++)
 		ASSERT_EQ(0, check_chunk("final check after the NPUs", c))
 			TH_LOG("%s", S.failure);
+
+	ASSERT_EQ(0, pins_settle(&self->base, why, sizeof(why))) TH_LOG("%s", why);
 
 	/* Everything goes: GMEM must be back where it started. */
 	ASSERT_EQ(0, munmap(S.region, region_len));
