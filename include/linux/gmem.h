@@ -129,6 +129,12 @@ struct gm_move {
  *	use (drop a cached translation if the hardware only sets it on a TLB
  *	fill).  Optional: without it only GMEM's own record (device faults,
  *	new mappings) protects a page.
+ * @pmap_enter_host: map @va to host page @page with rights @prot, replacing
+ *	any mapping of @va, for a device that reaches host memory in place
+ *	(hmadvise()'s MADV_ACCESSED_BY).  The device must not keep a reference
+ *	to @page beyond the mapping: GMEM removes it (@pmap_release and
+ *	@tlb_invl) before the CPU page table stops mapping the page.
+ *	Optional: a device without it always gets the pages migrated.
  *
  * TLB:
  * @tlb_invl: invalidate the device TLB for [@va, @va + @len); when it
@@ -176,6 +182,8 @@ struct gm_mmu {
 			    unsigned long len, unsigned int prot);
 	bool (*pmap_clear_young)(struct gm_dev *dev, void *pmap,
 				 unsigned long va);
+	int (*pmap_enter_host)(struct gm_dev *dev, void *pmap, unsigned long va,
+			       struct page *page, unsigned int prot);
 
 	void (*tlb_invl)(struct gm_dev *dev, void *pmap, unsigned long va,
 			 unsigned long len);

@@ -20,6 +20,8 @@
 //!   keep their entry (the CPU page table is the truth for them);
 //! - `MMU_NOTIFY_PROTECTION_*` (mprotect): device mappings are removed, so the device faults
 //!   again and gets a mapping with the new rights; the pages stay on the device.
+//! - any event: the devices that map host pages of the range in place (`MADV_ACCESSED_BY`)
+//!   lose their mappings of it, and fault again.
 //!
 //! Only two things need hooks because a notifier cannot see them: mremap moves the entries with
 //! the VMA (the notifier only sees the old range vanish), and fork brings device-resident pages
@@ -31,12 +33,12 @@
 use crate::{
     device::DeviceList,
     lpt::{Claim, DeviceId, LogicalPageTable, MappingBox, ParkedPage, Residency},
-    policy::Policy,
+    policy::{device_bit, devices, Policy},
 };
 use core::{
     fmt,
     ptr::NonNull,
-    sync::atomic::{AtomicPtr, AtomicUsize, Ordering},
+    sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering},
 };
 use kernel::{
     alloc::flags::__GFP_NOFAIL,
@@ -173,6 +175,10 @@ pub(crate) struct AddressSpace {
     /// The attributes `hmadvise(2)` gave ranges of pages.
     #[pin]
     pub(crate) policy: Policy,
+    /// The devices that have mapped host pages of this address space in place
+    /// (`MADV_ACCESSED_BY`), as [`crate::policy::device_bit`]s: every invalidation removes
+    /// their mappings of the range.
+    remote: AtomicU64,
 }
 
 // SAFETY: `mm` is only an identity and is dereferenced only by paths of that mm, which keep it
@@ -208,6 +214,7 @@ impl AddressSpace {
                     "gmem_as::discards"
                 ),
                 policy <- Policy::new(),
+                remote: AtomicU64::new(0),
             }),
             GFP_KERNEL_ACCOUNT,
         )?;
@@ -599,6 +606,42 @@ impl AddressSpace {
         }
     }
 
+    /// Records that device `dev` maps host pages of this address space in place: from now on
+    /// every invalidation removes its mappings of the range.  Called before the mapping is
+    /// made, so that an invalidation that comes after the caller's `read_begin` finds it.
+    pub(crate) fn mapping_in_place(&self, dev: DeviceId) {
+        self.remote.fetch_or(device_bit(dev), Ordering::AcqRel);
+    }
+
+    /// Removes the in-place mappings of host pages of `start..end` (addresses) on every device
+    /// that made some ([`AddressSpace::mapping_in_place`]), or on `only`.  `false` (nothing
+    /// done) if there are some and the caller may not sleep.
+    pub(crate) fn unmap_in_place(
+        &self,
+        start: usize,
+        end: usize,
+        only: Option<DeviceId>,
+        blockable: bool,
+    ) -> bool {
+        let mut remote = self.remote.load(Ordering::Acquire);
+        if let Some(dev) = only {
+            remote &= device_bit(dev);
+        }
+        if remote == 0 {
+            return true;
+        }
+        if !blockable {
+            return false;
+        }
+        for id in devices(remote) {
+            if let Some(device) = self.devices.get(id) {
+                // Device pages of the range go too; their next use maps them again.
+                device.unmap_va(start, end - start);
+            }
+        }
+        true
+    }
+
     /// What gives pins back to their device when the attributes lose them: for the `release`
     /// of [`Policy`]'s changes.  Runs under the policy's lock and takes the device list's.
     pub(crate) fn unpin(&self) -> impl FnMut(DeviceId, usize) + '_ {
@@ -703,6 +746,11 @@ unsafe extern "C" fn invalidate(
         // recorded from here on is removed again by the fault that made it.
         unsafe { core::ptr::write_volatile(&raw mut (*mni).invalidate_seq, cur_seq) };
     }
+    // Whatever changed, a device that maps host pages in place stops: it faults and maps them
+    // again (`crate::fault`).
+    if !this.unmap_in_place(start, end, None, blockable) {
+        return false;
+    }
     match range.event {
         bindings::mmu_notifier_event_MMU_NOTIFY_UNMAP
         | bindings::mmu_notifier_event_MMU_NOTIFY_RELEASE => {
@@ -728,7 +776,8 @@ unsafe extern "C" fn invalidate(
         // reclaim clear PTEs of pages that live on, and a copy-on-write fault notifies before
         // it checks the PTE, so the page may have moved to a device meanwhile (the fault then
         // retries and brings it home).  Nor do they concern a device, which maps only device
-        // pages.  The zaps that discard data drop device and parked pages themselves
+        // pages (but in place, unmapped above).  The zaps that discard data drop device and
+        // parked pages themselves
         // (`gm_as_dontneed_begin()`, hmadvise).
         bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_VMA
         | bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_PAGE => {
@@ -748,7 +797,8 @@ unsafe extern "C" fn invalidate(
             );
             true
         }
-        // Soft-dirty tracking, migration and exclusive access concern host pages only.
+        // Soft-dirty tracking, migration and exclusive access concern host pages only (in
+        // place mappings were removed above).
         _ => true,
     }
 }

@@ -26,6 +26,7 @@ use crate::{
     devmem::DmemCgroup,
     fault::{check_fault, dev_fault, dev_fault_batch},
     lpt::{DeviceId, DevicePage, Residency},
+    policy::device_bit,
     trace,
 };
 use core::{
@@ -164,8 +165,17 @@ impl Context {
         // back to the device (a second chance) after a look at the logical page table: so
         // look again until a pass finds nothing of the device, with no eviction under way.
         self.detaching.store(true, Ordering::Release);
-        // Attributes that name the device go, and its pins with them.  A pin that comes later
-        // is refused (`pin` looks at the flag under the same lock as this).
+        // Host pages mapped in place are unmapped (where the attributes allow it, best effort:
+        // a failed allocation leaves them to `pmap_destroy`).  Then the attributes that name
+        // the device go, and its pins with them.  A pin that comes later is refused (`pin`
+        // looks at the flag under the same lock as this).
+        let bit = device_bit(self.dev.id);
+        let _ = this.policy.for_each_run(0, usize::MAX / PAGE_SIZE, |run| {
+            if run.attrs.accessed_by & bit != 0 {
+                self.unmap_va(run.first * PAGE_SIZE, (run.end - run.first) * PAGE_SIZE);
+            }
+            Ok(())
+        });
         this.policy
             .forget(self.dev.id, |_, pages| self.dev.unpin(pages));
         if let Some(mm) = self.mm.mmget_not_zero() {
@@ -250,6 +260,26 @@ impl DeviceOps for Context {
         let enter = self.dev.mmu().pmap_enter.ok_or(EINVAL)?;
         // SAFETY: `pmap` is this context's page table; the driver checks `pfn` is its own.
         to_result(unsafe { enter(self.raw_dev(), self.pmap, va as c_ulong, pfn, prot) })
+    }
+
+    fn maps_host(&self) -> bool {
+        self.dev.mmu().pmap_enter_host.is_some()
+    }
+
+    /// Maps host page `page` at `va`, in place.
+    fn map_host(&self, va: usize, page: &Page, prot: c_uint) -> Result {
+        let enter = self.dev.mmu().pmap_enter_host.ok_or(EINVAL)?;
+        // SAFETY: `pmap` is this context's page table; the caller holds `page` for the call,
+        // and removes the mapping before the CPU page table stops mapping it.
+        to_result(unsafe {
+            enter(
+                self.raw_dev(),
+                self.pmap,
+                va as c_ulong,
+                page.as_ptr(),
+                prot,
+            )
+        })
     }
 
     /// Fills the device pages of `moves` from their host pages (zeroes where there is none)

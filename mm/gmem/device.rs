@@ -432,6 +432,16 @@ pub(crate) trait DeviceOps: Send + Sync {
     /// Maps device page `pfn` at `va` with `prot` (`GM_PROT_*`).
     fn map(&self, va: usize, pfn: u64, prot: c_uint) -> Result;
 
+    /// Whether the device can map host pages in place (`pmap_enter_host`).
+    fn maps_host(&self) -> bool {
+        false
+    }
+
+    /// Maps host page `page` at `va` with `prot`, in place (`MADV_ACCESSED_BY`).
+    fn map_host(&self, _va: usize, _page: &Page, _prot: c_uint) -> Result {
+        Err(EINVAL)
+    }
+
     /// Fills the device pages of `moves` from their host pages (zeroes where there is none)
     /// and maps them at `va`, `va + PAGE_SIZE`, ...  On an error no page of the run stays
     /// mapped.

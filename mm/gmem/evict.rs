@@ -592,11 +592,11 @@ mod tests {
         let (pinned, preferred) = (
             |dev| Attrs {
                 pinned: Some(dev),
-                preferred: None,
+                ..Attrs::default()
             },
             |node| Attrs {
-                pinned: None,
                 preferred: Some(node),
+                ..Attrs::default()
             },
         );
         // Pages 100 and 101 are pinned to device 0 (this one), 102 and 103 prefer it, 104

@@ -521,12 +521,26 @@ pub(crate) fn dev_fault_batch(
             let elsewhere = BlockPages(this.policy.preferring_other(base, CHUNK_PAGES, ctx.id()));
             planned.and_not(elsewhere.and_not(faulted))
         };
+        // Pages the device accesses in place are mapped where they are, not moved.
+        let in_place = if ctx.maps_host() {
+            BlockPages(this.policy.accessed_in_place(base, CHUNK_PAGES, ctx.id()))
+        } else {
+            BlockPages::default()
+        };
+        let serve = serve.and_not(in_place);
         let extra = serve.and_not(faulted).count();
         if extra > 0 {
             trace::prefetch(ctx.id(), base * PAGE_SIZE, faulted.count(), extra);
         }
         served += faulted.count();
         prefetched += extra;
+        for w in group.iter_mut() {
+            if w.status == 0 && in_place.has(w.vpn - base) {
+                let result = map_in_place(this, mm, ctx, vma, w.vpn * PAGE_SIZE, prot);
+                w.status = result.err().map_or(0, |e| e.to_errno());
+            }
+        }
+        let faulted = faulted.and_not(in_place);
         serve_block(this, mm, ctx, vma, base, serve, faulted, group, prot);
     }
     drop(guard);
@@ -594,6 +608,56 @@ fn serve_block(
     }
 }
 
+/// Maps the page at `va` on the context's device where it is, in host memory
+/// (`MADV_ACCESSED_BY`), with `prot`; a page that is not there yet is faulted in on the host.
+/// A page on a device or parked, or one the device cannot map, is moved as [`fault_page`]
+/// does.  Returns whether a page moved.
+///
+/// The mapping follows the CPU's: an invalidation of the range after `read_begin` removes it
+/// (`AddressSpace::unmap_in_place`), and the fault tries again.
+pub(crate) fn map_in_place(
+    this: &AddressSpace,
+    mm: &MmWithUser,
+    ctx: &dyn DeviceOps,
+    vma: &VmaRef,
+    va: usize,
+    prot: c_uint,
+) -> Result<bool> {
+    let vpn = va / PAGE_SIZE;
+    let window = this.window(va)?;
+    loop {
+        let seen = this.lpt.peek(vpn);
+        match seen {
+            Some((_, true)) => {
+                this.lpt.wait_unclaimed(vpn);
+                continue;
+            }
+            Some((Residency::Device(_) | Residency::Parked(_), _)) => {
+                return fault_page(this, mm, ctx, vma, va, prot);
+            }
+            _ => {}
+        }
+        this.mapping_in_place(ctx.id());
+        let seq = window.read_begin();
+        let write = prot & bindings::GM_PROT_WRITE != 0;
+        let host = PinnedPage::fault_in(mm, va, write)?;
+        let mapped = ctx.map_host(va, host.page(), prot);
+        drop(host);
+        if mapped.is_err() {
+            // No room to map it (the device's window on host memory is full): moved instead.
+            return fault_page(this, mm, ctx, vma, va, prot);
+        }
+        let changed = {
+            let guard = this.lpt.lock();
+            this.changed(&guard, &seq)
+        };
+        if !changed {
+            return Ok(false);
+        }
+        ctx.unmap_va(va, PAGE_SIZE);
+    }
+}
+
 /// Records device page `pfn`, now mapped at `va`, as where the page of `claim` lives, and ends
 /// the claim.  `false` if the entry was dropped meanwhile (the page is freed) or an
 /// invalidation ran since `seq` (the device mapping is removed again): the fault is retried.
@@ -643,10 +707,7 @@ pub(crate) fn fault_page(
     let vpn = va / PAGE_SIZE;
     let window = this.window(va)?;
     loop {
-        let seen = {
-            let guard = this.lpt.lock();
-            guard.get(vpn).map(|m| (m.residency(), m.busy()))
-        };
+        let seen = this.lpt.peek(vpn);
         let (seen, busy) = match seen {
             Some((r, busy)) => (Some(r), busy),
             None => (None, false),

@@ -16,7 +16,7 @@ use crate::{
     device::{hnid_registered, DeviceOps},
     lpt::{DeviceId, Residency},
     migrate::park_home,
-    policy::{Attrs, Node},
+    policy::{device_bit, Attrs, Node},
 };
 use kernel::{
     bindings, current,
@@ -47,6 +47,12 @@ pub(crate) enum Advice {
     /// `MADV_UNPIN`: let them be evicted again (only where pinned to the
     /// node).
     Unpin,
+    /// `MADV_ACCESSED_BY`: the device maps the pages where they are (in
+    /// host memory) instead of moving them.
+    AccessedBy,
+    /// `MADV_NO_ACCESSED_BY`: it moves them again (only the node's, or
+    /// every device's).
+    NoAccessedBy,
 }
 
 impl Advice {
@@ -58,13 +64,15 @@ impl Advice {
             Ok(bindings::MADV_NO_PREFERRED_LOCATION) => Ok(Self::NoPrefer),
             Ok(bindings::MADV_PIN) => Ok(Self::Pin),
             Ok(bindings::MADV_UNPIN) => Ok(Self::Unpin),
+            Ok(bindings::MADV_ACCESSED_BY) => Ok(Self::AccessedBy),
+            Ok(bindings::MADV_NO_ACCESSED_BY) => Ok(Self::NoAccessedBy),
             _ => Err(EINVAL),
         }
     }
 
     /// Whether the advice takes `GM_NODE_ALL`.
     fn takes_every_node(self) -> bool {
-        !matches!(self, Self::Prefer | Self::Pin)
+        !matches!(self, Self::Prefer | Self::Pin | Self::AccessedBy)
     }
 }
 
@@ -73,8 +81,8 @@ impl Advice {
 pub(crate) enum Target {
     /// One node: an online host NUMA node or a device node.
     Node(c_int),
-    /// Every node (`GM_NODE_ALL`); not for [`Advice::Prefer`] and
-    /// [`Advice::Pin`].
+    /// Every node (`GM_NODE_ALL`); not for [`Advice::Prefer`],
+    /// [`Advice::Pin`] and [`Advice::AccessedBy`].
     All,
 }
 
@@ -160,6 +168,19 @@ impl Request {
             }
             // Pins are for devices.
             (Advice::Pin, None) => Err(EINVAL),
+            // For a device that can map host pages.
+            (Advice::AccessedBy, Some(device)) if device.maps_host() => {
+                self.set_attrs(this.ok_or(EINVAL)?, Some(&*device))
+            }
+            (Advice::AccessedBy, _) => Err(EINVAL),
+            // The device's mappings in place go: its next access moves the pages.
+            (Advice::NoAccessedBy, device) => {
+                let this = this.ok_or(EINVAL)?;
+                self.set_attrs(this, None)?;
+                let only = device.map(|d| d.id());
+                this.unmap_in_place(self.start, self.end, only, true);
+                Ok(())
+            }
             // Every page to its preferred location: a prefetch per run of pages that has one.
             (Advice::Prefetch, None) if self.target == Target::All => {
                 let Some(this) = this else {
@@ -345,6 +366,26 @@ impl Request {
                 this.policy
                     .update(first, last, pin, |_, pages| device.pin(pages), unpin)
             }
+            (Advice::AccessedBy, Some(device)) => {
+                let bit = device_bit(device.id());
+                let by = |a: Attrs| Attrs {
+                    accessed_by: a.accessed_by | bit,
+                    ..a
+                };
+                this.policy.update(first, last, by, |_, _| Ok(()), unpin)
+            }
+            (Advice::NoAccessedBy, _) => {
+                let bits = match self.target {
+                    Target::Node(node) => DeviceId::try_from(node).map_or(0, device_bit),
+                    Target::All => !0,
+                };
+                let not_by = |a: Attrs| Attrs {
+                    accessed_by: a.accessed_by & !bits,
+                    ..a
+                };
+                this.policy
+                    .update(first, last, not_by, |_, _| Ok(()), unpin)
+            }
             (Advice::Unpin, _) => {
                 let unpinned = |a: Attrs| {
                     if named(a.pinned) {
@@ -408,6 +449,8 @@ mod tests {
     const NO_PREFER: c_int = bindings::MADV_NO_PREFERRED_LOCATION as c_int;
     const PIN: c_int = bindings::MADV_PIN as c_int;
     const UNPIN: c_int = bindings::MADV_UNPIN as c_int;
+    const ACCESSED_BY: c_int = bindings::MADV_ACCESSED_BY as c_int;
+    const NO_ACCESSED_BY: c_int = bindings::MADV_NO_ACCESSED_BY as c_int;
     const BASE: usize = 0x7f00_0000_0000;
 
     /// Nodes 0 and 1 exist, nothing else.
@@ -432,6 +475,8 @@ mod tests {
             (NO_PREFER, Advice::NoPrefer),
             (PIN, Advice::Pin),
             (UNPIN, Advice::Unpin),
+            (ACCESSED_BY, Advice::AccessedBy),
+            (NO_ACCESSED_BY, Advice::NoAccessedBy),
         ] {
             assert_eq!(
                 parse(1, BASE, PAGE_SIZE, raw).unwrap().unwrap().advice,
@@ -442,7 +487,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_advice() {
-        for advice in [-1, 0, 1, 3, 25, 199, 205, c_int::MAX, c_int::MIN] {
+        for advice in [-1, 0, 1, 3, 25, 199, 207, c_int::MAX, c_int::MIN] {
             assert_eq!(parse(0, BASE, PAGE_SIZE, advice), Err(EINVAL));
         }
     }
@@ -482,11 +527,11 @@ mod tests {
         // Every node: to drop pages, to move each to its preferred location,
         // to undo an attribute; not to prefer or pin.
         let all = bindings::GM_NODE_ALL;
-        for advice in [PREFETCH, DONTNEED, NO_PREFER, UNPIN] {
+        for advice in [PREFETCH, DONTNEED, NO_PREFER, UNPIN, NO_ACCESSED_BY] {
             let r = parse(all, BASE, PAGE_SIZE, advice).unwrap().unwrap();
             assert_eq!(r.target, Target::All);
         }
-        for advice in [PREFER, PIN] {
+        for advice in [PREFER, PIN, ACCESSED_BY] {
             assert_eq!(parse(all, BASE, PAGE_SIZE, advice), Err(EINVAL));
             assert_eq!(parse(2, BASE, PAGE_SIZE, advice), Err(EINVAL));
         }

@@ -569,6 +569,11 @@ impl LogicalPageTable {
         self.len.load(Ordering::Relaxed)
     }
 
+    /// Where page `vpn` lives and whether its entry is claimed, if it has one.
+    pub(crate) fn peek(&self, vpn: usize) -> Option<(Residency, bool)> {
+        self.lock().get(vpn).map(|m| (m.residency(), m.busy()))
+    }
+
     /// Where page `vpn` lives, if it is tracked.
     pub(crate) fn residency(&self, vpn: usize) -> Option<Residency> {
         self.lock().get(vpn).map(|m| m.residency())

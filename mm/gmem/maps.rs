@@ -11,12 +11,13 @@
 //!
 //! `N<node>=<pages>` counts the pages of the piece that each node holds: a host NUMA node for
 //! pages in host memory (mapped by the CPU, or parked after an eviction), a device's node id for
-//! pages on the device.  Pages being moved are on no node.  `accessed_by` and `read_mostly` are
-//! there for the advices to come (remote mapping and read duplication).
+//! pages on the device.  Pages being moved are on no node.  `accessed_by` lists the devices that
+//! map the pages in place (`MADV_ACCESSED_BY`); `read_mostly` is there for read duplication, to
+//! come.
 
 use crate::{
     address_space::AddressSpace,
-    policy::{Node, Span},
+    policy::{devices, Node, Span},
 };
 use kernel::{
     bindings,
@@ -40,6 +41,24 @@ impl fmt::Display for Shown {
             Some(node) => write!(f, "{node}"),
             None => f.write_str("none"),
         }
+    }
+}
+
+/// Devices, as bits (see `crate::policy::device_bit`): `none`, or their node ids with commas.
+struct ShownDevices(u64);
+
+impl fmt::Display for ShownDevices {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == 0 {
+            return f.write_str("none");
+        }
+        for (i, dev) in devices(self.0).enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{dev}")?;
+        }
+        Ok(())
     }
 }
 
@@ -102,10 +121,11 @@ fn show_run(m: &SeqFile, this: &AddressSpace, vma: &VmaRef, counts: &mut Counts,
     counts.0.sort_unstable_by_key(|c| c.0);
     seq_print!(
         m,
-        "{:08x}-{:08x} preferred={} accessed_by=none read_mostly=0 pinned={}",
+        "{:08x}-{:08x} preferred={} accessed_by={} read_mostly=0 pinned={}",
         run.first * PAGE_SIZE,
         run.end * PAGE_SIZE,
         Shown(run.attrs.preferred),
+        ShownDevices(run.attrs.accessed_by),
         Shown(run.attrs.pinned),
     );
     for (node, pages) in counts.0.iter() {

@@ -53,8 +53,19 @@ impl PinnedPage {
     /// Pins the host page mapped at `va`.  Without `fault`, a page that is not present (not yet
     /// touched, or swapped out) gives `None`; with it, the page is faulted in first.
     pub(crate) fn get(mm: &MmWithUser, va: usize, fault: bool) -> Result<Option<Self>> {
-        let mut page: *mut bindings::page = core::ptr::null_mut();
         let flags = if fault { 0 } else { bindings::FOLL_NOFAULT };
+        Self::get_flags(mm, va, flags, fault)
+    }
+
+    /// Pins the host page mapped at `va`, faulting it in first (for writing, if `write`: a
+    /// copy-on-write page is copied).
+    pub(crate) fn fault_in(mm: &MmWithUser, va: usize, write: bool) -> Result<Self> {
+        let flags = if write { bindings::FOLL_WRITE } else { 0 };
+        Self::get_flags(mm, va, flags, true)?.ok_or(EFAULT)
+    }
+
+    fn get_flags(mm: &MmWithUser, va: usize, flags: u32, fault: bool) -> Result<Option<Self>> {
+        let mut page: *mut bindings::page = core::ptr::null_mut();
         // SAFETY: the caller holds the mmap lock (it has a VMA of `mm`); `page` has room for
         // the one page asked for; a NULL `locked` means the lock is never dropped.
         let n = unsafe {

@@ -41,6 +41,29 @@ pub(crate) struct Attrs {
     pub(crate) preferred: Option<Node>,
     /// The device the page is pinned to (`MADV_PIN`): it is never evicted from there.
     pub(crate) pinned: Option<DeviceId>,
+    /// The devices that map the page where it is, in host memory (`MADV_ACCESSED_BY`): one
+    /// bit per device, see [`device_bit`].
+    pub(crate) accessed_by: u64,
+}
+
+/// The bit of device `dev` in [`Attrs::accessed_by`]: device node ids are the 64 ids after the
+/// host nodes'.
+pub(crate) fn device_bit(dev: DeviceId) -> u64 {
+    // SAFETY: `nr_node_ids` is set during early boot and never changes afterwards.
+    let first = unsafe { kernel::bindings::nr_node_ids };
+    match u32::from(dev).checked_sub(first) {
+        Some(bit) if bit < 64 => 1 << bit,
+        _ => 0,
+    }
+}
+
+/// The device node ids whose bits are set in `bits` (see [`device_bit`]), in order.
+pub(crate) fn devices(bits: u64) -> impl Iterator<Item = DeviceId> {
+    // SAFETY: as in `device_bit`.
+    let first = unsafe { kernel::bindings::nr_node_ids };
+    (0..64u32)
+        .filter(move |b| bits & (1 << b) != 0)
+        .filter_map(move |b| DeviceId::try_from(first + b).ok())
 }
 
 impl Attrs {
@@ -409,8 +432,8 @@ impl Policy {
         )
     }
 
-    /// Forgets device `dev` (it left the process): it is nobody's preferred location and holds
-    /// no pin any more.  In place, never allocates.
+    /// Forgets device `dev` (it left the process): it is nobody's preferred location, holds no
+    /// pin and accesses nothing in place any more.  In place, never allocates.
     pub(crate) fn forget(&self, dev: DeviceId, mut release: impl FnMut(DeviceId, usize)) {
         if !self.used.load(Ordering::Acquire) {
             return;
@@ -420,6 +443,7 @@ impl Policy {
             if s.attrs.preferred == Some(dev) {
                 s.attrs.preferred = None;
             }
+            s.attrs.accessed_by &= !device_bit(dev);
             if s.attrs.pinned == Some(dev) {
                 release(dev, s.pages());
                 s.attrs.pinned = None;
@@ -428,9 +452,9 @@ impl Policy {
         normalize(&mut spans);
     }
 
-    /// Which of the `n` (at most 512) pages from `first` on prefer a node other than `node`: bit
-    /// `i % 64` of word `i / 64` for page `first + i`.
-    pub(crate) fn preferring_other(&self, first: usize, n: usize, node: Node) -> [u64; 8] {
+    /// Which of the `n` (at most 512) pages from `first` on have attributes that `pick`
+    /// accepts: bit `i % 64` of word `i / 64` for page `first + i`.
+    fn pages_where(&self, first: usize, n: usize, pick: impl Fn(&Attrs) -> bool) -> [u64; 8] {
         let mut bits = [0u64; 8];
         let end = first + n.min(512);
         if !self.used.load(Ordering::Acquire) {
@@ -439,13 +463,26 @@ impl Policy {
         let spans = self.spans.lock();
         let i = spans.partition_point(|s| s.end <= first);
         for s in spans[i..].iter().take_while(|s| s.first < end) {
-            if s.attrs.preferred.is_some_and(|p| p != node) {
+            if pick(&s.attrs) {
                 for k in s.first.max(first) - first..s.end.min(end) - first {
                     bits[k / 64] |= 1 << (k % 64);
                 }
             }
         }
         bits
+    }
+
+    /// Which of the `n` (at most 512) pages from `first` on prefer a node other than `node`, as
+    /// bits (see [`Policy::pages_where`]).
+    pub(crate) fn preferring_other(&self, first: usize, n: usize, node: Node) -> [u64; 8] {
+        self.pages_where(first, n, |a| a.preferred.is_some_and(|p| p != node))
+    }
+
+    /// Which of the `n` (at most 512) pages from `first` on device `dev` accesses in place, as
+    /// bits (see [`Policy::pages_where`]).
+    pub(crate) fn accessed_in_place(&self, first: usize, n: usize, dev: DeviceId) -> [u64; 8] {
+        let bit = device_bit(dev);
+        self.pages_where(first, n, |a| a.accessed_by & bit != 0)
     }
 
     /// Calls `f(span)` for each piece of `first..end` with uniform attributes (holes included,
@@ -737,6 +774,38 @@ mod tests {
         let bits = p.preferring_other(64, 512, 9);
         assert_eq!(bits[0], (1 << 6) - 1);
         assert_eq!(bits[7], !0 << 48);
+        Ok(())
+    }
+
+    #[test]
+    fn accessed_in_place_by_device_bits() -> Result {
+        // SAFETY: as in `device_bit`.
+        let first = unsafe { kernel::bindings::nr_node_ids } as DeviceId;
+        let (a, b) = (first + 3, first + 5);
+        assert_eq!(device_bit(a), 1 << 3);
+        assert_eq!(device_bit(first - 1), 0);
+        assert_eq!(device_bit(first + 64), 0);
+        let p = policy()?;
+        let by = |dev: DeviceId| {
+            move |x: Attrs| Attrs {
+                accessed_by: x.accessed_by | device_bit(dev),
+                ..x
+            }
+        };
+        set(&p, 10, 20, by(a))?;
+        set(&p, 15, 30, by(b))?;
+        assert_eq!(p.attrs(16).accessed_by, device_bit(a) | device_bit(b));
+        let mut ids = devices(p.attrs(16).accessed_by);
+        assert_eq!(
+            (ids.next(), ids.next(), ids.next()),
+            (Some(a), Some(b), None)
+        );
+        assert_eq!(p.accessed_in_place(0, 64, a)[0], ((1 << 10) - 1) << 10);
+        assert_eq!(p.accessed_in_place(0, 64, b)[0], ((1 << 15) - 1) << 15);
+        // A device that leaves takes its bit along.
+        p.forget(a, none);
+        assert_eq!(p.accessed_in_place(0, 64, a), [0; 8]);
+        assert_eq!(&spans(&p)[..], &[(15, 30, None, None)]);
         Ok(())
     }
 

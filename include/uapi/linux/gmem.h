@@ -44,6 +44,8 @@
 #define MADV_NO_PREFERRED_LOCATION 202	/* forget the preferred location */
 #define MADV_PIN		203	/* keep on device hnid, never evict */
 #define MADV_UNPIN		204	/* let the pages be evicted again */
+#define MADV_ACCESSED_BY	205	/* device hnid maps the pages in place */
+#define MADV_NO_ACCESSED_BY	206	/* it migrates them again */
 
 /*
  * hnid for "every node" where an advice accepts it: MADV_DONTNEED,

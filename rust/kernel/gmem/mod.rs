@@ -280,6 +280,15 @@ pub trait GmMmu: Send + Sync + Sized + 'static {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
+    /// Maps `va` to host page `page` with `prot`, replacing any mapping of `va`: a device
+    /// that reaches host memory in place (`MADV_ACCESSED_BY`).  The device keeps no reference
+    /// to `page` beyond the mapping, which GMEM removes (with [`Self::pmap_release`] and
+    /// [`Self::tlb_invl`]) before the CPU page table stops mapping the page.  Without it, the
+    /// device always gets the pages migrated.
+    fn pmap_enter_host(&self, _pmap: &Self::Pmap, _va: usize, _page: &Page, _prot: Prot) -> Result {
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+
     /// Invalidates the device TLB for `[va, va + len)`: when this returns, the device no
     /// longer uses a stale translation.
     fn tlb_invl(&self, pmap: &Self::Pmap, va: usize, len: usize);
@@ -541,6 +550,32 @@ impl<T: GmMmu> MmuVtable<T> {
     ///
     /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
     /// with `T` and the arguments `struct gm_mmu` documents.
+    unsafe extern "C" fn pmap_enter_host(
+        dev: *mut bindings::gm_dev,
+        pmap: *mut c_void,
+        va: c_ulong,
+        page: *mut bindings::page,
+        prot: c_uint,
+    ) -> c_int {
+        let Some(page) = NonNull::new(page) else {
+            return EINVAL.to_errno();
+        };
+        // SAFETY: GMEM passes a live device and page table of this vtable, and a page it holds
+        // for the call.
+        let (data, pmap, page) = unsafe {
+            (
+                Self::data(dev),
+                Self::pmap(pmap),
+                BorrowedPage::from_raw(page),
+            )
+        };
+        Self::ret(data.pmap_enter_host(pmap, va, &page, Prot(prot)))
+    }
+
+    /// # Safety
+    ///
+    /// Called by GMEM only, through [`Self::OPS`], with a device created by [`Device::new`]
+    /// with `T` and the arguments `struct gm_mmu` documents.
     unsafe extern "C" fn tlb_invl(
         dev: *mut bindings::gm_dev,
         pmap: *mut c_void,
@@ -653,6 +688,11 @@ impl<T: GmMmu> MmuVtable<T> {
         },
         pmap_clear_young: if T::HAS_PMAP_CLEAR_YOUNG {
             Some(Self::pmap_clear_young)
+        } else {
+            None
+        },
+        pmap_enter_host: if T::HAS_PMAP_ENTER_HOST {
+            Some(Self::pmap_enter_host)
         } else {
             None
         },

@@ -6,10 +6,18 @@
 //! DRAM layout: the first [`PT_BYTES`] hold page-table pages; the rest is handed to GMEM.
 //! A page-table entry is a `u64`: bit 0 valid, bit 1 writable, bit 5 accessed (last level only:
 //! set by the walker when it fills the TLB, cleared by GMEM's eviction through
-//! `pmap_clear_young`), bits 12..52 the DRAM address of the next-level table or, in the last
-//! level, of the data page.
+//! `pmap_clear_young`), bit 6 host (last level only: the page is in host memory), bits 12..52
+//! the DRAM address of the next-level table or, in the last level, of the data page, or for a
+//! host page its slot in the system aperture.
+//!
+//! The system aperture is how the NPU reaches host memory, as a GPU does through its GART or an
+//! IOMMU: [`APERTURE_SLOTS`] slots, each holding a reference to the host page it maps, given back
+//! when the entry that uses it is cleared.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicPtr, AtomicU32, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use kernel::{
     bindings,
     devres::Devres,
@@ -30,6 +38,11 @@ const ENTRIES: usize = 512;
 const PTE_VALID: u64 = 1 << 0;
 const PTE_WRITE: u64 = 1 << 1;
 const PTE_ACCESSED: u64 = 1 << 5;
+const PTE_HOST: u64 = 1 << 6;
+/// Host pages the NPU can map at once (32 MiB).
+pub(crate) const APERTURE_SLOTS: usize = 8192;
+/// Marks a translated address as a host page's (its slot and offset), not DRAM's.
+const HOST_ADDR: u64 = 1 << 63;
 const PTE_ADDR: u64 = ((1 << 52) - 1) & !0xfff;
 /// The NPU's virtual address width.
 const VA_BITS: u32 = 48;
@@ -68,6 +81,10 @@ struct Hw {
     next_victim: usize,
     /// The page table (address space id) each page-table page belongs to; 0 if free.
     pt_owner: KVec<u32>,
+    /// The page table (address space id) each aperture slot belongs to; 0 if free.
+    slot_owner: KVec<u32>,
+    /// Where the search for a free slot starts.
+    next_slot: usize,
 }
 
 impl Hw {
@@ -108,6 +125,9 @@ unsafe impl Sync for Ram {}
 pub(crate) struct NpuMmu {
     dram: Dram,
     pub(crate) dram_size: u64,
+    /// The host page of each aperture slot, with a reference; changed under the hardware lock,
+    /// read by the engine under it too.
+    aperture: KVec<AtomicPtr<bindings::page>>,
     #[pin]
     hw: SpinLock<Hw>,
     next_asid: AtomicU32,
@@ -129,14 +149,23 @@ impl NpuMmu {
         for _ in 0..pt_pages {
             pt_owner.push(0, GFP_KERNEL)?;
         }
+        let mut slot_owner = KVec::with_capacity(APERTURE_SLOTS, GFP_KERNEL)?;
+        let mut aperture = KVec::with_capacity(APERTURE_SLOTS, GFP_KERNEL)?;
+        for _ in 0..APERTURE_SLOTS {
+            slot_owner.push(0, GFP_KERNEL)?;
+            aperture.push(AtomicPtr::new(core::ptr::null_mut()), GFP_KERNEL)?;
+        }
         Arc::pin_init(
             pin_init!(Self {
                 dram,
                 dram_size,
+                aperture,
                 hw <- new_spinlock!(Hw {
                     tlb: [TlbEntry::default(); TLB_ENTRIES],
                     next_victim: 0,
                     pt_owner,
+                    slot_owner,
+                    next_slot: 0,
                 }, "gmem_npu_hw"),
                 next_asid: AtomicU32::new(1),
                 tlb_invalidations: AtomicU64::new(0),
@@ -165,8 +194,34 @@ impl NpuMmu {
         }
     }
 
+    /// Runs `f` with the kernel mapping of the host page behind translated address `pa` (see
+    /// [`HOST_ADDR`]) and the offset of `len` bytes at `pa` in it.  Called under the hardware
+    /// lock, which keeps the slot's page.
+    fn with_host<R>(&self, pa: u64, len: usize, f: impl FnOnce(*mut u8) -> R) -> Result<R> {
+        let slot = ((pa & !HOST_ADDR) >> 12) as usize;
+        let offset = (pa & 0xfff) as usize;
+        let page = self.aperture.get(slot).ok_or(EFAULT)?.load(Acquire);
+        if page.is_null() || offset + len > PAGE_SIZE {
+            return Err(EFAULT);
+        }
+        // SAFETY: the slot holds a reference to `page` until its entry is cleared, under the
+        // hardware lock the caller holds; the mapping is undone below.
+        let host = unsafe { bindings::kmap_local_page(page) }.cast::<u8>();
+        let ret = f(host.wrapping_add(offset));
+        // SAFETY: `host` came from `kmap_local_page` above, on this CPU.
+        unsafe { bindings::kunmap_local(host.cast()) };
+        Ok(ret)
+    }
+
     /// Reads `buf.len()` bytes of DRAM at `pa`.
     pub(crate) fn read(&self, pa: u64, buf: &mut [u8]) -> Result {
+        if pa & HOST_ADDR != 0 {
+            return self.with_host(pa, buf.len(), |src| {
+                // SAFETY: `src` maps `buf.len()` bytes of the host page (checked by
+                // `with_host`), which `buf` does not overlap.
+                unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) }
+            });
+        }
         self.with_dram(|base| {
             let io = Self::io(base, self.dram_size, pa, buf.len())?.cast::<u8>();
             let (head, words, tail) = split_words(io, buf.len());
@@ -188,6 +243,12 @@ impl NpuMmu {
 
     /// Writes `buf` to DRAM at `pa`.
     pub(crate) fn write(&self, pa: u64, buf: &[u8]) -> Result {
+        if pa & HOST_ADDR != 0 {
+            return self.with_host(pa, buf.len(), |dst| {
+                // SAFETY: as in `read`, the other way.
+                unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), dst, buf.len()) }
+            });
+        }
         self.with_dram(|base| {
             let io = Self::io(base, self.dram_size, pa, buf.len())?.cast::<u8>();
             let (head, words, tail) = split_words(io, buf.len());
@@ -279,10 +340,11 @@ impl NpuMmu {
         if pte & PTE_ACCESSED == 0 {
             self.write_pte(table, index, pte | PTE_ACCESSED)?;
         }
+        let host = if pte & PTE_HOST != 0 { HOST_ADDR } else { 0 };
         let entry = TlbEntry {
             asid: pmap.asid,
             vpn,
-            pa: pte & PTE_ADDR,
+            pa: (pte & PTE_ADDR) | host,
             writable: pte & PTE_WRITE != 0,
             valid: true,
         };
@@ -364,11 +426,71 @@ impl NpuMmu {
         }
         let table = self.leaf_locked(hw, pmap, va, true)?.ok_or(EINVAL)?;
         let write = if prot.writable() { PTE_WRITE } else { 0 };
-        self.write_pte(
+        self.set_pte_locked(
+            hw,
             table,
             pt_index(va, 0),
             (pfn * PAGE_SIZE as u64) | write | PTE_VALID,
         )
+    }
+
+    /// Maps `va` to host page `page` through a free aperture slot, which takes a reference to
+    /// it; `ENOSPC` if none is free.
+    fn enter_host_locked(
+        &self,
+        hw: &mut Hw,
+        pmap: &Pmap,
+        va: usize,
+        page: &Page,
+        prot: Prot,
+    ) -> Result {
+        if va >> VA_BITS != 0 {
+            return Err(EFAULT);
+        }
+        let table = self.leaf_locked(hw, pmap, va, true)?.ok_or(EINVAL)?;
+        // The slot the entry has now is given back first: it may be the only free one.
+        self.set_pte_locked(hw, table, pt_index(va, 0), 0)?;
+        let slot = (0..APERTURE_SLOTS)
+            .map(|i| (hw.next_slot + i) % APERTURE_SLOTS)
+            .find(|&i| hw.slot_owner[i] == 0)
+            .ok_or(ENOSPC)?;
+        hw.next_slot = (slot + 1) % APERTURE_SLOTS;
+        hw.slot_owner[slot] = pmap.asid;
+        // SAFETY: `page` is a valid page; the reference is the slot's until `put_slot`.
+        unsafe { bindings::get_page(page.as_ptr()) };
+        self.aperture[slot].store(page.as_ptr(), Release);
+        let write = if prot.writable() { PTE_WRITE } else { 0 };
+        let pte = ((slot as u64) << 12) | PTE_HOST | write | PTE_VALID;
+        self.write_pte(table, pt_index(va, 0), pte)
+    }
+
+    /// Gives back aperture slot `slot` and its reference to the host page.  Translations
+    /// through the slot go from the TLB too, as a GART flushes its own cache when an entry is
+    /// freed: the slot may map another page next.
+    fn put_slot(&self, hw: &mut Hw, slot: usize) {
+        let pa = HOST_ADDR | ((slot as u64) << 12);
+        for e in hw.tlb.iter_mut().filter(|e| e.valid && e.pa == pa) {
+            e.valid = false;
+        }
+        if let Some(owner) = hw.slot_owner.get_mut(slot) {
+            *owner = 0;
+            let page = self.aperture[slot].swap(core::ptr::null_mut(), Release);
+            if !page.is_null() {
+                // SAFETY: the slot held a reference to `page` (see `enter_host_locked`).
+                unsafe { bindings::put_page(page) };
+            }
+        }
+    }
+
+    /// Writes last-level entry `index` of `table`, giving back the aperture slot of the entry
+    /// it replaces.
+    fn set_pte_locked(&self, hw: &mut Hw, table: u64, index: usize, pte: u64) -> Result {
+        let old = self.read_pte(table, index)?;
+        self.write_pte(table, index, pte)?;
+        if old & (PTE_VALID | PTE_HOST) == PTE_VALID | PTE_HOST {
+            self.put_slot(hw, ((old & PTE_ADDR) >> 12) as usize);
+        }
+        Ok(())
     }
 
     /// Clears the last-level entries of `[va, va + len)`; table pages stay until the page
@@ -382,7 +504,7 @@ impl NpuMmu {
                 .min(end);
             if let Ok(Some(table)) = self.leaf_locked(hw, pmap, at, false) {
                 for page in (at..next).step_by(PAGE_SIZE) {
-                    let _ = self.write_pte(table, pt_index(page, 0), 0);
+                    let _ = self.set_pte_locked(hw, table, pt_index(page, 0), 0);
                 }
             }
             at = next;
@@ -463,11 +585,21 @@ impl GmMmu for NpuMmu {
         for owner in hw.pt_owner.iter_mut().filter(|o| **o == pmap.asid) {
             *owner = 0;
         }
+        for slot in 0..APERTURE_SLOTS {
+            if hw.slot_owner[slot] == pmap.asid {
+                self.put_slot(&mut hw, slot);
+            }
+        }
     }
 
     fn pmap_enter(&self, pmap: &Pmap, va: usize, pfn: u64, prot: Prot) -> Result {
         let mut hw = self.hw.lock();
         self.enter_locked(&mut hw, pmap, va, pfn, prot)
+    }
+
+    fn pmap_enter_host(&self, pmap: &Pmap, va: usize, page: &Page, prot: Prot) -> Result {
+        let mut hw = self.hw.lock();
+        self.enter_host_locked(&mut hw, pmap, va, page, prot)
     }
 
     fn pmap_release(&self, pmap: &Pmap, va: usize, len: usize) {
@@ -696,6 +828,50 @@ mod tests {
         assert_eq!(back, [0u8; 64]);
         // Outside the DRAM.
         assert_eq!(npu.prepare_page(DATA + 16, None), Err(EFAULT));
+        Ok(())
+    }
+
+    /// Aperture slots in use (each holds a reference to its page).
+    fn slots(npu: &NpuMmu) -> usize {
+        npu.hw.lock().slot_owner.iter().filter(|&&o| o != 0).count()
+    }
+
+    #[test]
+    fn host_pages_are_reached_through_the_aperture() -> Result {
+        let npu = npu()?;
+        let pmap = npu.pmap_create()?;
+        let page = Page::alloc_page(GFP_KERNEL | __GFP_ZERO)?;
+        npu.pmap_enter_host(&pmap, VA, &page, Prot::WRITE)?;
+        assert_eq!(slots(&npu), 1);
+        let pa = translate(&npu, &pmap, VA + 8, true).ok_or(EFAULT)?;
+        assert_ne!(pa & HOST_ADDR, 0);
+        npu.write(pa, &0x1234_5678u32.to_ne_bytes())?;
+        let mut word = [0u8; 4];
+        // SAFETY: `page` is ours; the NPU wrote bytes 8..12 of it.
+        unsafe {
+            let host = bindings::kmap_local_page(page.as_ptr()).cast::<u8>();
+            core::ptr::copy_nonoverlapping(host.add(8), word.as_mut_ptr(), 4);
+            bindings::kunmap_local(host.cast());
+        }
+        assert_eq!(u32::from_ne_bytes(word), 0x1234_5678);
+        let mut back = [0u8; 4];
+        npu.read(pa, &mut back)?;
+        assert_eq!(back, word);
+        // A device page over it gives the slot (and the reference) back, and the slot's
+        // translation leaves the TLB: the slot may map another page next.
+        npu.pmap_enter(&pmap, VA, DATA, Prot::WRITE)?;
+        assert_eq!(slots(&npu), 0);
+        assert_eq!(
+            translate(&npu, &pmap, VA, false),
+            Some(DATA * PAGE_SIZE as u64)
+        );
+        npu.pmap_enter_host(&pmap, VA + PAGE_SIZE, &page, Prot::READ)?;
+        assert_eq!(translate(&npu, &pmap, VA + PAGE_SIZE, true), None);
+        npu.pmap_release(&pmap, VA, 2 * PAGE_SIZE);
+        assert_eq!(slots(&npu), 0);
+        npu.pmap_enter_host(&pmap, VA, &page, Prot::READ)?;
+        npu.pmap_destroy(pmap);
+        assert_eq!(slots(&npu), 0);
         Ok(())
     }
 
