@@ -128,6 +128,7 @@ class Report:
         faults = records(R("fault.out"), "npu_bench")
         cpufault = records(R("cpufault.out"), "npu_bench")
         oversub = records(R("oversub.out"), "npu_bench")
+        inplace = records(R("inplace.out"), "npu_bench")
         tracking = records(R("tracking.out"), "tracking_bench")
         hmm = hmm_results(R("hmm-tests.out"))
         if not hmm:
@@ -137,6 +138,7 @@ class Report:
             self.errors.append("missing: hmm-tests on test_gmem (hmm-gmem.out)")
         self.raw = {"memcpy": memcpy, "prefetch": prefetch, "fault": faults,
                     "cpufault": cpufault, "oversub": oversub,
+                    "inplace": inplace,
                     "tracking": tracking,
                     "hmm": [{"size_mib": k[0], "chunk_kib": k[1],
                              "dir": k[2], "gbps": v}
@@ -242,6 +244,20 @@ class Report:
                        r and r.get("anon_thp_us_per_page"), "", None)],
                      "one fault per 4 KiB page against one per 4 KiB "
                      "(target) and one per 2 MiB (THP)")
+
+        self.section = ("Accessed-by: the NPU reads a CPU-written range, the "
+                        "CPU reads it back, us per page")
+        r = self.one(inplace, "in-place access", size_mib=16)
+        for what, key, note in (
+                ("NPU job + CPU read-back", "us_per_page",
+                 "in place (MADV_ACCESSED_BY) against migrated there and "
+                 "home"),
+                ("NPU job", "npu_us_per_page", "first touch: faults"),
+                ("CPU read-back", "cpu_us_per_page", "")):
+            mig = r and r.get(f"migrate_{key}")
+            v = r and r.get(f"inplace_{key}")
+            self.row(f"{what}, in place", 16, v, "us/page",
+                     [("migrated", mig, "", None)], note)
 
         self.section = "Oversubscription: NPU SUM32 over N x its memory, GB/s"
         base = self.one(oversub, "oversubscription", factor=1)

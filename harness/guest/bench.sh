@@ -124,6 +124,10 @@ for size in $SIZES; do
 	run cpufault "$bin/npu_bench" cpufault "$size" "$(iterations "$size")"
 done
 
+# 5b. A host range read by the NPU in place (MADV_ACCESSED_BY) against
+# migrated to it and back.
+run inplace "$bin/npu_bench" inplace 16 5
+
 # 6. Oversubscription: the NPU's limit lowered to 32 MiB.
 for factor in 1 2 4; do
 	run oversub "$bin/npu_bench" oversub "$factor" 32 3

@@ -397,6 +397,8 @@ static int advice_known(int advice)
 	case MADV_NO_PREFERRED_LOCATION:
 	case MADV_PIN:
 	case MADV_UNPIN:
+	case MADV_ACCESSED_BY:
+	case MADV_NO_ACCESSED_BY:
 		return 1;
 	}
 	return 0;
@@ -405,7 +407,8 @@ static int advice_known(int advice)
 /* The advices that take GM_NODE_ALL: all but those that name one node. */
 static int advice_takes_all(int advice)
 {
-	return advice != MADV_PREFERRED_LOCATION && advice != MADV_PIN;
+	return advice != MADV_PREFERRED_LOCATION && advice != MADV_PIN &&
+	       advice != MADV_ACCESSED_BY;
 }
 
 /*
@@ -414,9 +417,9 @@ static int advice_takes_all(int advice)
  * else; an empty range then returns 0.  After that it depends on what is
  * mapped, except where the first page of the range decides.
  *
- * MADV_PIN to a host node is refused (EINVAL) with the node check, or with
- * the check that a device node is attached, after the range's: a hole in
- * the range (ENOMEM) may then come first.
+ * MADV_PIN and MADV_ACCESSED_BY to a host node are refused (EINVAL) with
+ * the node check, or with the check that a device node is attached, after
+ * the range's: a hole in the range (ENOMEM) may then come first.
  */
 static uint64_t hmadvise_allowed(int hnid, unsigned long start,
 				 unsigned long len, int advice, int cls,
@@ -436,7 +439,8 @@ static uint64_t hmadvise_allowed(int hnid, unsigned long start,
 	if (hnid == GM_NODE_ALL ? !advice_takes_all(advice) :
 	    !node_online(hnid) && !node_registered(hnid))
 		return BIT(EINVAL);
-	host_pin = advice == MADV_PIN && node_online(hnid);
+	host_pin = (advice == MADV_PIN || advice == MADV_ACCESSED_BY) &&
+		   node_online(hnid);
 	if (!alen) {
 		*exact = !host_pin;
 		return host_pin ? OK | BIT(EINVAL) : OK;
@@ -460,7 +464,8 @@ static uint64_t hmadvise_allowed(int hnid, unsigned long start,
 	 */
 	if (dev >= 0 && !F.mm_attached[dev])
 		return advice == MADV_NO_PREFERRED_LOCATION ||
-		       advice == MADV_UNPIN ? set | OK : set;
+		       advice == MADV_UNPIN || advice == MADV_NO_ACCESSED_BY ?
+		       set | OK : set;
 	set |= OK;
 	/*
 	 * Moves: to the node, to each page's preferred location (GM_NODE_ALL,
@@ -481,8 +486,9 @@ static void do_hmadvise(void)
 		MADV_PREFETCH, MADV_DONTNEED, MADV_PREFETCH, MADV_DONTNEED,
 		MADV_PREFERRED_LOCATION, MADV_NO_PREFERRED_LOCATION, MADV_PIN,
 		MADV_UNPIN, MADV_PREFERRED_LOCATION, MADV_PIN,
+		MADV_ACCESSED_BY, MADV_NO_ACCESSED_BY, MADV_ACCESSED_BY,
 		-1, 0, MADV_WILLNEED, MADV_FREE, MADV_PAGEOUT, 199,
-		MADV_UNPIN + 1, 0x7fffffff, MADV_PREFETCH | 0x10000,
+		MADV_NO_ACCESSED_BY + 1, 0x7fffffff, MADV_PREFETCH | 0x10000,
 	};
 	static const int odd_hnids[] = {
 		-2, -1000, 64, 1 << 20, 0x7fffffff, -0x7fffffff - 1, 63, 4,

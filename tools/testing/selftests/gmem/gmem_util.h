@@ -259,8 +259,8 @@ static inline int become_nobody(void)
  * /proc/<pid>/gmem_maps (Documentation/mm/gmem.rst): one line per piece of
  * a peer-shared VMA whose range attributes are uniform, in address order:
  *
- *   <start>-<end> preferred=<node|none> accessed_by=none read_mostly=0
- *	pinned=<node|none>[ N<node>=<pages>]...
+ *   <start>-<end> preferred=<node|none> accessed_by=<node[,node]...|none>
+ *	read_mostly=0 pinned=<node|none>[ N<node>=<pages>]...
  *
  * on one line, the addresses %08lx, then the pages each node holds.
  */
@@ -271,6 +271,8 @@ struct gm_maps_line {
 	unsigned long start, end;	/* end exclusive */
 	int preferred;			/* a node, or -1: none */
 	int pinned;			/* a device node, or -1: none */
+	unsigned long long accessed_by;	/* bit (node - first node) per device */
+	int accessed_first;		/* the first node of accessed_by, or -1 */
 	int nnodes;
 	int node[GM_MAPS_NODES];	/* increasing */
 	unsigned long pages[GM_MAPS_NODES];	/* each non-zero */
@@ -369,6 +371,40 @@ static inline int gm_maps_node(const char **s, int *node)
 	return 0;
 }
 
+/*
+ * "none" or increasing device nodes with commas at *@s, into @l: 0 and *@s
+ * past them, or -1.  The bits of @l->accessed_by count from the first node.
+ */
+static inline int gm_maps_devices(const char **s, struct gm_maps_line *l)
+{
+	unsigned long v, prev = 0;
+
+	l->accessed_first = -1;
+	if (!gm_maps_lit(s, "none"))
+		return 0;
+	do {
+		if (gm_maps_num(s, 0, &v) || v > INT_MAX)
+			return -1;
+		if (l->accessed_first < 0)
+			l->accessed_first = v;
+		else if (v <= prev)
+			return -1;
+		if (v - l->accessed_first >= 64)
+			return -1;
+		l->accessed_by |= 1ULL << (v - l->accessed_first);
+		prev = v;
+	} while (!gm_maps_lit(s, ","));
+	return 0;
+}
+
+/* Whether device node @node is in the accessed_by list of @l. */
+static inline int gm_maps_accessed_by(const struct gm_maps_line *l, int node)
+{
+	return l->accessed_first >= 0 && node >= l->accessed_first &&
+	       node - l->accessed_first < 64 &&
+	       (l->accessed_by >> (node - l->accessed_first)) & 1;
+}
+
 /* Parses the line at @s (up to its '\n') into @l: 0, or -1. */
 static inline int gm_maps_parse_line(const char *s, struct gm_maps_line *l)
 {
@@ -376,7 +412,8 @@ static inline int gm_maps_parse_line(const char *s, struct gm_maps_line *l)
 	if (gm_maps_num(&s, 1, &l->start) || gm_maps_lit(&s, "-") ||
 	    gm_maps_num(&s, 1, &l->end) || gm_maps_lit(&s, " preferred=") ||
 	    gm_maps_node(&s, &l->preferred) ||
-	    gm_maps_lit(&s, " accessed_by=none read_mostly=0 pinned=") ||
+	    gm_maps_lit(&s, " accessed_by=") || gm_maps_devices(&s, l) ||
+	    gm_maps_lit(&s, " read_mostly=0 pinned=") ||
 	    gm_maps_node(&s, &l->pinned))
 		return -1;
 	while (!gm_maps_lit(&s, " N")) {

@@ -126,7 +126,7 @@ TEST_F(hmadvise, unknown_advice)
 {
 	unsigned long start = (unsigned long)self->buf;
 	int bad[] = { -1, MADV_NORMAL, MADV_WILLNEED, MADV_FREE, MADV_COLD,
-		      MADV_PAGEOUT, MADV_PREFETCH - 1, MADV_UNPIN + 1,
+		      MADV_PAGEOUT, MADV_PREFETCH - 1, MADV_NO_ACCESSED_BY + 1,
 		      0x7fffffff };
 
 	for (size_t i = 0; i < ARRAY_SIZE(bad); i++)

@@ -25,6 +25,13 @@
  *	ordinary anonymous memory, for comparison: without THP (a zero-fill
  *	fault per page, anon_us_per_page) and with THP as configured
  *	(anon_thp_us_per_page).
+ *   npu_bench inplace SIZE_MIB [ITERATIONS]
+ *	The CPU writes a buffer, an NPU SUM32 job reads it, the CPU reads it
+ *	back: with hmadvise(MADV_ACCESSED_BY), the NPU maps the host pages in
+ *	place (inplace_*), without it the pages migrate to the NPU and home
+ *	again (migrate_*).  Per page: the NPU job (npu_us_per_page) and the
+ *	CPU's read-back (cpu_us_per_page).  SIZE_MIB at most 32 (the NPU's
+ *	aperture for host pages).
  *   npu_bench oversub FACTOR LIMIT_MIB [ITERATIONS]
  *	The NPU's limit lowered to LIMIT_MIB (sysfs), then NPU SUM32 jobs
  *	over a CPU-written buffer FACTOR times that size, after one pass to
@@ -541,6 +548,73 @@ static int bench_oversub(int factor, size_t limit, int iterations)
 	return 0;
 }
 
+/*
+ * One round of the in-place comparison (see the top): the NPU job's time
+ * in *@tnpu, the CPU's read-back in *@tcpu.
+ */
+static void inplace_round(struct npu *npu, int in_place, size_t len,
+			  double *tnpu, double *tcpu)
+{
+	long long npages = len / page_size, moved = in_place ? 0 : npages;
+	struct gmem_npu_stats s0, s1;
+	__u64 sum, want = sum_words(len, 0x5151);
+	char *p = map_anon(len, MAP_PEER_SHARED);
+	double t0;
+
+	fill_words(p, len, 0x5151);
+	if (in_place &&
+	    hmadvise(npu->info.hnid, (unsigned long)p, len, MADV_ACCESSED_BY))
+		die("hmadvise(MADV_ACCESSED_BY)");
+	npu_stats(npu, &s0);
+	*tnpu = npu_sum(npu, p, len, &sum);
+	npu_stats(npu, &s1);
+	expect("job result", sum, want);
+	expect("pages migrated in", s1.migrations_to_dev - s0.migrations_to_dev,
+	       moved);
+	t0 = now();
+	check_words(p, len, 0x5151);
+	*tcpu = now() - t0;
+	npu_stats(npu, &s0);
+	expect("pages migrated home",
+	       s0.migrations_to_host - s1.migrations_to_host, moved);
+	munmap(p, len);
+}
+
+static int bench_inplace(size_t len, int iterations)
+{
+	double in_npu[MAX_ITERATIONS], in_cpu[MAX_ITERATIONS];
+	double mig_npu[MAX_ITERATIONS], mig_cpu[MAX_ITERATIONS];
+	double in_total[MAX_ITERATIONS], mig_total[MAX_ITERATIONS];
+	long long npages = len / page_size;
+	struct npu npu;
+
+	npu_open(&npu);
+	if (!(npu.info.flags & GMEM_NPU_INFO_FAULTABLE)) {
+		fprintf(stderr, "npu_bench: the NPU does not fault\n");
+		return 1;
+	}
+	for (int it = -1; it < iterations; it++) {
+		int i = it < 0 ? 0 : it;
+
+		inplace_round(&npu, 1, len, &in_npu[i], &in_cpu[i]);
+		inplace_round(&npu, 0, len, &mig_npu[i], &mig_cpu[i]);
+		in_total[i] = in_npu[i] + in_cpu[i];
+		mig_total[i] = mig_npu[i] + mig_cpu[i];
+	}
+	printf("npu_bench inplace size_mib=%zu iterations=%d pages=%lld",
+	       len >> 20, iterations, npages);
+	printf(" inplace_npu_us_per_page=%.3f inplace_cpu_us_per_page=%.3f",
+	       median(in_npu, iterations) * 1e6 / npages,
+	       median(in_cpu, iterations) * 1e6 / npages);
+	printf(" migrate_npu_us_per_page=%.3f migrate_cpu_us_per_page=%.3f",
+	       median(mig_npu, iterations) * 1e6 / npages,
+	       median(mig_cpu, iterations) * 1e6 / npages);
+	printf(" inplace_us_per_page=%.3f migrate_us_per_page=%.3f\n",
+	       median(in_total, iterations) * 1e6 / npages,
+	       median(mig_total, iterations) * 1e6 / npages);
+	return 0;
+}
+
 static void bad_args(void)
 {
 	fprintf(stderr,
@@ -548,6 +622,7 @@ static void bad_args(void)
 		"       npu_bench prefetch SIZE_MIB CHUNK_KIB [ITERATIONS]\n"
 		"       npu_bench fault zero|migrate SIZE_MIB [ITERATIONS]\n"
 		"       npu_bench cpufault SIZE_MIB [ITERATIONS]\n"
+		"       npu_bench inplace SIZE_MIB [ITERATIONS]\n"
 		"       npu_bench oversub FACTOR LIMIT_MIB [ITERATIONS]\n");
 	exit(2);
 }
@@ -603,6 +678,14 @@ int main(int argc, char **argv)
 		    argc > 4)
 			bad_args();
 		return bench_cpufault(size, iterations);
+	}
+	if (!strcmp(mode, "inplace")) {
+		size = arg(argc, argv, 2, 0) << 20;
+		iterations = arg(argc, argv, 3, 5);
+		if (!size || size > (32UL << 20) || iterations < 1 ||
+		    iterations > MAX_ITERATIONS || argc > 4)
+			bad_args();
+		return bench_inplace(size, iterations);
 	}
 	if (!strcmp(mode, "oversub")) {
 		int factor = arg(argc, argv, 2, 0);

@@ -24,11 +24,6 @@
 #define NPAGES		64	/* pages of most test buffers */
 #define NPU_PAGE_SIZE	4096
 
-static int npu_stats(int fd, struct gmem_npu_stats *stats)
-{
-	return ioctl(fd, GMEM_NPU_IOC_STATS, stats) ? errno : 0;
-}
-
 /* Pages of the NPU's DRAM in use now, or -1. */
 static long long npu_resident(int fd)
 {

@@ -107,6 +107,12 @@ static inline int npu_sum_on(int fd, const void *src, size_t len, __u64 *sum,
 			 engines);
 }
 
+/* The NPU's counters: 0, or an errno. */
+static inline int npu_stats(int fd, struct gmem_npu_stats *stats)
+{
+	return ioctl(fd, GMEM_NPU_IOC_STATS, stats) ? errno : 0;
+}
+
 static inline int npu_attach(int fd)
 {
 	return ioctl(fd, GMEM_NPU_IOC_ATTACH, 0) ? errno : 0;

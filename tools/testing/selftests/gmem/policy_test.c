@@ -31,7 +31,7 @@
 
 static const int attr_advices[] = {
 	MADV_PREFERRED_LOCATION, MADV_NO_PREFERRED_LOCATION, MADV_PIN,
-	MADV_UNPIN,
+	MADV_UNPIN, MADV_ACCESSED_BY, MADV_NO_ACCESSED_BY,
 };
 
 /* This process's gmem_maps, as text and parsed. */
@@ -158,17 +158,26 @@ static void expect_absent(struct __test_metadata *_metadata, const void *p,
 	}
 }
 
-/* Pages on @node of the line of gmem_maps that starts at @p, or -1. */
-static long pages_at(struct __test_metadata *_metadata, const void *p,
-		     int node)
+/* The line of gmem_maps that starts at @p, or NULL; valid until the next. */
+static const struct gm_maps_line *line_at(struct __test_metadata *_metadata,
+					  const void *p)
 {
 	static struct maps m;
 
 	read_maps(_metadata, &m);
 	for (int i = 0; i < m.n; i++)
 		if (m.l[i].start == (unsigned long)p)
-			return line_pages(&m.l[i], node);
-	return -1;
+			return &m.l[i];
+	return NULL;
+}
+
+/* Pages on @node of the line of gmem_maps that starts at @p, or -1. */
+static long pages_at(struct __test_metadata *_metadata, const void *p,
+		     int node)
+{
+	const struct gm_maps_line *l = line_at(_metadata, p);
+
+	return l ? line_pages(l, node) : -1;
 }
 
 FIXTURE(policy)
@@ -302,6 +311,7 @@ static int node_for(int npu, int advice)
 	case MADV_PREFERRED_LOCATION:
 		return 0;
 	case MADV_PIN:
+	case MADV_ACCESSED_BY:
 		return npu;
 	default:
 		return GM_NODE_ALL;
@@ -354,6 +364,9 @@ TEST_F(policy, all_nodes)
 		       MADV_PREFERRED_LOCATION);
 	expect_refused(_metadata, self->hnid, EINVAL, GM_NODE_ALL, p, self->len,
 		       MADV_PIN);
+	expect_refused(_metadata, self->hnid, EINVAL, GM_NODE_ALL, p, self->len,
+		       MADV_ACCESSED_BY);
+	advise(_metadata, GM_NODE_ALL, p, 0, NPAGES, MADV_NO_ACCESSED_BY);
 	advise(_metadata, GM_NODE_ALL, p, 0, NPAGES, MADV_PREFETCH);
 	advise(_metadata, GM_NODE_ALL, p, 0, NPAGES, MADV_UNPIN);
 	advise(_metadata, GM_NODE_ALL, p, 0, NPAGES, MADV_NO_PREFERRED_LOCATION);
@@ -395,6 +408,8 @@ TEST_F(policy, device_not_attached_einval)
 			       MADV_PREFERRED_LOCATION);
 		expect_refused(_metadata, self->hnid, EINVAL, hnid1, p, self->len,
 			       MADV_PIN);
+		expect_refused(_metadata, self->hnid, EINVAL, hnid1, p, self->len,
+			       MADV_ACCESSED_BY);
 	}
 	pid = fork();
 	ASSERT_LE(0, pid);
@@ -408,6 +423,9 @@ TEST_F(policy, device_not_attached_einval)
 			_exit(2);
 		if (hmadvise_err(self->hnid, p, self->len, MADV_PIN) != EINVAL)
 			_exit(3);
+		if (hmadvise_err(self->hnid, p, self->len,
+				 MADV_ACCESSED_BY) != EINVAL)
+			_exit(5);
 		if (maps_load(&after) || strcmp(before.text, after.text))
 			_exit(4);
 		_exit(0);
@@ -522,9 +540,10 @@ TEST_F(policy, unknown_advice_einval)
 	char *p = map_range(_metadata, NPAGES, 9);
 
 	decorate(_metadata, self->hnid, p);
-	expect_refused(_metadata, self->hnid, EINVAL, 0, p, self->len, MADV_UNPIN + 1);
+	expect_refused(_metadata, self->hnid, EINVAL, 0, p, self->len,
+		       MADV_NO_ACCESSED_BY + 1);
 	expect_refused(_metadata, self->hnid, EINVAL, GM_NODE_ALL, p, self->len,
-		       MADV_UNPIN + 1);
+		       MADV_NO_ACCESSED_BY + 1);
 	for (size_t a = 0; a < ARRAY_SIZE(attr_advices); a++) {
 		errno = 0;
 		ASSERT_EQ(-1, madvise(p, self->len, attr_advices[a]));
@@ -1047,6 +1066,160 @@ TEST_F(policy, prefetch_leaves_pages_preferring_elsewhere)
 	ASSERT_EQ(-1, check_pattern(q, block, 32));
 	ASSERT_EQ(0, munmap(p, block));
 	ASSERT_EQ(0, munmap(q, block));
+}
+
+/* Whether the line of gmem_maps that starts at @p names @hnid in accessed_by. */
+static int accessed_at(struct __test_metadata *_metadata, const void *p,
+		       int hnid)
+{
+	const struct gm_maps_line *l = line_at(_metadata, p);
+
+	return l ? gm_maps_accessed_by(l, hnid) : -1;
+}
+
+/* Whether npu0 raises device faults (gmem_npu_sim.faultable). */
+static int npu_faultable(int fd)
+{
+	struct gmem_npu_info info;
+
+	return !npu_get_info(fd, &info) &&
+	       (info.flags & GMEM_NPU_INFO_FAULTABLE);
+}
+
+/* MADV_ACCESSED_BY names one device: not a host node, not every node. */
+TEST_F(policy, accessed_by_einval)
+{
+	char *p = map_range(_metadata, NPAGES, 0);
+
+	expect_refused(_metadata, self->hnid, EINVAL, 0, p, self->len,
+		       MADV_ACCESSED_BY);
+	expect_refused(_metadata, self->hnid, EINVAL, GM_NODE_ALL, p,
+		       self->len, MADV_ACCESSED_BY);
+	advise(_metadata, GM_NODE_ALL, p, 0, NPAGES, MADV_NO_ACCESSED_BY);
+	advise(_metadata, 0, p, 0, NPAGES, MADV_NO_ACCESSED_BY);
+	unmap_range(_metadata, p, NPAGES);
+}
+
+/*
+ * With MADV_ACCESSED_BY, the NPU reads and writes host pages where they
+ * are: nothing moves, the data is the CPU's at every job, and the CPU sees
+ * the NPU's writes at once.  MADV_NO_ACCESSED_BY moves them again.
+ */
+TEST_F(policy, accessed_by_maps_in_place)
+{
+	size_t len = self->len;
+	struct gmem_npu_stats s, e;
+	__u64 sum;
+	char *p;
+
+	if (self->fd < 0)
+		SKIP(return, NO_NPU, npu_dev_path[0]);
+	if (!npu_faultable(self->fd))
+		SKIP(return, "a prefaulting NPU raises no faults");
+	p = map_range(_metadata, NPAGES, 41);
+	advise(_metadata, self->hnid, p, 0, NPAGES, MADV_ACCESSED_BY);
+	ASSERT_EQ(1, accessed_at(_metadata, p, self->hnid));
+	ASSERT_EQ(0, npu_stats(self->fd, &s));
+
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ(sum32(p, len), sum);
+	/* A CPU write is seen by the next job, with the page where it was. */
+	((__u32 *)p)[5] += 7;
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ(sum32(p, len), sum);
+	/* And the NPU's writes by the CPU. */
+	ASSERT_EQ(0, npu_fill(self->fd, p, len, 0x5a5a5a5a));
+	ASSERT_EQ(-1, first_not(p, len, 0x5a5a5a5a));
+	ASSERT_EQ(0, npu_stats(self->fd, &e));
+	ASSERT_EQ(s.migrations_to_dev, e.migrations_to_dev);
+	ASSERT_EQ(s.zero_fills, e.zero_fills);
+	ASSERT_EQ(s.resident_pages, e.resident_pages);
+	ASSERT_EQ(NPAGES, pages_at(_metadata, p, HOST));
+	ASSERT_EQ(0, pages_at(_metadata, p, self->hnid));
+
+	/* Without the advice, the next job moves the pages. */
+	advise(_metadata, GM_NODE_ALL, p, 0, NPAGES, MADV_NO_ACCESSED_BY);
+	ASSERT_EQ(0, accessed_at(_metadata, p, self->hnid));
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ((__u64)NPAGES * (self->page / 4) * 0x5a5a5a5a, sum);
+	ASSERT_EQ(0, npu_stats(self->fd, &e));
+	ASSERT_EQ(s.migrations_to_dev + NPAGES, e.migrations_to_dev);
+	ASSERT_EQ(NPAGES, pages_at(_metadata, p, self->hnid));
+	unmap_range(_metadata, p, NPAGES);
+}
+
+/*
+ * Pages nobody touched yet are faulted in on the host, not zero-filled on
+ * the NPU; the NPU's writes land there.
+ */
+TEST_F(policy, accessed_by_fills_on_the_host)
+{
+	struct gmem_npu_stats s, e;
+	char *p;
+
+	if (self->fd < 0)
+		SKIP(return, NO_NPU, npu_dev_path[0]);
+	if (!npu_faultable(self->fd))
+		SKIP(return, "a prefaulting NPU raises no faults");
+	p = map_range(_metadata, NPAGES, 0);
+	advise(_metadata, self->hnid, p, 0, NPAGES, MADV_ACCESSED_BY);
+	ASSERT_EQ(0, npu_stats(self->fd, &s));
+	ASSERT_EQ(0, npu_fill(self->fd, p, self->len, 3));
+	ASSERT_EQ(0, npu_stats(self->fd, &e));
+	ASSERT_EQ(s.zero_fills, e.zero_fills);
+	ASSERT_EQ(s.resident_pages, e.resident_pages);
+	ASSERT_EQ(NPAGES, pages_at(_metadata, p, HOST));
+	ASSERT_EQ(-1, first_not(p, self->len, 3));
+	unmap_range(_metadata, p, NPAGES);
+}
+
+/*
+ * The NPU's mapping follows the CPU's: after MADV_DONTNEED it reads
+ * zeros, after a new mapping at the same address the new data, after a
+ * copy-on-write break (fork) the parent's own page, never a stale one.
+ */
+TEST_F(policy, accessed_by_follows_the_cpu)
+{
+	size_t len = self->len;
+	__u64 sum;
+	pid_t pid;
+	int status;
+	char *p, *q;
+
+	if (self->fd < 0)
+		SKIP(return, NO_NPU, npu_dev_path[0]);
+	if (!npu_faultable(self->fd))
+		SKIP(return, "a prefaulting NPU raises no faults");
+	p = map_range(_metadata, NPAGES, 43);
+	advise(_metadata, self->hnid, p, 0, NPAGES, MADV_ACCESSED_BY);
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ(sum32(p, len), sum);
+
+	ASSERT_EQ(0, madvise(p, len, MADV_DONTNEED));
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ(0, sum);
+
+	/* A new mapping in its place (which has no attributes). */
+	q = mmap_peer_shared(p, len, MAP_FIXED);
+	ASSERT_EQ(p, q);
+	fill_pattern(p, len, 44);
+	advise(_metadata, self->hnid, p, 0, NPAGES, MADV_ACCESSED_BY);
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ(sum32(p, len), sum);
+
+	/* After fork, the parent's write copies the page; the NPU follows. */
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (!pid) {
+		usleep(200000);
+		_exit(check_pattern(p, len, 44) == -1 ? 0 : 1);
+	}
+	fill_pattern(p, len, 45);
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ(sum32(p, len), sum);
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFEXITED(status) && !WEXITSTATUS(status));
+	unmap_range(_metadata, p, NPAGES);
 }
 
 /* No page has a preferred location: 0, and nothing moves. */
