@@ -3,9 +3,9 @@
 #
 # make check: build, boot the test kernel, run every GMEM KUnit suite (at
 # boot) and every GMEM kselftest; then boot it a second time with NPUs that
-# do not fault (gmem_npu_sim.faultable=0) and run npu_test again.  Fails on
-# any failed test and on any splat in either guest's kernel log.  The last
-# line is "N passed, M failed".
+# do not fault (gmem_npu_sim.faultable=0) and run npu_test and policy_test
+# again.  Fails on any failed test and on any splat in either guest's kernel
+# log.  The last line is "N passed, M failed".
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/config.sh"
@@ -28,11 +28,11 @@ timeout $((1800 * slow)) "$here/vm-run" --append "kunit.filter_glob=gmem*" -- \
 # The second boot: the NPU driver prefaults each job instead of faulting.
 # This boot's KUnit run is the doc examples of kernel::gmem (doctests); results
 # in $out/nofault (report.py reads them).
-echo "check: booting again with gmem_npu_sim.faultable=0 for npu_test" >&2
+echo "check: booting again with gmem_npu_sim.faultable=0 for npu_test and policy_test" >&2
 mkdir -p "$out/nofault"
 timeout $((900 * slow)) "$here/vm-run" --append "kunit.filter_glob=rust_doctests_kernel.*gmem*" \
 	--append "gmem_npu_sim.faultable=0" -- \
-	"$here/guest/run-tests.sh" "$out/nofault" "$GMEM_OBJ/kselftest/gmem" npu_test \
+	"$here/guest/run-tests.sh" "$out/nofault" "$GMEM_OBJ/kselftest/gmem" npu_test policy_test \
 	>"$out/nofault/console.log" 2>&1 || echo "check: the VM exited with status $?" >&2
 rc=0
 "$here/report.py" "$out" | tee "$out/report" | tail -n 200 || rc=$?

@@ -5,16 +5,20 @@
 # the GMEM kselftests, then the kernel log.  Results go to $1 (a directory
 # under build/vm/, writable from the guest); harness/report.py reads them.
 #
-#   run-tests.sh OUT TESTDIR [GLOB]
+#   run-tests.sh OUT TESTDIR [GLOB...]
 #
-# GLOB picks the test programs of TESTDIR to run (default: every *_test).
+# The GLOBs pick the test programs of TESTDIR to run (default: every
+# *_test).
 set -u
 out=$1
 tests=$2
-glob=${3:-*_test}
+shift 2
+globs=("${@:-*_test}")
+glob="${globs[*]}"
 mkdir -p "$out"
 # stress_test runs separately (below) unless a glob names it.
-for t in "$tests"/$glob; do
+# Unquoted: each glob expands to the programs it names.
+for t in ${globs[@]/#/$tests/}; do
 	[ -x "$t" ] && [ -f "$t" ] || continue
 	name=$(basename "$t")
 	[ "$name" = stress_test ] && [ "$glob" = "*_test" ] && continue

@@ -113,10 +113,16 @@ impl Context {
 
     /// Makes `len` bytes at `start` resident on the device and mapped there, with the rights
     /// `access` asks for (see [`check_fault`] and [`dev_fault`] for the errors); `ESRCH` once
-    /// the process is gone.
+    /// the process is gone.  Host pages the device accesses in place (`MADV_ACCESSED_BY`) are
+    /// mapped where they are.
     pub(crate) fn fault(&self, start: usize, len: usize, access: c_uint) -> Result {
+        self.fault_or_move(start, len, access, true)
+    }
+
+    /// [`Context::fault`], or with `in_place` false a move of every page (`MADV_PREFETCH`).
+    fn fault_or_move(&self, start: usize, len: usize, access: c_uint, in_place: bool) -> Result {
         let end = check_fault(start, len, access)?;
-        self.with_address_space(|this, mm| dev_fault(this, mm, self, start, end, access))
+        self.with_address_space(|this, mm| dev_fault(this, mm, self, start, end, access, in_place))
     }
 
     /// Serves a batch of device faults (see `gm_dev_fault_batch()`): `EINVAL` for an empty
@@ -480,7 +486,7 @@ impl DeviceOps for Context {
     }
 
     fn prefetch(&self, start: usize, end: usize) -> Result {
-        self.fault(start, end - start, bindings::GM_ACCESS_READ)
+        self.fault_or_move(start, end - start, bindings::GM_ACCESS_READ, false)
     }
 }
 

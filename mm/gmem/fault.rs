@@ -213,7 +213,8 @@ pub(crate) fn check_fault(start: usize, len: usize, access: c_uint) -> Result<us
 /// device and mapped there, with the rights `access` asks for; the range was checked with
 /// [`check_fault`].  `EFAULT` for an address outside the process's peer-shared mappings or
 /// without the rights `access` asks for, `ENOMEM` when the device is full.  Pages before the
-/// failing one stay done.
+/// failing one stay done.  With `in_place`, host pages the device accesses in place
+/// (`MADV_ACCESSED_BY`) are mapped there instead.
 pub(crate) fn dev_fault(
     this: &AddressSpace,
     mm: &MmWithUser,
@@ -221,6 +222,7 @@ pub(crate) fn dev_fault(
     start: usize,
     end: usize,
     access: c_uint,
+    in_place: bool,
 ) -> Result {
     // The range's windows have notifiers before any of its pages is mapped on the device
     // (a range that mmap() made has them; one that mremap() grew in place may not).
@@ -254,10 +256,25 @@ pub(crate) fn dev_fault(
                 .checked_mul(CHUNK_BYTES)
                 .map_or(vma_end, |e| e.min(vma_end));
             let n = (chunk_end - va) / PAGE_SIZE;
-            let (done, slow) = to_device(this, mm, ctx, vma, va, n, prot)?;
-            moved += done;
-            for vpn in slow {
-                if fault_page(this, mm, ctx, vma, vpn * PAGE_SIZE, prot)? {
+            let first = va / PAGE_SIZE;
+            let mapped = if in_place && ctx.maps_host() {
+                BlockPages(this.policy.accessed_in_place(first, n, ctx.id()))
+            } else {
+                BlockPages::default()
+            };
+            let mut movable = BlockPages::default();
+            movable.set_range(0, n);
+            for (off, len) in movable.and_not(mapped).runs() {
+                let (done, slow) = to_device(this, mm, ctx, vma, va + off * PAGE_SIZE, len, prot)?;
+                moved += done;
+                for vpn in slow {
+                    if fault_page(this, mm, ctx, vma, vpn * PAGE_SIZE, prot)? {
+                        moved += 1;
+                    }
+                }
+            }
+            for off in mapped.iter() {
+                if map_in_place(this, mm, ctx, vma, va + off * PAGE_SIZE, prot)? {
                     moved += 1;
                 }
             }

@@ -1077,15 +1077,6 @@ static int accessed_at(struct __test_metadata *_metadata, const void *p,
 	return l ? gm_maps_accessed_by(l, hnid) : -1;
 }
 
-/* Whether npu0 raises device faults (gmem_npu_sim.faultable). */
-static int npu_faultable(int fd)
-{
-	struct gmem_npu_info info;
-
-	return !npu_get_info(fd, &info) &&
-	       (info.flags & GMEM_NPU_INFO_FAULTABLE);
-}
-
 /* MADV_ACCESSED_BY names one device: not a host node, not every node. */
 TEST_F(policy, accessed_by_einval)
 {
@@ -1103,7 +1094,8 @@ TEST_F(policy, accessed_by_einval)
 /*
  * With MADV_ACCESSED_BY, the NPU reads and writes host pages where they
  * are: nothing moves, the data is the CPU's at every job, and the CPU sees
- * the NPU's writes at once.  MADV_NO_ACCESSED_BY moves them again.
+ * the NPU's writes at once.  MADV_NO_ACCESSED_BY moves them again.  The
+ * same whether the NPU faults or its driver prefaults each job.
  */
 TEST_F(policy, accessed_by_maps_in_place)
 {
@@ -1114,8 +1106,6 @@ TEST_F(policy, accessed_by_maps_in_place)
 
 	if (self->fd < 0)
 		SKIP(return, NO_NPU, npu_dev_path[0]);
-	if (!npu_faultable(self->fd))
-		SKIP(return, "a prefaulting NPU raises no faults");
 	p = map_range(_metadata, NPAGES, 41);
 	advise(_metadata, self->hnid, p, 0, NPAGES, MADV_ACCESSED_BY);
 	ASSERT_EQ(1, accessed_at(_metadata, p, self->hnid));
@@ -1159,8 +1149,6 @@ TEST_F(policy, accessed_by_fills_on_the_host)
 
 	if (self->fd < 0)
 		SKIP(return, NO_NPU, npu_dev_path[0]);
-	if (!npu_faultable(self->fd))
-		SKIP(return, "a prefaulting NPU raises no faults");
 	p = map_range(_metadata, NPAGES, 0);
 	advise(_metadata, self->hnid, p, 0, NPAGES, MADV_ACCESSED_BY);
 	ASSERT_EQ(0, npu_stats(self->fd, &s));
@@ -1188,8 +1176,6 @@ TEST_F(policy, accessed_by_follows_the_cpu)
 
 	if (self->fd < 0)
 		SKIP(return, NO_NPU, npu_dev_path[0]);
-	if (!npu_faultable(self->fd))
-		SKIP(return, "a prefaulting NPU raises no faults");
 	p = map_range(_metadata, NPAGES, 43);
 	advise(_metadata, self->hnid, p, 0, NPAGES, MADV_ACCESSED_BY);
 	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
