@@ -129,6 +129,7 @@ class Report:
         cpufault = records(R("cpufault.out"), "npu_bench")
         oversub = records(R("oversub.out"), "npu_bench")
         inplace = records(R("inplace.out"), "npu_bench")
+        pingpong = records(R("pingpong.out"), "npu_bench")
         tracking = records(R("tracking.out"), "tracking_bench")
         hmm = hmm_results(R("hmm-tests.out"))
         if not hmm:
@@ -138,7 +139,7 @@ class Report:
             self.errors.append("missing: hmm-tests on test_gmem (hmm-gmem.out)")
         self.raw = {"memcpy": memcpy, "prefetch": prefetch, "fault": faults,
                     "cpufault": cpufault, "oversub": oversub,
-                    "inplace": inplace,
+                    "inplace": inplace, "pingpong": pingpong,
                     "tracking": tracking,
                     "hmm": [{"size_mib": k[0], "chunk_kib": k[1],
                              "dir": k[2], "gbps": v}
@@ -258,6 +259,16 @@ class Report:
             v = r and r.get(f"inplace_{key}")
             self.row(f"{what}, in place", 16, v, "us/page",
                      [("migrated", mig, "", None)], note)
+
+        self.section = ("Thrashing control: CPU writes, NPU reads, in turn, "
+                        "us per page and turn")
+        r = self.one(pingpong, "ping-pong", size_mib=4)
+        self.row("10 turns, control on (threshold 2)", 4,
+                 r and r.get("on_us_per_page_round"), "us/page",
+                 [("control off", r and r.get("off_us_per_page_round"), "",
+                   None)],
+                 r and (f"pages moved: {r['on_moved']} on, "
+                        f"{r['off_moved']} off") or "")
 
         self.section = "Oversubscription: NPU SUM32 over N x its memory, GB/s"
         base = self.one(oversub, "oversubscription", factor=1)

@@ -128,6 +128,9 @@ done
 # migrated to it and back.
 run inplace "$bin/npu_bench" inplace 16 5
 
+# 5c. CPU/NPU ping-pong on the same pages, thrashing control off and on.
+run pingpong "$bin/npu_bench" pingpong 4 10
+
 # 6. Oversubscription: the NPU's limit lowered to 32 MiB.
 for factor in 1 2 4; do
 	run oversub "$bin/npu_bench" oversub "$factor" 32 3

@@ -509,6 +509,11 @@ unsigned int gm_dev_prefetch_threshold(const struct gm_dev *dev);
 int gm_dev_set_prefetch_threshold(struct gm_dev *dev, unsigned int percent);
 void gm_as_cover(struct mm_struct *mm, unsigned long addr, unsigned long len);
 int gm_show_maps(struct seq_file *m, struct mm_struct *mm);
+unsigned int gm_thrashing_threshold(void);
+int gm_set_thrashing_threshold(unsigned int bounces);
+unsigned int gm_thrashing_window_ms(void);
+int gm_set_thrashing_window_ms(unsigned int ms);
+void gm_thrashing_counters(u64 *in_place, u64 *throttled);
 int gm_as_mremap(struct mm_struct *mm, unsigned long old_addr,
 		 unsigned long new_addr, unsigned long len, bool undo);
 void gm_as_dontneed_begin(struct mm_struct *mm, unsigned long start,

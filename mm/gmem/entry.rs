@@ -17,7 +17,7 @@ use crate::{
     fault::{cpu_fault_begin, cpu_fault_end, Fill},
     hmadvise::hmadvise,
     lpt::{self, Claim},
-    maps,
+    maps, thrash,
 };
 use core::ptr::NonNull;
 use kernel::{
@@ -388,6 +388,46 @@ pub unsafe extern "C" fn gm_as_cover(mm: *mut bindings::mm_struct, addr: c_ulong
         let _ = this
             .policy
             .reset(addr / PAGE_SIZE, end.div_ceil(PAGE_SIZE), this.unpin());
+    }
+}
+
+/// The bounces in a window that make a page thrash (sysfs `thrashing/threshold`; 0: off).
+#[export]
+pub extern "C" fn gm_thrashing_threshold() -> c_uint {
+    thrash::threshold().into()
+}
+
+/// Sets the thrashing threshold: `-EINVAL` above 7.
+#[export]
+pub extern "C" fn gm_set_thrashing_threshold(bounces: c_uint) -> c_int {
+    errno(thrash::set_threshold(bounces))
+}
+
+/// The thrashing window, in milliseconds (sysfs `thrashing/window_ms`).
+#[export]
+pub extern "C" fn gm_thrashing_window_ms() -> c_uint {
+    thrash::window_ms()
+}
+
+/// Sets the thrashing window: `-EINVAL` for 0 or more than an hour.
+#[export]
+pub extern "C" fn gm_set_thrashing_window_ms(ms: c_uint) -> c_int {
+    errno(thrash::set_window_ms(ms))
+}
+
+/// Reads the thrashing counters: faults that mapped thrashing pages in place, and faults
+/// throttled.
+///
+/// # Safety
+///
+/// Both pointers are valid for writes.
+#[export]
+pub unsafe extern "C" fn gm_thrashing_counters(in_place: *mut u64, throttled: *mut u64) {
+    let (p, t) = thrash::counters();
+    // SAFETY: by the safety requirements.
+    unsafe {
+        *in_place = p;
+        *throttled = t;
     }
 }
 

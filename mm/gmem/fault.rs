@@ -39,7 +39,7 @@ use crate::{
     device::{DeviceList, DeviceOps},
     lpt::{Claim, DevicePage, LogicalPageTable, ParkedPage, Residency},
     migrate::{end_failed, host_after_failure, to_device, PinnedPage, CHUNK_PAGES},
-    trace,
+    thrash, trace,
 };
 use kernel::{
     bindings,
@@ -60,8 +60,10 @@ pub(crate) enum Fill {
     /// Zeroes, and the entry said the page is in host memory: the CPU page table maps it, or
     /// did until `MADV_DONTNEED`.  (Another fault on the same page may have just mapped it.)
     ZeroWasHost,
-    /// The page's data, copied from a device or a parked page.
+    /// The page's data, copied from a parked page.
     Data,
+    /// The page's data, copied from a device: the page bounced (see `crate::thrash`).
+    DeviceData,
 }
 
 impl Fill {
@@ -71,6 +73,7 @@ impl Fill {
             Fill::Zero => 0,
             Fill::ZeroWasHost => 1,
             Fill::Data => 2,
+            Fill::DeviceData => 3,
         }
     }
 
@@ -79,6 +82,7 @@ impl Fill {
         match bits & 3 {
             1 => Fill::ZeroWasHost,
             2 => Fill::Data,
+            3 => Fill::DeviceData,
             _ => Fill::Zero,
         }
     }
@@ -104,7 +108,7 @@ pub(crate) fn cpu_fault_begin(
             Residency::Device(page) => match bring_home(devices, va, page, dst) {
                 Ok(()) => {
                     trace::cpu_fault(va, page.dev.into(), &Ok(()));
-                    Ok((claim, Fill::Data))
+                    Ok((claim, Fill::DeviceData))
                 }
                 Err(e) => {
                     trace::cpu_fault(va, page.dev.into(), &Err(e));
@@ -142,10 +146,13 @@ pub(crate) fn cpu_fault_end(
     install: bool,
 ) -> bool {
     if install {
+        if fill == Fill::DeviceData {
+            return lpt.end_claim_bounced(claim, thrash::window());
+        }
         return lpt.end_claim(claim, Residency::Host);
     }
     let now = match fill {
-        Fill::Data => Residency::Parked(ParkedPage::new_ref(page).into_raw()),
+        Fill::Data | Fill::DeviceData => Residency::Parked(ParkedPage::new_ref(page).into_raw()),
         Fill::ZeroWasHost => Residency::Host,
         Fill::Zero => Residency::Nowhere,
     };
@@ -257,11 +264,21 @@ pub(crate) fn dev_fault(
                 .map_or(vma_end, |e| e.min(vma_end));
             let n = (chunk_end - va) / PAGE_SIZE;
             let first = va / PAGE_SIZE;
-            let mapped = if in_place && ctx.maps_host() {
+            let mut mapped = if in_place && ctx.maps_host() {
                 BlockPages(this.policy.accessed_in_place(first, n, ctx.id()))
             } else {
                 BlockPages::default()
             };
+            let hot = thrashing_pages(this, first, n).and_not(mapped);
+            if in_place && hot.count() > 0 {
+                trace::thrashing(ctx.id(), va, hot.count(), ctx.maps_host());
+                if ctx.maps_host() {
+                    thrash::mapped_in_place(hot.count());
+                    mapped = mapped.or(hot);
+                } else {
+                    thrash::throttle();
+                }
+            }
             let mut movable = BlockPages::default();
             movable.set_range(0, n);
             for (off, len) in movable.and_not(mapped).runs() {
@@ -341,6 +358,11 @@ impl BlockPages {
     /// The pages in `self` or in `other`.
     fn or(self, other: Self) -> Self {
         Self(core::array::from_fn(|i| self.0[i] | other.0[i]))
+    }
+
+    /// The pages in both `self` and `other`.
+    fn and(self, other: Self) -> Self {
+        Self(core::array::from_fn(|i| self.0[i] & other.0[i]))
     }
 
     /// The pages in `self` and not in `other`.
@@ -538,13 +560,26 @@ pub(crate) fn dev_fault_batch(
             let elsewhere = BlockPages(this.policy.preferring_other(base, CHUNK_PAGES, ctx.id()));
             planned.and_not(elsewhere.and_not(faulted))
         };
-        // Pages the device accesses in place are mapped where they are, not moved.
-        let in_place = if ctx.maps_host() {
+        // Pages the device accesses in place are mapped where they are, not moved; so are
+        // the pages that thrash, on a device that can, or else the fault is throttled.
+        let mut in_place = if ctx.maps_host() {
             BlockPages(this.policy.accessed_in_place(base, CHUNK_PAGES, ctx.id()))
         } else {
             BlockPages::default()
         };
-        let serve = serve.and_not(in_place);
+        let thrashing = thrashing_pages(this, base, CHUNK_PAGES);
+        let hot = thrashing.and(faulted).and_not(in_place);
+        if hot.count() > 0 {
+            trace::thrashing(ctx.id(), base * PAGE_SIZE, hot.count(), ctx.maps_host());
+            if ctx.maps_host() {
+                thrash::mapped_in_place(hot.count());
+                in_place = in_place.or(hot);
+            } else {
+                thrash::throttle();
+            }
+        }
+        // Prefetch leaves thrashing pages alone.
+        let serve = serve.and_not(in_place).and_not(thrashing.and_not(faulted));
         let extra = serve.and_not(faulted).count();
         if extra > 0 {
             trace::prefetch(ctx.id(), base * PAGE_SIZE, faulted.count(), extra);
@@ -622,6 +657,14 @@ fn serve_block(
                 .filter(|vpn| faulted.has(vpn - base))
                 .for_each(|vpn| one(vpn, &mut record)),
         }
+    }
+}
+
+/// The pages of the `n` (at most 512) from `first` on that thrash (see `crate::thrash`).
+fn thrashing_pages(this: &AddressSpace, first: usize, n: usize) -> BlockPages {
+    match thrash::threshold() {
+        0 => BlockPages::default(),
+        t => BlockPages(this.lpt.thrashing(first, n, thrash::window(), t)),
     }
 }
 
@@ -915,7 +958,7 @@ mod tests {
         let page = DevicePage { dev: 7, pfn: 0x42 };
         s.lpt.insert(VPN, Residency::Device(page))?;
         let (claim, fill) = cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?;
-        assert_eq!(fill, Fill::Data);
+        assert_eq!(fill, Fill::DeviceData);
         // The device stopped accessing the page before it was copied, then freed it.
         assert_eq!(
             s.fake.take_ops(),
@@ -925,6 +968,10 @@ mod tests {
         assert_eq!(byte_at(&s.page, PAGE_SIZE - 1)?, 0x42);
         assert!(cpu_fault_end(&s.lpt, claim, &s.page, fill, true));
         assert_eq!(s.lpt.residency(VPN), Some(Residency::Host));
+        // The trip home counts as a bounce.
+        let window = thrash::window();
+        assert_eq!(s.lpt.thrashing(VPN, 1, window, 1), [1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(s.lpt.thrashing(VPN, 1, window, 2), [0; 8]);
         Ok(())
     }
 

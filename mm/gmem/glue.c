@@ -295,6 +295,89 @@ void gm_sysfs_remove_node(void *node)
 	kobject_put(&n->kobj);
 }
 
+/*
+ * /sys/kernel/mm/gmem/thrashing/: a page the CPU took back from a device
+ * threshold times within window_ms thrashes; a device fault then maps it in
+ * place (in_place counts those) or, on a device that cannot, is throttled
+ * (throttled).  threshold 0 turns thrashing control off.
+ */
+static ssize_t gm_store_uint(const char *buf, size_t count,
+			     int (*set)(unsigned int))
+{
+	unsigned int v;
+	int err;
+
+	err = kstrtouint(buf, 0, &v);
+	if (!err)
+		err = set(v);
+	return err ? err : count;
+}
+
+static ssize_t threshold_show(struct kobject *kobj, struct kobj_attribute *attr,
+			      char *buf)
+{
+	return sysfs_emit(buf, "%u\n", gm_thrashing_threshold());
+}
+
+static ssize_t threshold_store(struct kobject *kobj,
+			       struct kobj_attribute *attr, const char *buf,
+			       size_t count)
+{
+	return gm_store_uint(buf, count, gm_set_thrashing_threshold);
+}
+
+static ssize_t window_ms_show(struct kobject *kobj, struct kobj_attribute *attr,
+			      char *buf)
+{
+	return sysfs_emit(buf, "%u\n", gm_thrashing_window_ms());
+}
+
+static ssize_t window_ms_store(struct kobject *kobj,
+			       struct kobj_attribute *attr, const char *buf,
+			       size_t count)
+{
+	return gm_store_uint(buf, count, gm_set_thrashing_window_ms);
+}
+
+/* One of the counters: 0 faults that mapped in place, 1 faults throttled. */
+static ssize_t gm_thrashing_show(char *buf, int which)
+{
+	u64 c[2];
+
+	gm_thrashing_counters(&c[0], &c[1]);
+	return sysfs_emit(buf, "%llu\n", c[which]);
+}
+
+static ssize_t in_place_show(struct kobject *kobj, struct kobj_attribute *attr,
+			     char *buf)
+{
+	return gm_thrashing_show(buf, 0);
+}
+
+static ssize_t throttled_show(struct kobject *kobj, struct kobj_attribute *attr,
+			      char *buf)
+{
+	return gm_thrashing_show(buf, 1);
+}
+
+static struct kobj_attribute gm_threshold_attr = __ATTR_RW(threshold);
+static struct kobj_attribute gm_window_ms_attr = __ATTR_RW(window_ms);
+static struct kobj_attribute gm_in_place_attr = __ATTR_RO(in_place);
+static struct kobj_attribute gm_throttled_attr = __ATTR_RO(throttled);
+
+static struct attribute *gm_thrashing_attrs[] = {
+	&gm_threshold_attr.attr,
+	&gm_window_ms_attr.attr,
+	&gm_in_place_attr.attr,
+	&gm_throttled_attr.attr,
+	NULL,
+};
+
+static const struct attribute_group gm_thrashing_group = {
+	.name = "thrashing",
+	.attrs = gm_thrashing_attrs,
+};
+
 SYSCALL_DEFINE4(hmadvise, int, hnid, unsigned long, start, size_t, len,
 		int, advice)
 {
@@ -309,6 +392,8 @@ static int __init gm_init(void)
 {
 	/* Without it devices just have no sysfs directory. */
 	gm_kobj = kobject_create_and_add("gmem", mm_kobj);
+	if (gm_kobj && sysfs_create_group(gm_kobj, &gm_thrashing_group))
+		pr_warn("gmem: no sysfs directory for thrashing control\n");
 	return gm_core_init();
 }
 subsys_initcall(gm_init);

@@ -15,8 +15,9 @@
 //! devices ([`device`]), the address space and its notifiers
 //! ([`address_space`]), migration ([`migrate`]) and
 //! eviction ([`evict`]), faults ([`fault`]), contexts ([`context`]) and
-//! `hmadvise(2)` ([`hmadvise`]) and `/proc/<pid>/gmem_maps` ([`maps`]).  No module uses one above it; [`trace`] (the tracepoints)
-//! uses none, and any may call it.
+//! `hmadvise(2)` ([`hmadvise`]) and `/proc/<pid>/gmem_maps` ([`maps`]).
+//! No module uses one above it; [`trace`] (the tracepoints) and [`thrash`]
+//! (thrashing control's knobs) use none, and any may call them.
 //!
 //! # Who owns a page
 //!
@@ -88,6 +89,7 @@ mod lpt;
 mod maps;
 mod migrate;
 mod policy;
+mod thrash;
 mod trace;
 
 /// Prefix of this crate's log lines (`module!` would define it for a module).

@@ -170,6 +170,12 @@ const STATE_PARKED: u8 = 3;
 
 /// Set while a fault or migration owns the entry: the page is moving.
 const FLAG_BUSY: u8 = 1 << 0;
+/// How often the CPU took the page back from a device in the current thrashing window (see
+/// [`GmMapping::bounce`]): three bits from here.
+const BOUNCES_SHIFT: u8 = 1;
+const BOUNCES_MAX: u8 = 7;
+/// The window those bounces were counted in, modulo 16: four bits from here.
+const WINDOW_SHIFT: u8 = 4;
 
 /// The tracking GMEM keeps for one page: 16 bytes.
 ///
@@ -236,6 +242,26 @@ impl GmMapping {
     /// Whether a fault or migration owns the entry.
     pub(crate) fn busy(&self) -> bool {
         self.flags & FLAG_BUSY != 0
+    }
+
+    /// Counts a bounce of the page (the CPU took it back from a device) in thrashing window
+    /// `window`; the count starts again in a new window.  Returns the count.
+    pub(crate) fn bounce(&mut self, window: u32) -> u8 {
+        let tag = (window & 0xf) as u8;
+        let count = match self.bounces(window) {
+            0 => 1,
+            n => (n + 1).min(BOUNCES_MAX),
+        };
+        self.flags = (self.flags & FLAG_BUSY) | (count << BOUNCES_SHIFT) | (tag << WINDOW_SHIFT);
+        count
+    }
+
+    /// How often the page bounced in thrashing window `window` (see [`GmMapping::bounce`]).
+    pub(crate) fn bounces(&self, window: u32) -> u8 {
+        if self.flags >> WINDOW_SHIFT != (window & 0xf) as u8 {
+            return 0;
+        }
+        (self.flags >> BOUNCES_SHIFT) & BOUNCES_MAX
     }
 
     /// Marks the entry as owned (or no longer owned) by a fault or migration.
@@ -529,6 +555,24 @@ impl LogicalPageTable {
         }
     }
 
+    /// Ends the claim of a CPU fault that brought the page home from a device (see
+    /// [`LogicalPageTable::end_claim`]), counting a bounce in thrashing window `window`.
+    pub(crate) fn end_claim_bounced(&self, claim: Claim, window: u32) -> bool {
+        let vpn = claim.vpn;
+        let ended = {
+            let mut guard = self.lock();
+            let ended = Self::end_claim_locked(&mut guard, claim, Residency::Host);
+            if ended {
+                if let Some(m) = guard.get_mut(vpn) {
+                    m.bounce(window);
+                }
+            }
+            ended
+        };
+        self.wake();
+        ended
+    }
+
     /// Ends `claim`, recording where the page lives `now`, and wakes those who wait for it.
     /// `false` if the entry went meanwhile: then the caller still owns what `now` names.
     pub(crate) fn end_claim(&self, claim: Claim, now: Residency) -> bool {
@@ -707,6 +751,27 @@ impl LogicalPageTable {
         );
     }
 
+    /// Which of the `n` (at most 512) pages from `first` on bounced at least `threshold` times
+    /// in thrashing window `window` (see [`GmMapping::bounce`]): bit `i % 64` of word `i / 64`
+    /// for page `first + i`.
+    pub(crate) fn thrashing(&self, first: usize, n: usize, window: u32, threshold: u8) -> [u64; 8] {
+        let mut bits = [0u64; 8];
+        let n = n.min(512);
+        if n == 0 || threshold == 0 {
+            return bits;
+        }
+        let guard = self.lock();
+        let mut next = first;
+        while let Some((vpn, m)) = guard.find(next, first + n - 1) {
+            if m.bounces(window) >= threshold {
+                let i = vpn - first;
+                bits[i / 64] |= 1 << (i % 64);
+            }
+            next = vpn + 1;
+        }
+        bits
+    }
+
     /// Which of the `n` (at most 512) pages from `first` on live on device `dev`: bit `i % 64`
     /// of word `i / 64` for page `first + i`.  A page being moved is on no device.
     pub(crate) fn on_device(&self, first: usize, n: usize, dev: DeviceId) -> [u64; 8] {
@@ -727,27 +792,17 @@ impl LogicalPageTable {
         bits
     }
 
-    /// Calls `f(node)`, under the lock, for every page in `start..end` that lives on a device
-    /// (the device's id) or is parked (the NUMA node of the host page that holds it).
-    pub(crate) fn for_each_away_node(&self, start: usize, end: usize, mut f: impl FnMut(c_int)) {
-        let mut next = start;
-        while next < end {
-            let guard = self.lock();
-            // A batch at a time, as in `walk`.
-            for _ in 0..WALK_BATCH {
-                let Some((vpn, m)) = guard.find(next, end - 1) else {
-                    return;
-                };
-                next = vpn + 1;
-                match m.residency() {
-                    Residency::Device(page) => f(c_int::from(page.dev)),
-                    // SAFETY: the entry owns the page, and keeps it while the lock is held.
-                    Residency::Parked(raw) => {
-                        f(unsafe { bindings::page_to_nid(raw as usize as *const bindings::page) })
-                    }
-                    _ => {}
-                }
+    /// The node of page `vpn` if it lives on a device (the device's id) or is parked (the
+    /// NUMA node of the host page that holds it).
+    pub(crate) fn away_node(&self, vpn: usize) -> Option<c_int> {
+        let guard = self.lock();
+        match guard.get(vpn)?.residency() {
+            Residency::Device(page) => Some(c_int::from(page.dev)),
+            // SAFETY: the entry owns the page, and keeps it while the lock is held.
+            Residency::Parked(raw) => {
+                Some(unsafe { bindings::page_to_nid(raw as usize as *const bindings::page) })
             }
+            _ => None,
         }
     }
 
@@ -872,6 +927,29 @@ mod tests {
 
     fn dev(pfn: u64) -> Residency {
         Residency::Device(DevicePage { dev: 3, pfn })
+    }
+
+    #[test]
+    fn bounces_count_per_window() -> Result {
+        let mut m = GmMapping::new(Residency::Host, false);
+        assert_eq!(m.bounces(5), 0);
+        assert_eq!((m.bounce(5), m.bounce(5), m.bounce(5)), (1, 2, 3));
+        assert_eq!(m.bounces(5), 3);
+        // Another window, or the same one 16 later (the tag wraps), starts again.
+        assert_eq!(m.bounces(6), 0);
+        assert_eq!(m.bounces(21), 3);
+        assert_eq!(m.bounce(6), 1);
+        for _ in 0..10 {
+            m.bounce(6);
+        }
+        assert_eq!(m.bounces(6), 7);
+        // The claim flag is left alone.
+        m.set_busy(true);
+        m.bounce(6);
+        assert!(m.busy() && m.bounces(6) == 7);
+        m.set_busy(false);
+        assert_eq!(m.bounces(6), 7);
+        Ok(())
     }
 
     #[test]

@@ -111,11 +111,13 @@ pub(crate) fn show(m: &SeqFile, mm: &MmWithUser) -> Result {
 /// Writes the line of `run`, a piece of `vma`.
 fn show_run(m: &SeqFile, this: &AddressSpace, vma: &VmaRef, counts: &mut Counts, run: Span) {
     counts.0.clear();
-    this.lpt
-        .for_each_away_node(run.first, run.end, |node| counts.add(node));
+    // One look per page, so that a page that moves meanwhile counts once at most.
     for vpn in run.first..run.end {
-        if let Some(nid) = vma.page_nid(vpn * PAGE_SIZE) {
-            counts.add(nid);
+        if let Some(node) = vma
+            .page_nid(vpn * PAGE_SIZE)
+            .or_else(|| this.lpt.away_node(vpn))
+        {
+            counts.add(node);
         }
     }
     counts.0.sort_unstable_by_key(|c| c.0);

@@ -39,6 +39,10 @@ kernel::declare_trace! {
     ///
     /// Always safe to call.
     unsafe fn gmem_evict(hnid: c_int, wanted: c_uint, evicted: c_uint, ret: c_int);
+    /// # Safety
+    ///
+    /// Always safe to call.
+    unsafe fn gmem_thrashing(hnid: c_int, va: c_ulong, pages: c_uint, in_place: c_int);
 }
 
 /// `-1`: no node (a zero fill, a parked page).
@@ -101,4 +105,11 @@ pub(crate) fn prefetch(hnid: u16, va: usize, faulted: usize, pages: usize) {
 pub(crate) fn evict(hnid: u16, wanted: usize, evicted: usize, ret: &Result<usize>) {
     // SAFETY: always safe to call.
     unsafe { gmem_evict(hnid.into(), count(wanted), count(evicted), errno(ret)) }
+}
+
+/// A fault of device `hnid` found `pages` thrashing pages in the block at `va`, and mapped them
+/// `in_place` or was throttled.
+pub(crate) fn thrashing(hnid: u16, va: usize, pages: usize, in_place: bool) {
+    // SAFETY: always safe to call.
+    unsafe { gmem_thrashing(hnid.into(), va, count(pages), in_place.into()) }
 }

@@ -104,6 +104,34 @@ TRACE_EVENT(gmem_migrate,
 );
 
 /*
+ * gmem_thrashing - a device fault found pages of a 2 MiB block thrashing
+ * @hnid:	the faulting device
+ * @va:		the block's address
+ * @pages:	the thrashing pages the device faulted on
+ * @in_place:	1: mapped where they are, in host memory; 0: the fault was
+ *		throttled, then moved them
+ */
+TRACE_EVENT(gmem_thrashing,
+	TP_PROTO(int hnid, unsigned long va, unsigned int pages, int in_place),
+	TP_ARGS(hnid, va, pages, in_place),
+	TP_STRUCT__entry(
+		__field(int, hnid)
+		__field(unsigned long, va)
+		__field(unsigned int, pages)
+		__field(int, in_place)
+	),
+	TP_fast_assign(
+		__entry->hnid = hnid;
+		__entry->va = va;
+		__entry->pages = pages;
+		__entry->in_place = in_place;
+	),
+	TP_printk("hnid=%d va=%#lx pages=%u in_place=%d",
+		  __entry->hnid, __entry->va, __entry->pages,
+		  __entry->in_place)
+);
+
+/*
  * gmem_prefetch - density prefetch widened the faults of one 2 MiB block
  * @hnid:	the faulting device
  * @va:		the block's address

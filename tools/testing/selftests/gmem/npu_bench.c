@@ -32,6 +32,12 @@
  *	again (migrate_*).  Per page: the NPU job (npu_us_per_page) and the
  *	CPU's read-back (cpu_us_per_page).  SIZE_MIB at most 32 (the NPU's
  *	aperture for host pages).
+ *   npu_bench pingpong SIZE_MIB ROUNDS
+ *	The CPU writes a buffer and an NPU SUM32 job reads it, ROUNDS times
+ *	in turn, with thrashing control off (off_us_per_page_round: every
+ *	turn moves every page there and back) and on, threshold 2
+ *	(on_us_per_page_round: after two turns the pages stay home and the
+ *	NPU maps them in place).  The sysfs knobs are restored at the end.
  *   npu_bench oversub FACTOR LIMIT_MIB [ITERATIONS]
  *	The NPU's limit lowered to LIMIT_MIB (sysfs), then NPU SUM32 jobs
  *	over a CPU-written buffer FACTOR times that size, after one pass to
@@ -615,6 +621,70 @@ static int bench_inplace(size_t len, int iterations)
 	return 0;
 }
 
+#define THRASHING "/sys/kernel/mm/gmem/thrashing/"
+
+static unsigned long long thrashing_saved[2];
+
+static void restore_thrashing(void)
+{
+	write_ull(THRASHING "threshold", thrashing_saved[0]);
+	write_ull(THRASHING "window_ms", thrashing_saved[1]);
+}
+
+/* @rounds turns of CPU writes and NPU sums; the time of all of them. */
+static double ping_pong(struct npu *npu, size_t len, int rounds,
+			unsigned long long threshold, long long *moved)
+{
+	struct gmem_npu_stats s0, s1;
+	char *p = map_anon(len, MAP_PEER_SHARED);
+	double t0;
+	__u64 sum;
+
+	if (write_ull(THRASHING "threshold", threshold))
+		die(THRASHING "threshold");
+	npu_stats(npu, &s0);
+	t0 = now();
+	for (int r = 0; r < rounds; r++) {
+		fill_words(p, len, 0x600d + r);
+		npu_sum(npu, p, len, &sum);
+		expect("job result", sum, sum_words(len, 0x600d + r));
+	}
+	t0 = now() - t0;
+	npu_stats(npu, &s1);
+	*moved = s1.migrations_to_dev - s0.migrations_to_dev;
+	munmap(p, len);
+	return t0;
+}
+
+static int bench_pingpong(size_t len, int rounds)
+{
+	long long npages = len / page_size, off_moved, on_moved;
+	double off, on;
+	struct npu npu;
+
+	npu_open(&npu);
+	if (read_ull(THRASHING "threshold", &thrashing_saved[0]) ||
+	    read_ull(THRASHING "window_ms", &thrashing_saved[1]))
+		die(THRASHING);
+	atexit(restore_thrashing);
+	if (write_ull(THRASHING "window_ms", 3600000))
+		die(THRASHING "window_ms");
+	off = ping_pong(&npu, len, rounds, 0, &off_moved);
+	expect("pages moved to the NPU, control off", off_moved,
+	       rounds * npages);
+	on = ping_pong(&npu, len, rounds, 2, &on_moved);
+	if (on_moved >= off_moved)
+		fail("thrashing control on moved %lld pages, off %lld",
+		     on_moved, off_moved);
+	printf("npu_bench pingpong size_mib=%zu rounds=%d pages=%lld", len >> 20,
+	       rounds, npages);
+	printf(" off_us_per_page_round=%.3f off_moved=%lld",
+	       off * 1e6 / npages / rounds, off_moved);
+	printf(" on_us_per_page_round=%.3f on_moved=%lld\n",
+	       on * 1e6 / npages / rounds, on_moved);
+	return 0;
+}
+
 static void bad_args(void)
 {
 	fprintf(stderr,
@@ -623,6 +693,7 @@ static void bad_args(void)
 		"       npu_bench fault zero|migrate SIZE_MIB [ITERATIONS]\n"
 		"       npu_bench cpufault SIZE_MIB [ITERATIONS]\n"
 		"       npu_bench inplace SIZE_MIB [ITERATIONS]\n"
+		"       npu_bench pingpong SIZE_MIB ROUNDS\n"
 		"       npu_bench oversub FACTOR LIMIT_MIB [ITERATIONS]\n");
 	exit(2);
 }
@@ -686,6 +757,14 @@ int main(int argc, char **argv)
 		    iterations > MAX_ITERATIONS || argc > 4)
 			bad_args();
 		return bench_inplace(size, iterations);
+	}
+	if (!strcmp(mode, "pingpong")) {
+		int rounds = arg(argc, argv, 3, 0);
+
+		size = arg(argc, argv, 2, 0) << 20;
+		if (!size || size > (32UL << 20) || rounds < 3 || argc != 4)
+			bad_args();
+		return bench_pingpong(size, rounds);
 	}
 	if (!strcmp(mode, "oversub")) {
 		int factor = arg(argc, argv, 2, 0);

@@ -2412,7 +2412,7 @@ static unsigned int first_hnid(const struct gmem_npu_info info[2], int fd1)
 	return fd1 >= 0 && info[1].hnid < info[0].hnid ? info[1].hnid : info[0].hnid;
 }
 
-/* The five events exist, with the fields Documentation/mm/gmem.rst names. */
+/* The six events exist, with the fields Documentation/mm/gmem.rst names. */
 TEST(tracepoint_formats)
 {
 	static const char *const want[][7] = {
@@ -2421,6 +2421,7 @@ TEST(tracepoint_formats)
 		{ "gmem_migrate", "va", "pages", "zeroed", "from", "to" },
 		{ "gmem_prefetch", "hnid", "va", "faulted", "pages" },
 		{ "gmem_evict", "hnid", "wanted", "evicted", "ret" },
+		{ "gmem_thrashing", "hnid", "va", "pages", "in_place" },
 	};
 	char path[128], buf[4096], field[64];
 	ssize_t n;

@@ -1208,6 +1208,75 @@ TEST_F(policy, accessed_by_follows_the_cpu)
 	unmap_range(_metadata, p, NPAGES);
 }
 
+#define THRASHING	"/sys/kernel/mm/gmem/thrashing/"
+
+/*
+ * The CPU and the NPU take turns on the same pages for @rounds rounds: the
+ * CPU writes them, an NPU job sums them.  Returns the pages that migrated
+ * to the NPU; the data is right at every turn.
+ */
+static long long ping_pong(struct __test_metadata *_metadata, int fd,
+			   char *p, size_t len, int rounds)
+{
+	struct gmem_npu_stats s, e;
+	__u64 sum;
+
+	ASSERT_EQ(0, npu_stats(fd, &s));
+	for (int r = 0; r < rounds; r++) {
+		fill_pattern(p, len, 100 + r);
+		ASSERT_EQ(0, npu_sum(fd, p, len, &sum));
+		ASSERT_EQ(sum32(p, len), sum) TH_LOG("round %d", r);
+	}
+	ASSERT_EQ(-1, check_pattern(p, len, 100 + rounds - 1));
+	ASSERT_EQ(0, npu_stats(fd, &e));
+	return e.migrations_to_dev - s.migrations_to_dev;
+}
+
+/*
+ * Thrashing control.  Off, every turn of a CPU/NPU ping-pong moves every
+ * page.  On (threshold 2, a window of an hour), a page the CPU took back
+ * twice stays in host memory and the NPU maps it in place: after the
+ * first two turns nothing moves.  (A window that ends during the test
+ * starts the counts again: two more turns move.)
+ */
+TEST_F(policy, thrashing_pages_stay_home)
+{
+	unsigned long long threshold, window, in_place, in_place_after;
+	const int rounds = 10;
+	long long moved;
+	char *p;
+
+	if (self->fd < 0)
+		SKIP(return, NO_NPU, npu_dev_path[0]);
+	ASSERT_EQ(0, read_ull(THRASHING "threshold", &threshold));
+	ASSERT_EQ(0, read_ull(THRASHING "window_ms", &window));
+	/* Bad values are refused and leave the old ones. */
+	ASSERT_EQ(-1, write_ull(THRASHING "threshold", 8));
+	ASSERT_EQ(EINVAL, errno);
+	ASSERT_EQ(-1, write_ull(THRASHING "window_ms", 0));
+	ASSERT_EQ(EINVAL, errno);
+
+	ASSERT_EQ(0, write_ull(THRASHING "threshold", 0));
+	p = map_range(_metadata, NPAGES, 0);
+	moved = ping_pong(_metadata, self->fd, p, self->len, rounds);
+	unmap_range(_metadata, p, NPAGES);
+	EXPECT_EQ(rounds * NPAGES, moved);
+
+	ASSERT_EQ(0, write_ull(THRASHING "threshold", 2));
+	ASSERT_EQ(0, write_ull(THRASHING "window_ms", 3600000));
+	ASSERT_EQ(0, read_ull(THRASHING "in_place", &in_place));
+	p = map_range(_metadata, NPAGES, 0);
+	moved = ping_pong(_metadata, self->fd, p, self->len, rounds);
+	ASSERT_EQ(0, read_ull(THRASHING "in_place", &in_place_after));
+	EXPECT_EQ(NPAGES, pages_at(_metadata, p, HOST));
+	unmap_range(_metadata, p, NPAGES);
+	write_ull(THRASHING "threshold", threshold);
+	write_ull(THRASHING "window_ms", window);
+	EXPECT_GE(moved, 2 * NPAGES);
+	EXPECT_LE(moved, 4 * NPAGES);
+	EXPECT_GE(in_place_after - in_place, NPAGES);
+}
+
 /* No page has a preferred location: 0, and nothing moves. */
 TEST_F(policy, prefetch_all_without_preference)
 {

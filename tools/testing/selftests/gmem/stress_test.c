@@ -1108,10 +1108,15 @@ static void join(pthread_t t, int kind)
 		pthread_join(t, NULL);
 }
 
+/* Thrashing control's threshold, turned on for the test. */
+#define STRESS_THRASHING "/sys/kernel/mm/gmem/thrashing/threshold"
+
 FIXTURE(stress)
 {
 	struct gm_baseline base;
 	unsigned int seconds;
+	unsigned long long thrashing;	/* the threshold before the test */
+	int thrashing_saved;
 };
 
 FIXTURE_SETUP(stress)
@@ -1129,6 +1134,14 @@ FIXTURE_SETUP(stress)
 	       self->seconds);
 	pthread_mutex_init(&S.lock, NULL);
 	S.paranoid = env_ull("GMEM_STRESS_PARANOID", 0);
+	/*
+	 * Thrashing control on: CPU and NPU writers share pages, so pages
+	 * thrash and get mapped in place, under everything else the test does.
+	 */
+	if (!read_ull(STRESS_THRASHING, &self->thrashing)) {
+		self->thrashing_saved = 1;
+		ASSERT_EQ(0, write_ull(STRESS_THRASHING, 2));
+	}
 	S.threads = env_ull("GMEM_STRESS_THREADS", ~0ULL);
 	S.nodes = online_host_nodes();
 	for (int i = 0; i < NPU_MAX; i++) {
@@ -1145,6 +1158,8 @@ FIXTURE_SETUP(stress)
 
 FIXTURE_TEARDOWN(stress)
 {
+	if (self->thrashing_saved)
+		write_ull(STRESS_THRASHING, self->thrashing);
 }
 
 /* What the run logs at the end, too long for a line with the call. */
