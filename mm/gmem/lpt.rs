@@ -798,9 +798,10 @@ impl LogicalPageTable {
         let guard = self.lock();
         match guard.get(vpn)?.residency() {
             Residency::Device(page) => Some(c_int::from(page.dev)),
-            // SAFETY: the entry owns the page, and keeps it while the lock is held.
             Residency::Parked(raw) => {
-                Some(unsafe { bindings::page_to_nid(raw as usize as *const bindings::page) })
+                let page = raw as usize as *const bindings::page;
+                // SAFETY: the entry owns the page, and keeps it while the lock is held.
+                Some(unsafe { bindings::page_to_nid(page) })
             }
             _ => None,
         }
