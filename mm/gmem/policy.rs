@@ -584,13 +584,12 @@ mod tests {
     }
 
     fn spans(p: &Policy) -> KVec<(usize, usize, Option<Node>, Option<DeviceId>)> {
-        let mut v = KVec::new();
+        // Room first: nothing is allocated under the policy lock (lockdep knows it as taken in
+        // MMU notifiers, which reclaim may run).
+        let mut v = KVec::with_capacity(64, GFP_KERNEL).unwrap();
         for s in p.spans.lock().iter() {
-            v.push(
-                (s.first, s.end, s.attrs.preferred, s.attrs.pinned),
-                GFP_KERNEL,
-            )
-            .unwrap();
+            v.push_within_capacity((s.first, s.end, s.attrs.preferred, s.attrs.pinned))
+                .unwrap();
         }
         v
     }
