@@ -513,7 +513,7 @@ unsigned int gm_thrashing_threshold(void);
 int gm_set_thrashing_threshold(unsigned int bounces);
 unsigned int gm_thrashing_window_ms(void);
 int gm_set_thrashing_window_ms(unsigned int ms);
-void gm_thrashing_counters(u64 *in_place, u64 *throttled);
+u64 gm_thrashing_in_place(void);
 int gm_as_mremap(struct mm_struct *mm, unsigned long old_addr,
 		 unsigned long new_addr, unsigned long len, bool undo);
 void gm_as_dontneed_begin(struct mm_struct *mm, unsigned long start,

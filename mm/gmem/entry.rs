@@ -415,20 +415,10 @@ pub extern "C" fn gm_set_thrashing_window_ms(ms: c_uint) -> c_int {
     errno(thrash::set_window_ms(ms))
 }
 
-/// Reads the thrashing counters: faults that mapped thrashing pages in place, and faults
-/// throttled.
-///
-/// # Safety
-///
-/// Both pointers are valid for writes.
+/// The thrashing pages device faults mapped in place.
 #[export]
-pub unsafe extern "C" fn gm_thrashing_counters(in_place: *mut u64, throttled: *mut u64) {
-    let (p, t) = thrash::counters();
-    // SAFETY: by the safety requirements.
-    unsafe {
-        *in_place = p;
-        *throttled = t;
-    }
+pub extern "C" fn gm_thrashing_in_place() -> u64 {
+    thrash::in_place()
 }
 
 /// Writes `/proc/<pid>/gmem_maps` of `mm` into `m` (see `crate::maps`).

@@ -275,8 +275,6 @@ pub(crate) fn dev_fault(
                 if ctx.maps_host() {
                     thrash::mapped_in_place(hot.count());
                     mapped = mapped.or(hot);
-                } else {
-                    thrash::throttle();
                 }
             }
             let mut movable = BlockPages::default();
@@ -561,7 +559,7 @@ pub(crate) fn dev_fault_batch(
             planned.and_not(elsewhere.and_not(faulted))
         };
         // Pages the device accesses in place are mapped where they are, not moved; so are
-        // the pages that thrash, on a device that can, or else the fault is throttled.
+        // the pages that thrash, on a device that can (another one moves them as before).
         let mut in_place = if ctx.maps_host() {
             BlockPages(this.policy.accessed_in_place(base, CHUNK_PAGES, ctx.id()))
         } else {
@@ -574,8 +572,6 @@ pub(crate) fn dev_fault_batch(
             if ctx.maps_host() {
                 thrash::mapped_in_place(hot.count());
                 in_place = in_place.or(hot);
-            } else {
-                thrash::throttle();
             }
         }
         // Prefetch leaves thrashing pages alone.

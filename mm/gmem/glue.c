@@ -298,8 +298,8 @@ void gm_sysfs_remove_node(void *node)
 /*
  * /sys/kernel/mm/gmem/thrashing/: a page the CPU took back from a device
  * threshold times within window_ms thrashes; a device fault then maps it in
- * place (in_place counts those) or, on a device that cannot, is throttled
- * (throttled).  threshold 0 turns thrashing control off.
+ * place (in_place counts those) if it can.  threshold 0 turns thrashing
+ * control off.
  */
 static ssize_t gm_store_uint(const char *buf, size_t count,
 			     int (*set)(unsigned int))
@@ -339,37 +339,20 @@ static ssize_t window_ms_store(struct kobject *kobj,
 	return gm_store_uint(buf, count, gm_set_thrashing_window_ms);
 }
 
-/* One of the counters: 0 faults that mapped in place, 1 faults throttled. */
-static ssize_t gm_thrashing_show(char *buf, int which)
-{
-	u64 c[2];
-
-	gm_thrashing_counters(&c[0], &c[1]);
-	return sysfs_emit(buf, "%llu\n", c[which]);
-}
-
 static ssize_t in_place_show(struct kobject *kobj, struct kobj_attribute *attr,
 			     char *buf)
 {
-	return gm_thrashing_show(buf, 0);
-}
-
-static ssize_t throttled_show(struct kobject *kobj, struct kobj_attribute *attr,
-			      char *buf)
-{
-	return gm_thrashing_show(buf, 1);
+	return sysfs_emit(buf, "%llu\n", gm_thrashing_in_place());
 }
 
 static struct kobj_attribute gm_threshold_attr = __ATTR_RW(threshold);
 static struct kobj_attribute gm_window_ms_attr = __ATTR_RW(window_ms);
 static struct kobj_attribute gm_in_place_attr = __ATTR_RO(in_place);
-static struct kobj_attribute gm_throttled_attr = __ATTR_RO(throttled);
 
 static struct attribute *gm_thrashing_attrs[] = {
 	&gm_threshold_attr.attr,
 	&gm_window_ms_attr.attr,
 	&gm_in_place_attr.attr,
-	&gm_throttled_attr.attr,
 	NULL,
 };
 

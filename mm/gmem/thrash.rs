@@ -7,20 +7,18 @@
 //! bits and a window tag in the entry's flags, no memory of its own).  A page that bounced
 //! [`threshold`] times in a window thrashes: until the window ends, a device fault on it does
 //! not move it again.  A device that can map host memory maps it where it is, as with
-//! `MADV_ACCESSED_BY`, so neither side faults on it any more; any other device is throttled
-//! (its fault waits [`THROTTLE_US`] before it moves the page), so that the CPU gets work done
-//! between the moves.  When the window ends the counts start again.
+//! `MADV_ACCESSED_BY`, so neither side faults on it any more.  A device that cannot still
+//! moves the pages it faulted on (it has no other way to reach them: putting its fault to
+//! sleep would only stall it, and the CPU cannot reach device memory), but density prefetch
+//! leaves thrashing pages alone, so no fault moves more of them than it asked for.  When the
+//! window ends the counts start again.
 //!
 //! Knobs and counters are in sysfs, `/sys/kernel/mm/gmem/thrashing/`: `threshold` (bounces in
-//! a window; 0 turns the control off), `window_ms`, and how many device faults mapped a
-//! thrashing page in place (`in_place`) or were throttled (`throttled`).
+//! a window; 0 turns the control off), `window_ms`, and how many thrashing pages device faults
+//! mapped in place (`in_place`).
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use kernel::{
-    bindings,
-    prelude::*,
-    time::{delay::fsleep, Delta},
-};
+use kernel::{bindings, prelude::*};
 
 /// Bounces in one window that make a page thrash; 0 (the default): off.  At most 7 (the entry
 /// counts to 7).
@@ -29,11 +27,6 @@ static THRESHOLD: AtomicU32 = AtomicU32::new(0);
 static WINDOW_MS: AtomicU32 = AtomicU32::new(1000);
 /// Device faults that mapped a thrashing page in place.
 static IN_PLACE: AtomicU64 = AtomicU64::new(0);
-/// Device faults throttled because a page thrashed.
-static THROTTLED: AtomicU64 = AtomicU64::new(0);
-
-/// How long a throttled device fault waits, in microseconds.
-pub(crate) const THROTTLE_US: i64 = 1000;
 
 /// The bounces in one window that make a page thrash, 0 if thrashing control is off.
 pub(crate) fn threshold() -> u8 {
@@ -80,13 +73,7 @@ pub(crate) fn mapped_in_place(pages: usize) {
     IN_PLACE.fetch_add(pages as u64, Relaxed);
 }
 
-/// Throttles a device fault on thrashing pages of a device that cannot map them in place.
-pub(crate) fn throttle() {
-    THROTTLED.fetch_add(1, Relaxed);
-    fsleep(Delta::from_micros(THROTTLE_US));
-}
-
-/// The counters: (mapped in place, throttled).
-pub(crate) fn counters() -> (u64, u64) {
-    (IN_PLACE.load(Relaxed), THROTTLED.load(Relaxed))
+/// The thrashing pages device faults mapped in place.
+pub(crate) fn in_place() -> u64 {
+    IN_PLACE.load(Relaxed)
 }

@@ -108,7 +108,7 @@ pub(crate) fn evict(hnid: u16, wanted: usize, evicted: usize, ret: &Result<usize
 }
 
 /// A fault of device `hnid` found `pages` thrashing pages in the block at `va`, and mapped them
-/// `in_place` or was throttled.
+/// `in_place`, or moved them as before (`in_place` false: the device cannot map host memory).
 pub(crate) fn thrashing(hnid: u16, va: usize, pages: usize, in_place: bool) {
     // SAFETY: always safe to call.
     unsafe { gmem_thrashing(hnid.into(), va, count(pages), in_place.into()) }

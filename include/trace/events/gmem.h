@@ -108,8 +108,8 @@ TRACE_EVENT(gmem_migrate,
  * @hnid:	the faulting device
  * @va:		the block's address
  * @pages:	the thrashing pages the device faulted on
- * @in_place:	1: mapped where they are, in host memory; 0: the fault was
- *		throttled, then moved them
+ * @in_place:	1: mapped where they are, in host memory; 0: moved as before
+ *		(the device cannot map host memory)
  */
 TRACE_EVENT(gmem_thrashing,
 	TP_PROTO(int hnid, unsigned long va, unsigned int pages, int in_place),
