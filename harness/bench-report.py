@@ -130,6 +130,7 @@ class Report:
         oversub = records(R("oversub.out"), "npu_bench")
         inplace = records(R("inplace.out"), "npu_bench")
         pingpong = records(R("pingpong.out"), "npu_bench")
+        readmostly = records(R("readmostly.out"), "npu_bench")
         tracking = records(R("tracking.out"), "tracking_bench")
         hmm = hmm_results(R("hmm-tests.out"))
         if not hmm:
@@ -140,6 +141,7 @@ class Report:
         self.raw = {"memcpy": memcpy, "prefetch": prefetch, "fault": faults,
                     "cpufault": cpufault, "oversub": oversub,
                     "inplace": inplace, "pingpong": pingpong,
+                    "readmostly": readmostly,
                     "tracking": tracking,
                     "hmm": [{"size_mib": k[0], "chunk_kib": k[1],
                              "dir": k[2], "gbps": v}
@@ -269,6 +271,16 @@ class Report:
                    None)],
                  r and (f"pages moved: {r['on_moved']} on, "
                         f"{r['off_moved']} off") or "")
+
+        self.section = ("Read duplication: npu0 and npu1 read a CPU-written "
+                        "range in turn, us per page and job")
+        r = self.one(readmostly, "read-mostly", size_mib=16)
+        self.row("4 jobs each, read-mostly (copies)", 16,
+                 r and r.get("readmostly_us_per_page_job"), "us/page",
+                 [("without the advice (migrated)",
+                   r and r.get("migrate_us_per_page_job"), "", None)],
+                 r and (f"pages copied: {r['readmostly_copied']}, "
+                        f"moved without: {r['migrate_moved']}") or "")
 
         self.section = "Oversubscription: NPU SUM32 over N x its memory, GB/s"
         base = self.one(oversub, "oversubscription", factor=1)

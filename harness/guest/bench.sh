@@ -131,6 +131,9 @@ run inplace "$bin/npu_bench" inplace 16 5
 # 5c. CPU/NPU ping-pong on the same pages, thrashing control off and on.
 run pingpong "$bin/npu_bench" pingpong 4 10
 
+# 5d. Two NPUs read the same range in turn, read-mostly (copies) and not.
+run readmostly "$bin/npu_bench" readmostly 16 4
+
 # 6. Oversubscription: the NPU's limit lowered to 32 MiB.
 for factor in 1 2 4; do
 	run oversub "$bin/npu_bench" oversub "$factor" 32 3

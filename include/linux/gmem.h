@@ -484,6 +484,10 @@ int gm_map_anon_folios(struct vm_area_struct *vma, unsigned long addr,
 		       struct folio **folios, unsigned int nr,
 		       bool (*commit)(void *arg, unsigned int i), void *arg);
 
+/* mm/mprotect.c */
+long gm_wrprotect_range(struct vm_area_struct *vma, unsigned long start,
+			unsigned long end);
+
 /* The core (Rust). */
 int gm_core_init(void);
 
@@ -524,6 +528,8 @@ vm_fault_t gm_cpu_fault_begin(struct mm_struct *mm, unsigned long addr,
 			      struct page *page, unsigned long *token);
 bool gm_cpu_fault_end(struct mm_struct *mm, unsigned long addr,
 		      struct page *page, unsigned long token, bool install);
+bool gm_cpu_write_shared(struct mm_struct *mm, unsigned long addr);
+vm_fault_t gm_cpu_write_collapse(struct mm_struct *mm, unsigned long addr);
 
 /**
  * gm_mmap_check() - check the MAP_PEER_SHARED part of an mmap() request
@@ -778,6 +784,18 @@ static inline bool gm_cpu_fault_end(struct mm_struct *mm, unsigned long addr,
 				    bool install)
 {
 	return install;
+}
+
+static inline bool gm_cpu_write_shared(struct mm_struct *mm,
+				       unsigned long addr)
+{
+	return false;
+}
+
+static inline vm_fault_t gm_cpu_write_collapse(struct mm_struct *mm,
+					       unsigned long addr)
+{
+	return 0;
 }
 
 #endif /* CONFIG_GMEM */

@@ -21,7 +21,8 @@
 //! - `MMU_NOTIFY_PROTECTION_*` (mprotect): device mappings are removed, so the device faults
 //!   again and gets a mapping with the new rights; the pages stay on the device.
 //! - any event: the devices that map host pages of the range in place (`MADV_ACCESSED_BY`)
-//!   lose their mappings of it, and fault again.
+//!   lose their mappings of it, and fault again; the read-only copies of its pages
+//!   (`MADV_READ_MOSTLY`) are dropped.
 //!
 //! Only two things need hooks because a notifier cannot see them: mremap moves the entries with
 //! the VMA (the notifier only sees the old range vanish), and fork brings device-resident pages
@@ -32,7 +33,7 @@
 
 use crate::{
     device::DeviceList,
-    lpt::{Claim, DeviceId, LogicalPageTable, MappingBox, ParkedPage, Residency},
+    lpt::{Claim, DeviceId, DevicePage, LogicalPageTable, MappingBox, ParkedPage, Residency},
     policy::{device_bit, devices, Policy},
 };
 use core::{
@@ -386,13 +387,29 @@ impl AddressSpace {
     /// Refused while an mremap moves entries: it copies an entry without its claim, and the
     /// move, finding its entry gone at the old address when it ended, would free the data.
     pub(crate) fn begin_move(&self, vpn: usize, expect: Residency) -> Option<Claim> {
+        self.begin_claimed(|| self.lpt.claim_if(vpn, expect, |_| {}))
+    }
+
+    /// Takes the claim `claim` makes, for a move as [`AddressSpace::begin_move`] does, under
+    /// the lock of the moves.
+    fn begin_claimed(&self, claim: impl FnOnce() -> Option<Claim>) -> Option<Claim> {
         let mut moves = self.moves.lock();
         if moves.fenced {
             return None;
         }
-        let claim = self.lpt.claim_if(vpn, expect, |_| {})?;
+        let claim = claim()?;
         moves.count += 1;
         Some(claim)
+    }
+
+    /// Claims the read-only copy of page `vpn` that is device page `page`, for an eviction, as
+    /// [`AddressSpace::begin_move`] claims a page.
+    pub(crate) fn begin_copy_move(&self, vpn: usize, page: DevicePage) -> Option<Claim> {
+        self.begin_claimed(|| {
+            self.lpt
+                .claim_copy(vpn, page.dev, Some(page))
+                .map(|(c, _)| c)
+        })
     }
 
     /// Starts an mremap's move of entries: waits for the evictions under way; no new one
@@ -627,19 +644,64 @@ impl AddressSpace {
         if let Some(dev) = only {
             remote &= device_bit(dev);
         }
-        if remote == 0 {
+        self.unmap_on(remote, start, end, blockable)
+    }
+
+    /// Removes every mapping of `start..end` (addresses) on the devices of `bits` (see
+    /// [`device_bit`]): device pages of the range go too; their next use maps them again.
+    /// `false` (nothing done) if there are some and the caller may not sleep.
+    fn unmap_on(&self, bits: u64, start: usize, end: usize, blockable: bool) -> bool {
+        if bits == 0 {
             return true;
         }
         if !blockable {
             return false;
         }
-        for id in devices(remote) {
+        for id in devices(bits) {
             if let Some(device) = self.devices.get(id) {
-                // Device pages of the range go too; their next use maps them again.
                 device.unmap_va(start, end - start);
             }
         }
         true
+    }
+
+    /// Drops the read-only copies (`MADV_READ_MOSTLY`) of the pages of `start..end`
+    /// (addresses) on every device: each device that holds some loses its mappings of the
+    /// range first (device pages of the range go too; their next use maps them again), then
+    /// the copies are freed.  Claimed copies (being made, mapped again or evicted) are
+    /// unmapped too, and their holders drop them.  `false` (nothing done) if there are some
+    /// and the caller may not sleep.
+    ///
+    /// Unmapped before their entries go: a CPU write waits while a page has a copy entry
+    /// (`gm_cpu_write_shared()`), so no device reads a copy once the CPU may write the page.
+    pub(crate) fn drop_copies(&self, start: usize, end: usize, blockable: bool) -> bool {
+        let (first, last) = (start / PAGE_SIZE, end.div_ceil(PAGE_SIZE));
+        let mut holders = 0u64;
+        self.lpt
+            .for_each_copy(first, last, |_, dev, _| holders |= device_bit(dev));
+        if holders == 0 {
+            return true;
+        }
+        if !self.unmap_on(holders, start, end, blockable) {
+            return false;
+        }
+        let mut batch = self.devices.batch();
+        self.lpt.erase_copies(first, last, None, |vpn, page| {
+            batch.push(vpn * PAGE_SIZE, page)
+        });
+        true
+    }
+
+    /// Drops the copies of page `vpn` before the CPU writes it (`gm_cpu_write_collapse()`),
+    /// waiting for those being made or evicted.  A copy made meanwhile is dropped by the next
+    /// write fault.
+    pub(crate) fn collapse(&self, vpn: usize) {
+        let va = vpn * PAGE_SIZE;
+        self.drop_copies(va, va + PAGE_SIZE, true);
+        if self.lpt.has_copies(vpn) {
+            self.lpt.wait_copies_unclaimed(vpn);
+            self.drop_copies(va, va + PAGE_SIZE, true);
+        }
     }
 
     /// What gives pins back to their device when the attributes lose them: for the `release`
@@ -684,6 +746,12 @@ impl PinnedDrop for AddressSpace {
         // Exit already dropped everything through MMU_NOTIFY_RELEASE; this catches an address
         // space that never saw its mm's exit (a fork that failed half-way).
         self.drop_range(0, usize::MAX, |_| true);
+        let mut batch = self.devices.batch();
+        self.lpt
+            .erase_copies(0, usize::MAX / PAGE_SIZE + 1, None, |vpn, page| {
+                batch.push(vpn * PAGE_SIZE, page)
+            });
+        drop(batch);
         // An eviction that claimed one of our pages finishes (finding its entry gone) before
         // the address space may go.
         self.wait_moves();
@@ -749,6 +817,11 @@ unsafe extern "C" fn invalidate(
     // Whatever changed, a device that maps host pages in place stops: it faults and maps them
     // again (`crate::fault`).
     if !this.unmap_in_place(start, end, None, blockable) {
+        return false;
+    }
+    // So do read-only copies: whatever changes the CPU page table may make the host page
+    // writable again (mprotect, a swap-in) or replace it.
+    if !this.drop_copies(start, end, blockable) {
         return false;
     }
     match range.event {
@@ -984,6 +1057,8 @@ impl AddressSpace {
         };
         self.policy
             .move_range(from, to, pages, flags, self.unpin())?;
+        // Read-only copies are not moved: they go, and the devices copy the pages again.
+        self.drop_copies(old, old.saturating_add(len), true);
         self.fence_moves();
         let moved = self.lpt.move_range(
             old / PAGE_SIZE,
@@ -1101,6 +1176,50 @@ mod tests {
         // SAFETY: `notifier` is the field of a live address space; the callback only writes its
         // sequence number.
         unsafe { invalidate(notifier.mni.get(), &range, 7) }
+    }
+
+    #[test]
+    fn every_invalidation_drops_read_only_copies() -> Result {
+        let (this, fake) = setup()?;
+        // Page 10 has a copy on the device (pfn 30); one of page 13 is being made.
+        let copy = this.lpt.claim_new_copy(10, 4)?.expect("no copy yet");
+        assert!(this
+            .lpt
+            .end_claim(copy, Residency::Device(DevicePage { dev: 4, pfn: 30 })));
+        let making = this.lpt.claim_new_copy(13, 4)?.expect("no copy yet");
+        assert_eq!(this.lpt.copies(), 2);
+        // The OOM reaper cannot wait for the device: refused, nothing changed.
+        assert!(!notify(
+            &this,
+            bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR,
+            10,
+            11,
+            false
+        ));
+        assert_eq!(this.lpt.copies(), 2);
+        let _ = fake.take_ops();
+        // Even an event that changes nothing a device maps drops them: unmapped first, then
+        // freed.  The copy being made is unmapped and left to its maker.
+        assert!(notify(
+            &this,
+            bindings::mmu_notifier_event_MMU_NOTIFY_SOFT_DIRTY,
+            10,
+            14,
+            true
+        ));
+        let ops = fake.take_ops();
+        let at = |op: Op| ops.iter().position(|&o| o == op);
+        let unmapped = at(Op::Unmap(10 * PAGE_SIZE, 10)).expect("copy unmapped");
+        assert!(unmapped < at(Op::Free(30)).expect("copy freed"));
+        assert!(at(Op::Unmap(13 * PAGE_SIZE, 13)).is_some());
+        assert!(!this.lpt.has_copies(10) && this.lpt.has_copies(13));
+        // Its maker finds the sequence moved and drops it with its claim.
+        assert!(this.lpt.erase_claimed(making));
+        assert_eq!(this.lpt.copies(), 0);
+        // The pages stay where they are.
+        assert_eq!(this.lpt.residency(10), Some(Residency::Host));
+        assert_eq!(this.lpt.len(), 4);
+        Ok(())
     }
 
     #[test]

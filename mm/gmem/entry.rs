@@ -604,6 +604,37 @@ pub unsafe extern "C" fn gm_cpu_fault_end(
     )
 }
 
+/// Whether the CPU may not write the page at `addr` yet: devices hold read-only copies of it
+/// (`MADV_READ_MOSTLY`), or one is being made.  Never sleeps.
+///
+/// # Safety
+///
+/// Called by `do_wp_page()` on a peer-shared VMA of `mm`, under the page table lock.
+#[export]
+pub unsafe extern "C" fn gm_cpu_write_shared(mm: *mut bindings::mm_struct, addr: c_ulong) -> bool {
+    // SAFETY: `mm` is the faulting mm, alive during the fault.
+    unsafe { AddressSpace::of(mm) }.is_some_and(|this| this.lpt.has_copies(addr / PAGE_SIZE))
+}
+
+/// Drops the read-only copies of the page at `addr` that [`gm_cpu_write_shared`] found, before
+/// the CPU writes it; the write faults again.  Returns 0.
+///
+/// # Safety
+///
+/// Called by `do_wp_page()` on a peer-shared VMA of `mm`, with the mmap or VMA lock held and
+/// no spinlock.
+#[export]
+pub unsafe extern "C" fn gm_cpu_write_collapse(
+    mm: *mut bindings::mm_struct,
+    addr: c_ulong,
+) -> bindings::vm_fault_t {
+    // SAFETY: `mm` is the faulting mm, alive during the fault.
+    if let Some(this) = unsafe { AddressSpace::of(mm) } {
+        this.collapse(addr / PAGE_SIZE);
+    }
+    0
+}
+
 // The hmadvise(2) system call.
 
 /// The `hmadvise(2)` system call, also exported to drivers that move a range on the calling

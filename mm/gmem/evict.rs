@@ -200,15 +200,21 @@ pub(crate) fn evict(
                 Verdict::Never => None,
             }
         },
-        |v, (ctx, _)| ctx.clear_young(v.vpn * PAGE_SIZE),
-        |v, (ctx, claim)| give_back(dev, memory, v, &ctx, claim),
+        |v, (ctx, _, _)| ctx.clear_young(v.vpn * PAGE_SIZE),
+        |v, (ctx, claim, _)| give_back(dev, memory, v, &ctx, claim),
     )?;
     if picked.is_empty() {
         let err = if spared { ENOSPC } else { ENOMEM };
         trace::evict(dev.id, count, 0, &Err(err));
         return Err(err);
     }
-    for ((victim, (ctx, claim)), host) in picked.into_iter().zip(hosts) {
+    let mut dropped = 0;
+    for ((victim, (ctx, claim, copy)), host) in picked.into_iter().zip(hosts) {
+        if copy {
+            drop_copy(dev, &victim, &ctx, claim);
+            dropped += 1;
+            continue;
+        }
         // Cannot fail: the capacity is there.
         let _ = claims.push_within_capacity(Some(claim));
         let _ = copies.push_within_capacity(None);
@@ -282,7 +288,7 @@ pub(crate) fn evict(
             k += n;
         }
     }
-    let mut done = 0;
+    let mut done = dropped;
     for ((c, copy), claim) in batch.into_iter().zip(copies).zip(claims) {
         if finish(dev, c, copy, claim) {
             done += 1;
@@ -360,9 +366,9 @@ fn pick_cold<C>(
 }
 
 /// Claims `v`, a page of `dev`, from its address space for eviction: the context it is
-/// mapped in, if the page is not busy and no job holds it.  Runs under the device memory's
-/// lock.
-fn claim(dev: &Device, v: &Victim) -> Option<(Arc<dyn DeviceOps>, Claim)> {
+/// mapped in, if the page is not busy and no job holds it, and whether it is a read-only copy
+/// (`MADV_READ_MOSTLY`), which is just dropped.  Runs under the device memory's lock.
+fn claim(dev: &Device, v: &Victim) -> Option<(Arc<dyn DeviceOps>, Claim, bool)> {
     // SAFETY: `v.space` holds an allocated page of this device: an address space frees its
     // device pages (taking the device memory lock, which the caller holds) before it goes, and
     // waits for evictions it is part of (`begin_move`).
@@ -374,11 +380,32 @@ fn claim(dev: &Device, v: &Victim) -> Option<(Arc<dyn DeviceOps>, Claim)> {
     let mut claim = None;
     let ctx = this.devices.get_if(dev.id, |ctx| {
         if !ctx.held(v.vpn * PAGE_SIZE) {
-            claim = this.begin_move(v.vpn, Residency::Device(page));
+            claim = this
+                .begin_move(v.vpn, Residency::Device(page))
+                .map(|c| (c, false))
+                .or_else(|| this.begin_copy_move(v.vpn, page).map(|c| (c, true)));
         }
         claim.is_some()
     })?;
-    Some((ctx, claim?))
+    let (claim, copy) = claim?;
+    Some((ctx, claim, copy))
+}
+
+/// Evicts `victim`, a read-only copy claimed by [`claim`]: the host has the data, so the copy
+/// is unmapped and freed.
+fn drop_copy(dev: &Device, victim: &Victim, ctx: &Arc<dyn DeviceOps>, claim: Claim) {
+    let page = DevicePage {
+        dev: dev.id,
+        pfn: victim.pfn,
+    };
+    ctx.unmap(victim.vpn * PAGE_SIZE, page);
+    // SAFETY: `begin_move` keeps the address space until `move_done`.
+    let this = unsafe { &*(victim.space as *const AddressSpace) };
+    // Gone meanwhile or not, the claim's holder frees what it holds.
+    this.lpt.erase_claimed(claim);
+    ctx.free(page);
+    Stats::inc(&dev.stats.evictions);
+    this.move_done();
 }
 
 /// Gives a claimed page back to its owner: it stays on the device.

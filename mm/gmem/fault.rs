@@ -43,7 +43,7 @@ use crate::{
 };
 use kernel::{
     bindings,
-    ffi::{c_int, c_uint},
+    ffi::{c_int, c_uint, c_ulong},
     mm::{
         virt::{flags, VmaRef},
         MmWithUser,
@@ -277,9 +277,15 @@ pub(crate) fn dev_fault(
                     mapped = mapped.or(hot);
                 }
             }
+            // A read of read-mostly pages copies them; they stay home.
+            let copied = if access & bindings::GM_ACCESS_WRITE == 0 {
+                BlockPages(this.policy.read_mostly(first, n)).and_not(mapped)
+            } else {
+                BlockPages::default()
+            };
             let mut movable = BlockPages::default();
             movable.set_range(0, n);
-            for (off, len) in movable.and_not(mapped).runs() {
+            for (off, len) in movable.and_not(mapped).and_not(copied).runs() {
                 let (done, slow) = to_device(this, mm, ctx, vma, va + off * PAGE_SIZE, len, prot)?;
                 moved += done;
                 for vpn in slow {
@@ -290,6 +296,11 @@ pub(crate) fn dev_fault(
             }
             for off in mapped.iter() {
                 if map_in_place(this, mm, ctx, vma, va + off * PAGE_SIZE, prot)? {
+                    moved += 1;
+                }
+            }
+            for off in copied.iter() {
+                if read_copy(this, mm, ctx, vma, va + off * PAGE_SIZE)? {
                     moved += 1;
                 }
             }
@@ -574,8 +585,21 @@ pub(crate) fn dev_fault_batch(
                 in_place = in_place.or(hot);
             }
         }
-        // Prefetch leaves thrashing pages alone.
-        let serve = serve.and_not(in_place).and_not(thrashing.and_not(faulted));
+        // Reads of read-mostly pages get copies; the pages stay home.  Prefetch leaves
+        // read-mostly pages alone, and thrashing ones.
+        let mut reads = BlockPages::default();
+        for w in group.iter().filter(|w| w.status == 0) {
+            if w.access & bindings::GM_ACCESS_WRITE == 0 {
+                reads.set(w.vpn - base);
+            }
+        }
+        let read_mostly = BlockPages(this.policy.read_mostly(base, CHUNK_PAGES));
+        let copied = read_mostly.and(reads).and(faulted).and_not(in_place);
+        let serve = serve
+            .and_not(in_place)
+            .and_not(copied)
+            .and_not(read_mostly.and_not(faulted))
+            .and_not(thrashing.and_not(faulted));
         let extra = serve.and_not(faulted).count();
         if extra > 0 {
             trace::prefetch(ctx.id(), base * PAGE_SIZE, faulted.count(), extra);
@@ -583,12 +607,16 @@ pub(crate) fn dev_fault_batch(
         served += faulted.count();
         prefetched += extra;
         for w in group.iter_mut() {
-            if w.status == 0 && in_place.has(w.vpn - base) {
-                let result = map_in_place(this, mm, ctx, vma, w.vpn * PAGE_SIZE, prot);
-                w.status = result.err().map_or(0, |e| e.to_errno());
-            }
+            let at = w.vpn * PAGE_SIZE;
+            let result = match w.vpn - base {
+                _ if w.status != 0 => continue,
+                off if in_place.has(off) => map_in_place(this, mm, ctx, vma, at, prot),
+                off if copied.has(off) => read_copy(this, mm, ctx, vma, at),
+                _ => continue,
+            };
+            w.status = result.err().map_or(0, |e| e.to_errno());
         }
-        let faulted = faulted.and_not(in_place);
+        let faulted = faulted.and_not(in_place).and_not(copied);
         serve_block(this, mm, ctx, vma, base, serve, faulted, group, prot);
     }
     drop(guard);
@@ -711,6 +739,147 @@ pub(crate) fn map_in_place(
             return Ok(false);
         }
         ctx.unmap_va(va, PAGE_SIZE);
+    }
+}
+
+/// Write-protects the CPU's mapping of the page at `va` in `vma`: its next write faults, and
+/// drops the page's copies first (`gm_cpu_write_collapse()`).
+fn write_protect(vma: &VmaRef, va: usize) {
+    // SAFETY: the caller holds the mmap lock (it has `vma`), as `gm_wrprotect_range()` needs.
+    unsafe {
+        bindings::gm_wrprotect_range(vma.as_ptr(), va as c_ulong, (va + PAGE_SIZE) as c_ulong)
+    };
+}
+
+/// Ends the claim `copy` of the read-only copy `page` of the page at `va`, mapped on the
+/// context's device since `seq`, and the page's own claim `home` if the caller holds it (the
+/// page stays in host memory): the copy is kept if no invalidation ran meanwhile, otherwise
+/// (or without `seq`: the copy failed) it is unmapped and freed.  Returns whether it is kept.
+fn end_copy(
+    this: &AddressSpace,
+    ctx: &dyn DeviceOps,
+    va: usize,
+    copy: Claim,
+    page: DevicePage,
+    seq: Option<Seq<'_>>,
+    home: Option<Claim>,
+) -> bool {
+    let kept = {
+        let mut guard = this.lpt.lock();
+        let fresh = seq.is_some_and(|seq| !this.changed(&guard, &seq));
+        let kept = if fresh {
+            LogicalPageTable::end_claim_locked(&mut guard, copy, Residency::Device(page))
+        } else {
+            this.lpt.erase_claimed_locked(&mut guard, copy);
+            false
+        };
+        if let Some(home) = home {
+            LogicalPageTable::end_claim_locked(&mut guard, home, Residency::Host);
+        }
+        kept
+    };
+    this.lpt.wake();
+    if !kept {
+        ctx.unmap(va, page);
+        ctx.free(page);
+    }
+    kept
+}
+
+/// Gives the context's device a read-only copy of the page at `va`, of a read-mostly range
+/// (`MADV_READ_MOSTLY`), and maps it there: the page stays in host memory, which the CPU maps
+/// read-only until a write drops every copy (see "Read-only copies" in `crate::lpt`).  A page
+/// on a device or parked comes home first; one already on this device is mapped again.
+/// Returns whether a page was copied.
+///
+/// The first copy write-protects the CPU's mapping.  A copy is made under the claims of both
+/// the page and the copy's entry, made before the write protection: a CPU write that faults
+/// meanwhile finds the entry and waits.
+pub(crate) fn read_copy(
+    this: &AddressSpace,
+    mm: &MmWithUser,
+    ctx: &dyn DeviceOps,
+    vma: &VmaRef,
+    va: usize,
+) -> Result<bool> {
+    let vpn = va / PAGE_SIZE;
+    let window = this.window(va)?;
+    let prot = bindings::GM_PROT_READ;
+    loop {
+        match this.lpt.peek(vpn) {
+            Some((_, true)) => {
+                this.lpt.wait_unclaimed(vpn);
+                continue;
+            }
+            Some((Residency::Device(page), _)) if page.dev == ctx.id() => {
+                return fault_page(this, mm, ctx, vma, va, prot);
+            }
+            _ => {}
+        }
+        // A copy the device has already: mapped again.
+        if let Some((copy, page)) = this.lpt.claim_copy(vpn, ctx.id(), None) {
+            let seq = window.read_begin();
+            let mapped = ctx.map(va, page.pfn, prot);
+            let seq = mapped.is_ok().then_some(seq);
+            if end_copy(this, ctx, va, copy, page, seq, None) {
+                return Ok(false);
+            }
+            mapped?;
+            continue;
+        }
+        // A new copy, of the host page (faulted in, which brings a page home from a device).
+        let pinned = window.read_begin();
+        let host = PinnedPage::fault_in(mm, va, false)?;
+        // A page a forked child has from its parent has no entry: a host page all the same.
+        let seen = this.lpt.residency(vpn);
+        if !matches!(seen, None | Some(Residency::Host)) {
+            // Moved meanwhile.
+            continue;
+        }
+        let pfn = ctx.alloc_page()?;
+        let page = DevicePage { dev: ctx.id(), pfn };
+        let still_mapped = || host.still_mapped(mm, va);
+        let Some(home) = this.claim_since(vpn, seen, &pinned, still_mapped)? else {
+            ctx.free(page);
+            this.wait_discarded(vpn);
+            continue;
+        };
+        // Copies that are not claimed have lived through no invalidation: the CPU maps the
+        // page read-only.  A claimed one may have (its holder drops it): wait for it.
+        let (held, busy) = this.lpt.copies_of(vpn);
+        let copy = if busy {
+            Ok(None)
+        } else {
+            this.lpt.claim_new_copy(vpn, ctx.id())
+        };
+        let copy = match copy {
+            Ok(Some(copy)) => copy,
+            Ok(None) => {
+                this.lpt.end_claim(home, Residency::Host);
+                ctx.free(page);
+                this.lpt.wait_copies_unclaimed(vpn);
+                continue;
+            }
+            Err(e) => {
+                this.lpt.end_claim(home, Residency::Host);
+                ctx.free(page);
+                return Err(e);
+            }
+        };
+        if held == 0 {
+            write_protect(vma, va);
+        }
+        let seq = window.read_begin();
+        if let Err(e) = ctx.place(va, pfn, Some(host.page()), prot) {
+            end_copy(this, ctx, va, copy, page, None, Some(home));
+            return Err(e);
+        }
+        drop(host);
+        // Eviction may take the copy from now on (it is simply dropped).
+        ctx.moved(page, core::ptr::from_ref(this) as usize, vpn);
+        if end_copy(this, ctx, va, copy, page, Some(seq), Some(home)) {
+            return Ok(true);
+        }
     }
 }
 

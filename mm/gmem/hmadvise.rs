@@ -53,6 +53,11 @@ pub(crate) enum Advice {
     /// `MADV_NO_ACCESSED_BY`: it moves them again (only the node's, or
     /// every device's).
     NoAccessedBy,
+    /// `MADV_READ_MOSTLY`: a device that reads a page gets a read-only
+    /// copy, and the page stays home; a write drops every copy.
+    ReadMostly,
+    /// `MADV_NO_READ_MOSTLY`: one location per page again.
+    NoReadMostly,
 }
 
 impl Advice {
@@ -66,6 +71,8 @@ impl Advice {
             Ok(bindings::MADV_UNPIN) => Ok(Self::Unpin),
             Ok(bindings::MADV_ACCESSED_BY) => Ok(Self::AccessedBy),
             Ok(bindings::MADV_NO_ACCESSED_BY) => Ok(Self::NoAccessedBy),
+            Ok(bindings::MADV_READ_MOSTLY) => Ok(Self::ReadMostly),
+            Ok(bindings::MADV_NO_READ_MOSTLY) => Ok(Self::NoReadMostly),
             _ => Err(EINVAL),
         }
     }
@@ -73,6 +80,12 @@ impl Advice {
     /// Whether the advice takes `GM_NODE_ALL`.
     fn takes_every_node(self) -> bool {
         !matches!(self, Self::Prefer | Self::Pin | Self::AccessedBy)
+    }
+
+    /// Whether the advice takes one node: all but read duplication, which
+    /// is about every device at once.
+    fn takes_a_node(self) -> bool {
+        !matches!(self, Self::ReadMostly | Self::NoReadMostly)
     }
 }
 
@@ -118,7 +131,7 @@ impl Request {
         let end = start.checked_add(len).ok_or(EINVAL)?;
         let target = match hnid {
             bindings::GM_NODE_ALL if advice.takes_every_node() => Target::All,
-            nid if nid >= 0 && node_valid(nid) => Target::Node(nid),
+            nid if nid >= 0 && advice.takes_a_node() && node_valid(nid) => Target::Node(nid),
             _ => return Err(EINVAL),
         };
         if start == end {
@@ -157,9 +170,14 @@ impl Request {
         };
         let (first, last) = (self.start / PAGE_SIZE, self.end / PAGE_SIZE);
         match (self.advice, device) {
-            (Advice::Prefer | Advice::NoPrefer | Advice::Unpin, _) => {
-                self.set_attrs(this.ok_or(EINVAL)?, None)
-            }
+            (
+                Advice::Prefer
+                | Advice::NoPrefer
+                | Advice::Unpin
+                | Advice::ReadMostly
+                | Advice::NoReadMostly,
+                _,
+            ) => self.set_attrs(this.ok_or(EINVAL)?, None),
             // Pinned first, so that no eviction takes the pages as they arrive, then moved.
             (Advice::Pin, Some(device)) => {
                 self.set_attrs(this.ok_or(EINVAL)?, Some(&*device))?;
@@ -386,6 +404,19 @@ impl Request {
                 this.policy
                     .update(first, last, not_by, |_, _| Ok(()), unpin)
             }
+            (Advice::ReadMostly | Advice::NoReadMostly, _) => {
+                let on = self.advice == Advice::ReadMostly;
+                let set = |a: Attrs| Attrs {
+                    read_mostly: on,
+                    ..a
+                };
+                this.policy.update(first, last, set, |_, _| Ok(()), unpin)?;
+                if !on {
+                    // One location per page again: the copies go.
+                    this.drop_copies(self.start, self.end, true);
+                }
+                Ok(())
+            }
             (Advice::Unpin, _) => {
                 let unpinned = |a: Attrs| {
                     if named(a.pinned) {
@@ -451,6 +482,8 @@ mod tests {
     const UNPIN: c_int = bindings::MADV_UNPIN as c_int;
     const ACCESSED_BY: c_int = bindings::MADV_ACCESSED_BY as c_int;
     const NO_ACCESSED_BY: c_int = bindings::MADV_NO_ACCESSED_BY as c_int;
+    const READ_MOSTLY: c_int = bindings::MADV_READ_MOSTLY as c_int;
+    const NO_READ_MOSTLY: c_int = bindings::MADV_NO_READ_MOSTLY as c_int;
     const BASE: usize = 0x7f00_0000_0000;
 
     /// Nodes 0 and 1 exist, nothing else.
@@ -483,11 +516,21 @@ mod tests {
                 advice
             );
         }
+        let all = bindings::GM_NODE_ALL;
+        for (raw, advice) in [
+            (READ_MOSTLY, Advice::ReadMostly),
+            (NO_READ_MOSTLY, Advice::NoReadMostly),
+        ] {
+            assert_eq!(
+                parse(all, BASE, PAGE_SIZE, raw).unwrap().unwrap().advice,
+                advice
+            );
+        }
     }
 
     #[test]
     fn rejects_unknown_advice() {
-        for advice in [-1, 0, 1, 3, 25, 199, 207, c_int::MAX, c_int::MIN] {
+        for advice in [-1, 0, 1, 3, 25, 199, 209, c_int::MAX, c_int::MIN] {
             assert_eq!(parse(0, BASE, PAGE_SIZE, advice), Err(EINVAL));
         }
     }
@@ -534,6 +577,11 @@ mod tests {
         for advice in [PREFER, PIN, ACCESSED_BY] {
             assert_eq!(parse(all, BASE, PAGE_SIZE, advice), Err(EINVAL));
             assert_eq!(parse(2, BASE, PAGE_SIZE, advice), Err(EINVAL));
+        }
+        // Read duplication is for every device at once: no node.
+        for advice in [READ_MOSTLY, NO_READ_MOSTLY] {
+            assert_eq!(parse(0, BASE, PAGE_SIZE, advice), Err(EINVAL));
+            assert_eq!(parse(1, BASE, PAGE_SIZE, advice), Err(EINVAL));
         }
     }
 

@@ -61,6 +61,36 @@ pub(crate) struct DevicePage {
     pub(crate) pfn: u64,
 }
 
+/// Where read-only copies begin: the entry of the copy of page `vpn` on the device of slot `s`
+/// is at `COPY_BASE + vpn * COPY_SLOTS + s`, past every page of a 57-bit address space.
+const COPY_BASE: usize = 1 << 55;
+/// Devices that may hold a copy of a page: the 64 device node ids after the host nodes'.
+const COPY_SLOTS: usize = 64;
+const _: () = assert!(usize::BITS == 64, "copy indices need a 64-bit index");
+
+/// The slot of device `dev`: its node id less the host nodes' (`nr_node_ids`), if below 64.
+pub(crate) fn device_slot(dev: DeviceId) -> Option<usize> {
+    // SAFETY: `nr_node_ids` is set during early boot and never changes afterwards.
+    let first = unsafe { bindings::nr_node_ids };
+    match u32::from(dev).checked_sub(first) {
+        Some(slot) if (slot as usize) < COPY_SLOTS => Some(slot as usize),
+        _ => None,
+    }
+}
+
+/// The device of slot `slot` (see [`device_slot`]).
+fn slot_device(slot: usize) -> DeviceId {
+    // SAFETY: as in `device_slot`.
+    let first = unsafe { bindings::nr_node_ids };
+    // Device node ids fit a `DeviceId`: `device_slot` came from one.
+    (first as usize + slot) as DeviceId
+}
+
+/// The index of the copy of page `vpn` on the device of slot `slot`.
+fn copy_index(vpn: usize, slot: usize) -> usize {
+    COPY_BASE + vpn * COPY_SLOTS + slot
+}
+
 /// Where a page lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Residency {
@@ -432,8 +462,10 @@ impl Drop for Claim {
 pub(crate) struct LogicalPageTable {
     #[pin]
     pages: XArray<MappingBox>,
-    /// Entries in `pages`; changed only under the lock.
+    /// Entries of pages in `pages`; changed only under the lock.
     len: AtomicUsize,
+    /// Entries of read-only copies in `pages`; changed only under the lock.
+    copies: AtomicUsize,
     /// The generation of the next claim.
     next_gen: Atomic<u32>,
     /// Sleepers in [`LogicalPageTable::wait_unclaimed`]; changed under `wait_lock`.
@@ -452,6 +484,7 @@ impl LogicalPageTable {
         pin_init!(Self {
             pages <- XArray::new(AllocKind::Alloc),
             len: AtomicUsize::new(0),
+            copies: AtomicUsize::new(0),
             next_gen: Atomic::new(1u32),
             waiters: Atomic::new(0u32),
             unclaimed <- new_condvar!("gmem_lpt::unclaimed"),
@@ -523,7 +556,8 @@ impl LogicalPageTable {
         }
     }
 
-    /// Makes a claimed entry for untracked page `vpn`.  `None` if it is tracked.
+    /// Makes a claimed entry at `vpn` (a page or a copy's index), which is untracked.  `None`
+    /// if it is tracked.
     fn claim_new(&self, vpn: usize) -> Result<Option<Claim>> {
         let gen = self.next_gen.fetch_add(1u32, Relaxed);
         let mut mapping = GmMapping::new(Residency::Nowhere, true);
@@ -643,11 +677,21 @@ impl LogicalPageTable {
         let new = MappingBox::new(mapping, gfp.contains(__GFP_NOFAIL))?;
         let mut guard = self.lock();
         guard.insert(vpn, new, gfp)?;
-        self.account(1);
+        self.account(vpn, 1);
         Ok(())
     }
 
-    fn account(&self, added: isize) {
+    /// Counts `added` entries at `index`: pages, or read-only copies.
+    fn account(&self, index: usize, added: isize) {
+        if index >= COPY_BASE {
+            if added >= 0 {
+                self.copies.fetch_add(added as usize, Ordering::Relaxed);
+            } else {
+                self.copies
+                    .fetch_sub(added.unsigned_abs(), Ordering::Relaxed);
+            }
+            return;
+        }
         if added >= 0 {
             self.len.fetch_add(added as usize, Ordering::Relaxed);
             TRACKED_PAGES.fetch_add(added as usize, Ordering::Relaxed);
@@ -719,7 +763,7 @@ impl LogicalPageTable {
                 }
                 claimed |= guard.get(vpn).is_some_and(|m| m.busy());
                 drop(guard.remove(vpn));
-                self.account(-1);
+                self.account(vpn, -1);
                 removed += 1;
                 match residency {
                     Residency::Device(_) | Residency::Parked(_) => Some(residency),
@@ -829,6 +873,160 @@ impl LogicalPageTable {
         );
     }
 
+    /// Number of read-only copies tracked.
+    pub(crate) fn copies(&self) -> usize {
+        self.copies.load(Ordering::Relaxed)
+    }
+
+    /// Makes the entry of a copy of page `vpn` on device `dev`, claimed.  `None` if there is
+    /// one; `EINVAL` for a device without a slot (see [`device_slot`]).
+    pub(crate) fn claim_new_copy(&self, vpn: usize, dev: DeviceId) -> Result<Option<Claim>> {
+        let slot = device_slot(dev).ok_or(EINVAL)?;
+        self.claim_new(copy_index(vpn, slot))
+    }
+
+    /// Claims the copy of page `vpn` on device `dev` if there is one, not claimed, and it is
+    /// `expect` (any page for `None`): the claim and the copy's device page.
+    pub(crate) fn claim_copy(
+        &self,
+        vpn: usize,
+        dev: DeviceId,
+        expect: Option<DevicePage>,
+    ) -> Option<(Claim, DevicePage)> {
+        let index = copy_index(vpn, device_slot(dev)?);
+        let mut guard = self.lock();
+        let m = guard.get_mut(index)?;
+        match m.residency() {
+            Residency::Device(page) if !m.busy() && expect.is_none_or(|e| e == page) => {
+                Some((self.take(m, index), page))
+            }
+            _ => None,
+        }
+    }
+
+    /// Removes the entry that `claim` holds, if it still is the claim's (`false` if it went
+    /// meanwhile).  Either way the holder owns what it moved.
+    pub(crate) fn erase_claimed(&self, claim: Claim) -> bool {
+        let removed = self.erase_claimed_locked(&mut self.lock(), claim);
+        self.wake();
+        removed
+    }
+
+    /// [`LogicalPageTable::erase_claimed`] under the lock the caller holds; the caller calls
+    /// [`LogicalPageTable::wake`] once it dropped the lock.
+    pub(crate) fn erase_claimed_locked(
+        &self,
+        guard: &mut Guard<'_, MappingBox>,
+        claim: Claim,
+    ) -> bool {
+        let claim = ManuallyDrop::new(claim);
+        match guard.get(claim.vpn) {
+            Some(m) if m.busy() && m.gen == claim.gen => {
+                drop(guard.remove(claim.vpn));
+                self.account(claim.vpn, -1);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a device holds a copy of page `vpn`, or one is being made or evicted: the CPU
+    /// may not write the page until the copies are gone.  Never sleeps.
+    pub(crate) fn has_copies(&self, vpn: usize) -> bool {
+        self.copies_of(vpn).0 > 0
+    }
+
+    /// How many copies page `vpn` has, and whether one of them is claimed.
+    pub(crate) fn copies_of(&self, vpn: usize) -> (usize, bool) {
+        if self.copies() == 0 {
+            return (0, false);
+        }
+        Self::copies_locked(&self.lock(), vpn)
+    }
+
+    /// [`LogicalPageTable::copies_of`] under the lock the caller holds.
+    fn copies_locked(guard: &Guard<'_, MappingBox>, vpn: usize) -> (usize, bool) {
+        let first = copy_index(vpn, 0);
+        let (mut count, mut busy) = (0, false);
+        let mut next = first;
+        while let Some((index, m)) = guard.find(next, first + COPY_SLOTS - 1) {
+            count += 1;
+            busy |= m.busy();
+            next = index + 1;
+        }
+        (count, busy)
+    }
+
+    /// Calls `f(vpn, dev, page)`, without the lock, for every copy of pages `start..end`, on
+    /// device `dev`; `page` is `None` for a claimed copy (being made, mapped or evicted).
+    pub(crate) fn for_each_copy(
+        &self,
+        start: usize,
+        end: usize,
+        mut f: impl FnMut(usize, DeviceId, Option<DevicePage>),
+    ) {
+        if self.copies() == 0 || start >= end {
+            return;
+        }
+        self.walk(
+            copy_index(start, 0),
+            copy_index(end, 0),
+            |_, _, residency| Some(residency),
+            |index, residency| {
+                let at = index - COPY_BASE;
+                let page = match residency {
+                    Residency::Device(page) => Some(page),
+                    _ => None,
+                };
+                f(at / COPY_SLOTS, slot_device(at % COPY_SLOTS), page)
+            },
+        );
+    }
+
+    /// Removes the copies of pages `start..end` that are not claimed (only device `dev`'s, if
+    /// given) and calls `released(vpn, page)`, without the lock, for each: the caller unmapped
+    /// them from their devices before, and frees them.  Returns how many copies of the range
+    /// (of `dev`) are claimed: their holders end them.
+    pub(crate) fn erase_copies(
+        &self,
+        start: usize,
+        end: usize,
+        dev: Option<DeviceId>,
+        mut released: impl FnMut(usize, DevicePage),
+    ) -> usize {
+        if self.copies() == 0 || start >= end {
+            return 0;
+        }
+        let mut claimed = 0;
+        self.walk(
+            copy_index(start, 0),
+            copy_index(end, 0),
+            |guard, index, residency| {
+                if dev.is_some_and(|d| d != slot_device((index - COPY_BASE) % COPY_SLOTS)) {
+                    return None;
+                }
+                if !matches!(residency, Residency::Device(_)) {
+                    claimed += 1;
+                    return None;
+                }
+                drop(guard.remove(index));
+                self.account(index, -1);
+                Some(residency)
+            },
+            |index, residency| {
+                if let Residency::Device(page) = residency {
+                    released((index - COPY_BASE) / COPY_SLOTS, page);
+                }
+            },
+        );
+        claimed
+    }
+
+    /// Sleeps while a copy of page `vpn` is claimed.
+    pub(crate) fn wait_copies_unclaimed(&self, vpn: usize) {
+        self.wait_while(|lpt| Self::copies_locked(lpt, vpn).1);
+    }
+
     /// Moves the entries of pages `from..from + count` to `to..to + count` (mremap).
     ///
     /// All or nothing: the new entries are allocated and stored first, and only when all of
@@ -885,7 +1083,7 @@ impl LogicalPageTable {
                 undone -= 1;
                 vpn = found + 1;
             }
-            self.account(undone);
+            self.account(to, undone);
             return Err(e);
         }
         // Phase 2: the old entries go.  Their device pages now belong to the new entries.
@@ -912,7 +1110,7 @@ impl PinnedDrop for LogicalPageTable {
         // The owner releases device pages first (`AddressSpace` erases everything before it
         // drops the table); what is left here is host bookkeeping only.
         let left = self.len();
-        self.account(-(left as isize));
+        self.account(0, -(left as isize));
     }
 }
 
@@ -920,7 +1118,7 @@ impl PinnedDrop for LogicalPageTable {
 #[kunit_tests(gmem_lpt)]
 mod tests {
     use super::*;
-    use kernel::alloc::KVec;
+    use kernel::{alloc::KVec, page::PAGE_SIZE};
 
     fn table() -> Result<Pin<KBox<LogicalPageTable>>> {
         KBox::pin_init(LogicalPageTable::new(), GFP_KERNEL)
@@ -950,6 +1148,61 @@ mod tests {
         assert!(m.busy() && m.bounces(6) == 7);
         m.set_busy(false);
         assert_eq!(m.bounces(6), 7);
+        Ok(())
+    }
+
+    #[test]
+    fn copies_live_beside_their_page() -> Result {
+        let lpt = table()?;
+        // SAFETY: as in `device_slot`.
+        let first = unsafe { bindings::nr_node_ids } as DeviceId;
+        let a = DevicePage {
+            dev: first + 1,
+            pfn: 20,
+        };
+        let b = DevicePage {
+            dev: first + 2,
+            pfn: 30,
+        };
+        lpt.insert(5, Residency::Host)?;
+        assert_eq!(lpt.copies_of(5), (0, false));
+        for page in [a, b] {
+            let claim = lpt.claim_new_copy(5, page.dev)?.expect("no copy yet");
+            // One copy per device; one being made counts, claimed.
+            assert!(lpt.claim_new_copy(5, page.dev)?.is_none());
+            assert!(lpt.copies_of(5).1);
+            assert!(lpt.end_claim(claim, Residency::Device(page)));
+        }
+        assert_eq!(lpt.copies_of(5), (2, false));
+        assert_eq!((lpt.copies(), lpt.len()), (2, 1));
+        assert!(lpt.has_copies(5) && !lpt.has_copies(4) && !lpt.has_copies(6));
+        // The page's entry is untouched, and walks of pages do not see copies.
+        assert_eq!(lpt.residency(5), Some(Residency::Host));
+        let mut seen = 0;
+        lpt.for_each_device_page(0, usize::MAX / PAGE_SIZE + 1, |_, _| seen += 1);
+        assert_eq!(seen, 0);
+        // Only the copy asked for is claimed.
+        assert!(lpt.claim_copy(5, a.dev, Some(b)).is_none());
+        let (claim, page) = lpt.claim_copy(5, a.dev, None).expect("an idle copy");
+        assert_eq!(page, a);
+        let mut listed = KVec::new();
+        lpt.for_each_copy(0, 10, |vpn, dev, page| {
+            let _ = listed.push((vpn, dev, page), GFP_KERNEL);
+        });
+        assert_eq!(&listed[..], &[(5, a.dev, None), (5, b.dev, Some(b))]);
+        // A claimed copy is left to its holder; a device's copies can be taken alone.
+        let mut freed = KVec::new();
+        let mut free = |_: usize, p: DevicePage| {
+            let _ = freed.push(p, GFP_KERNEL);
+        };
+        assert_eq!(lpt.erase_copies(0, 10, Some(a.dev), &mut free), 1);
+        assert_eq!(lpt.erase_copies(0, 10, Some(b.dev), &mut free), 0);
+        assert_eq!(lpt.erase_copies(0, 10, None, &mut free), 1);
+        assert_eq!(&freed[..], &[b]);
+        assert!(lpt.erase_claimed(claim));
+        assert_eq!((lpt.copies(), lpt.len()), (0, 1));
+        // A device without a slot has none.
+        assert!(matches!(lpt.claim_new_copy(5, DeviceId::MAX), Err(e) if e == EINVAL));
         Ok(())
     }
 

@@ -11,9 +11,10 @@
 //!
 //! `N<node>=<pages>` counts the pages of the piece that each node holds: a host NUMA node for
 //! pages in host memory (mapped by the CPU, or parked after an eviction), a device's node id for
-//! pages on the device.  Pages being moved are on no node.  `accessed_by` lists the devices that
-//! map the pages in place (`MADV_ACCESSED_BY`); `read_mostly` is there for read duplication, to
-//! come.
+//! pages on the device.  Pages being moved are on no node.  A page of a read-mostly range
+//! (`read_mostly=1`, `MADV_READ_MOSTLY`) counts for its host node and once more for each device
+//! that holds a read-only copy of it.  `accessed_by` lists the devices that map the pages in
+//! place (`MADV_ACCESSED_BY`).
 
 use crate::{
     address_space::AddressSpace,
@@ -120,14 +121,21 @@ fn show_run(m: &SeqFile, this: &AddressSpace, vma: &VmaRef, counts: &mut Counts,
             counts.add(node);
         }
     }
+    // A read-only copy counts for its device too: a read-mostly page has several locations.
+    this.lpt.for_each_copy(run.first, run.end, |_, dev, page| {
+        if page.is_some() {
+            counts.add(dev.into());
+        }
+    });
     counts.0.sort_unstable_by_key(|c| c.0);
     seq_print!(
         m,
-        "{:08x}-{:08x} preferred={} accessed_by={} read_mostly=0 pinned={}",
+        "{:08x}-{:08x} preferred={} accessed_by={} read_mostly={} pinned={}",
         run.first * PAGE_SIZE,
         run.end * PAGE_SIZE,
         Shown(run.attrs.preferred),
         ShownDevices(run.attrs.accessed_by),
+        u8::from(run.attrs.read_mostly),
         Shown(run.attrs.pinned),
     );
     for (node, pages) in counts.0.iter() {

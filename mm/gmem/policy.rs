@@ -22,7 +22,7 @@
 //! callbacks, called under the lock with the exact number of pages that gained or lost a pin:
 //! what the devices account is always what the arrays say.
 
-use crate::lpt::DeviceId;
+use crate::lpt::{device_slot, DeviceId};
 use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::{
     alloc::{flags::GFP_NOWAIT, Flags},
@@ -44,17 +44,14 @@ pub(crate) struct Attrs {
     /// The devices that map the page where it is, in host memory (`MADV_ACCESSED_BY`): one
     /// bit per device, see [`device_bit`].
     pub(crate) accessed_by: u64,
+    /// Devices read copies of the pages, which the host keeps (`MADV_READ_MOSTLY`).
+    pub(crate) read_mostly: bool,
 }
 
 /// The bit of device `dev` in [`Attrs::accessed_by`]: device node ids are the 64 ids after the
 /// host nodes'.
 pub(crate) fn device_bit(dev: DeviceId) -> u64 {
-    // SAFETY: `nr_node_ids` is set during early boot and never changes afterwards.
-    let first = unsafe { kernel::bindings::nr_node_ids };
-    match u32::from(dev).checked_sub(first) {
-        Some(bit) if bit < 64 => 1 << bit,
-        _ => 0,
-    }
+    device_slot(dev).map_or(0, |slot| 1 << slot)
 }
 
 /// The device node ids whose bits are set in `bits` (see [`device_bit`]), in order.
@@ -485,6 +482,12 @@ impl Policy {
         self.pages_where(first, n, |a| a.accessed_by & bit != 0)
     }
 
+    /// Which of the `n` (at most 512) pages from `first` on are read-mostly, as bits (see
+    /// [`Policy::pages_where`]).
+    pub(crate) fn read_mostly(&self, first: usize, n: usize) -> [u64; 8] {
+        self.pages_where(first, n, |a| a.read_mostly)
+    }
+
     /// Calls `f(span)` for each piece of `first..end` with uniform attributes (holes included,
     /// with the default ones), after the lock is dropped: `f` may sleep.
     pub(crate) fn for_each_run(
@@ -805,6 +808,32 @@ mod tests {
         p.forget(a, none);
         assert_eq!(p.accessed_in_place(0, 64, a), [0; 8]);
         assert_eq!(&spans(&p)[..], &[(15, 30, None, None)]);
+        Ok(())
+    }
+
+    #[test]
+    fn read_mostly_bits_merge_with_other_attributes() -> Result {
+        let p = policy()?;
+        let read_mostly = |on: bool| {
+            move |x: Attrs| Attrs {
+                read_mostly: on,
+                ..x
+            }
+        };
+        set(&p, 8, 24, prefer(1))?;
+        set(&p, 16, 40, read_mostly(true))?;
+        assert!(!p.attrs(15).read_mostly && p.attrs(16).read_mostly && p.attrs(39).read_mostly);
+        assert_eq!(p.attrs(20).preferred, Some(1));
+        assert_eq!(p.read_mostly(0, 64)[0], ((1 << 24) - 1) << 16);
+        // Off again: the spans merge back.
+        set(&p, 16, 40, read_mostly(false))?;
+        assert_eq!(p.read_mostly(0, 64), [0; 8]);
+        assert_eq!(&spans(&p)[..], &[(8, 24, Some(1), None)]);
+        // Fork passes it on.
+        set(&p, 100, 110, read_mostly(true))?;
+        let child = policy()?;
+        p.fork(&child)?;
+        assert!(child.attrs(105).read_mostly);
         Ok(())
     }
 

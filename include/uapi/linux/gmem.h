@@ -46,6 +46,8 @@
 #define MADV_UNPIN		204	/* let the pages be evicted again */
 #define MADV_ACCESSED_BY	205	/* device hnid maps the pages in place */
 #define MADV_NO_ACCESSED_BY	206	/* it migrates them again */
+#define MADV_READ_MOSTLY	207	/* devices read copies; writes collapse */
+#define MADV_NO_READ_MOSTLY	208	/* one location per page again */
 
 /*
  * hnid for "every node" where an advice accepts it: MADV_DONTNEED,

@@ -399,9 +399,17 @@ static int advice_known(int advice)
 	case MADV_UNPIN:
 	case MADV_ACCESSED_BY:
 	case MADV_NO_ACCESSED_BY:
+	case MADV_READ_MOSTLY:
+	case MADV_NO_READ_MOSTLY:
 		return 1;
 	}
 	return 0;
+}
+
+/* The advices that take only GM_NODE_ALL: read duplication. */
+static int advice_only_all(int advice)
+{
+	return advice == MADV_READ_MOSTLY || advice == MADV_NO_READ_MOSTLY;
 }
 
 /* The advices that take GM_NODE_ALL: all but those that name one node. */
@@ -437,7 +445,8 @@ static uint64_t hmadvise_allowed(int hnid, unsigned long start,
 	if ((len && !alen) || start + alen < start)
 		return BIT(EINVAL);
 	if (hnid == GM_NODE_ALL ? !advice_takes_all(advice) :
-	    !node_online(hnid) && !node_registered(hnid))
+	    advice_only_all(advice) ||
+	    (!node_online(hnid) && !node_registered(hnid)))
 		return BIT(EINVAL);
 	host_pin = (advice == MADV_PIN || advice == MADV_ACCESSED_BY) &&
 		   node_online(hnid);
@@ -487,8 +496,9 @@ static void do_hmadvise(void)
 		MADV_PREFERRED_LOCATION, MADV_NO_PREFERRED_LOCATION, MADV_PIN,
 		MADV_UNPIN, MADV_PREFERRED_LOCATION, MADV_PIN,
 		MADV_ACCESSED_BY, MADV_NO_ACCESSED_BY, MADV_ACCESSED_BY,
+		MADV_READ_MOSTLY, MADV_NO_READ_MOSTLY, MADV_READ_MOSTLY,
 		-1, 0, MADV_WILLNEED, MADV_FREE, MADV_PAGEOUT, 199,
-		MADV_NO_ACCESSED_BY + 1, 0x7fffffff, MADV_PREFETCH | 0x10000,
+		MADV_NO_READ_MOSTLY + 1, 0x7fffffff, MADV_PREFETCH | 0x10000,
 	};
 	static const int odd_hnids[] = {
 		-2, -1000, 64, 1 << 20, 0x7fffffff, -0x7fffffff - 1, 63, 4,

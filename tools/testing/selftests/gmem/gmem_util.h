@@ -260,9 +260,10 @@ static inline int become_nobody(void)
  * a peer-shared VMA whose range attributes are uniform, in address order:
  *
  *   <start>-<end> preferred=<node|none> accessed_by=<node[,node]...|none>
- *	read_mostly=0 pinned=<node|none>[ N<node>=<pages>]...
+ *	read_mostly=<0|1> pinned=<node|none>[ N<node>=<pages>]...
  *
- * on one line, the addresses %08lx, then the pages each node holds.
+ * on one line, the addresses %08lx, then the pages each node holds (a page
+ * of a read-mostly piece counts once for each node that holds a copy).
  */
 
 #define GM_MAPS_NODES	8	/* N<node>= fields of a line kept by the parser */
@@ -273,6 +274,7 @@ struct gm_maps_line {
 	int pinned;			/* a device node, or -1: none */
 	unsigned long long accessed_by;	/* bit (node - first node) per device */
 	int accessed_first;		/* the first node of accessed_by, or -1 */
+	int read_mostly;		/* 0 or 1 */
 	int nnodes;
 	int node[GM_MAPS_NODES];	/* increasing */
 	unsigned long pages[GM_MAPS_NODES];	/* each non-zero */
@@ -413,8 +415,12 @@ static inline int gm_maps_parse_line(const char *s, struct gm_maps_line *l)
 	    gm_maps_num(&s, 1, &l->end) || gm_maps_lit(&s, " preferred=") ||
 	    gm_maps_node(&s, &l->preferred) ||
 	    gm_maps_lit(&s, " accessed_by=") || gm_maps_devices(&s, l) ||
-	    gm_maps_lit(&s, " read_mostly=0 pinned=") ||
-	    gm_maps_node(&s, &l->pinned))
+	    gm_maps_lit(&s, " read_mostly="))
+		return -1;
+	if (*s != '0' && *s != '1')
+		return -1;
+	l->read_mostly = *s++ == '1';
+	if (gm_maps_lit(&s, " pinned=") || gm_maps_node(&s, &l->pinned))
 		return -1;
 	while (!gm_maps_lit(&s, " N")) {
 		unsigned long node, pages;
@@ -436,8 +442,8 @@ static inline int gm_maps_parse_line(const char *s, struct gm_maps_line *l)
  * Parses gmem_maps text (gm_maps_text()) and keeps its first @max lines in
  * @lines (which may be NULL with @max 0).  Besides the format it checks
  * what the file promises: pieces page aligned (@page), not empty, in
- * increasing address order without overlap, and no more pages on the
- * nodes than a piece has.  Returns the number of lines, or -1 - the index
+ * increasing address order without overlap, and no more pages on a node
+ * than the piece has, nor on all nodes together unless it is read-mostly.  Returns the number of lines, or -1 - the index
  * of the first wrong one.
  */
 static inline int gm_maps_parse(const char *text, struct gm_maps_line *lines,
@@ -453,10 +459,14 @@ static inline int gm_maps_parse(const char *text, struct gm_maps_line *lines,
 
 		if (!nl || gm_maps_parse_line(s, &l))
 			return -1 - n;
-		for (int i = 0; i < l.nnodes; i++)
+		for (int i = 0; i < l.nnodes; i++) {
+			if (l.pages[i] > (l.end - l.start) / page)
+				return -1 - n;
 			total += l.pages[i];
+		}
 		if (l.start >= l.end || l.start % page || l.end % page ||
-		    l.start < prev_end || total > (l.end - l.start) / page)
+		    l.start < prev_end ||
+		    (!l.read_mostly && total > (l.end - l.start) / page))
 			return -1 - n;
 		prev_end = l.end;
 		if (n < max)

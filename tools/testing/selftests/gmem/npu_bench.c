@@ -38,6 +38,12 @@
  *	turn moves every page there and back) and on, threshold 2
  *	(on_us_per_page_round: after two turns the pages stay home and the
  *	NPU maps them in place).  The sysfs knobs are restored at the end.
+ *   npu_bench readmostly SIZE_MIB ROUNDS
+ *	The CPU writes a buffer, then NPU SUM32 jobs on npu0 and npu1 read it
+ *	in turn, ROUNDS jobs each: with hmadvise(MADV_READ_MOSTLY) each NPU
+ *	reads its read-only copy (readmostly_us_per_page_job: the pages are
+ *	copied once to each), without it every job moves the pages from the
+ *	other NPU (migrate_us_per_page_job).  Needs /dev/gmem_npu1.
  *   npu_bench oversub FACTOR LIMIT_MIB [ITERATIONS]
  *	The NPU's limit lowered to LIMIT_MIB (sysfs), then NPU SUM32 jobs
  *	over a CPU-written buffer FACTOR times that size, after one pass to
@@ -155,15 +161,20 @@ struct npu {
 	struct gmem_npu_info info;
 };
 
-static void npu_open(struct npu *npu)
+static void npu_open_path(struct npu *npu, const char *path)
 {
-	npu->fd = open(NPU_PATH, O_RDWR | O_CLOEXEC);
+	npu->fd = open(path, O_RDWR | O_CLOEXEC);
 	if (npu->fd < 0)
-		die(NPU_PATH);
+		die(path);
 	if (ioctl(npu->fd, GMEM_NPU_IOC_INFO, &npu->info))
 		die("GMEM_NPU_IOC_INFO");
 	if (ioctl(npu->fd, GMEM_NPU_IOC_ATTACH, 0))
 		die("GMEM_NPU_IOC_ATTACH");
+}
+
+static void npu_open(struct npu *npu)
+{
+	npu_open_path(npu, NPU_PATH);
 }
 
 static void npu_stats(struct npu *npu, struct gmem_npu_stats *s)
@@ -685,6 +696,66 @@ static int bench_pingpong(size_t len, int rounds)
 	return 0;
 }
 
+/*
+ * @rounds SUM32 jobs on each of @a and @b in turn over a CPU-written
+ * buffer, read-mostly or not; the time of all of them, and the pages
+ * copied or moved to either NPU in *@moved.
+ */
+static double read_turns(struct npu *a, struct npu *b, size_t len,
+			 int rounds, int read_mostly, long long *moved)
+{
+	struct gmem_npu_stats a0, a1, b0, b1;
+	__u64 sum, want = sum_words(len, 0x7eed);
+	char *p = map_anon(len, MAP_PEER_SHARED);
+	double t0;
+
+	fill_words(p, len, 0x7eed);
+	if (read_mostly &&
+	    hmadvise(GM_NODE_ALL, (unsigned long)p, len, MADV_READ_MOSTLY))
+		die("hmadvise(MADV_READ_MOSTLY)");
+	npu_stats(a, &a0);
+	npu_stats(b, &b0);
+	t0 = now();
+	for (int r = 0; r < rounds; r++) {
+		npu_sum(a, p, len, &sum);
+		expect("job result", sum, want);
+		npu_sum(b, p, len, &sum);
+		expect("job result", sum, want);
+	}
+	t0 = now() - t0;
+	npu_stats(a, &a1);
+	npu_stats(b, &b1);
+	*moved = a1.migrations_to_dev - a0.migrations_to_dev +
+		 b1.migrations_to_dev - b0.migrations_to_dev;
+	check_words(p, len, 0x7eed);
+	munmap(p, len);
+	return t0;
+}
+
+static int bench_readmostly(size_t len, int rounds)
+{
+	long long npages = len / page_size, copied, moved;
+	struct npu a, b;
+	double dup, mig;
+
+	npu_open(&a);
+	npu_open_path(&b, "/dev/gmem_npu1");
+	/* One warm-up turn each way. */
+	read_turns(&a, &b, len, 1, 1, &copied);
+	read_turns(&a, &b, len, 1, 0, &moved);
+	dup = read_turns(&a, &b, len, rounds, 1, &copied);
+	expect("pages copied, read-mostly", copied, 2 * npages);
+	mig = read_turns(&a, &b, len, rounds, 0, &moved);
+	expect("pages moved, without the advice", moved, 2 * rounds * npages);
+	printf("npu_bench readmostly size_mib=%zu rounds=%d pages=%lld",
+	       len >> 20, rounds, npages);
+	printf(" readmostly_us_per_page_job=%.3f readmostly_copied=%lld",
+	       dup * 1e6 / npages / (2 * rounds), copied);
+	printf(" migrate_us_per_page_job=%.3f migrate_moved=%lld\n",
+	       mig * 1e6 / npages / (2 * rounds), moved);
+	return 0;
+}
+
 static void bad_args(void)
 {
 	fprintf(stderr,
@@ -694,6 +765,7 @@ static void bad_args(void)
 		"       npu_bench cpufault SIZE_MIB [ITERATIONS]\n"
 		"       npu_bench inplace SIZE_MIB [ITERATIONS]\n"
 		"       npu_bench pingpong SIZE_MIB ROUNDS\n"
+		"       npu_bench readmostly SIZE_MIB ROUNDS\n"
 		"       npu_bench oversub FACTOR LIMIT_MIB [ITERATIONS]\n");
 	exit(2);
 }
@@ -765,6 +837,14 @@ int main(int argc, char **argv)
 		if (!size || size > (32UL << 20) || rounds < 3 || argc != 4)
 			bad_args();
 		return bench_pingpong(size, rounds);
+	}
+	if (!strcmp(mode, "readmostly")) {
+		int rounds = arg(argc, argv, 3, 0);
+
+		size = arg(argc, argv, 2, 0) << 20;
+		if (!size || rounds < 1 || argc != 4)
+			bad_args();
+		return bench_readmostly(size, rounds);
 	}
 	if (!strcmp(mode, "oversub")) {
 		int factor = arg(argc, argv, 2, 0);

@@ -2,7 +2,8 @@
 /*
  * Range attributes (Documentation/mm/gmem.rst, "Range attributes"):
  * hmadvise()'s MADV_PREFERRED_LOCATION, MADV_NO_PREFERRED_LOCATION,
- * MADV_PIN and MADV_UNPIN, MADV_PREFETCH to each page's preferred
+ * MADV_PIN and MADV_UNPIN, MADV_ACCESSED_BY, MADV_READ_MOSTLY (read-only
+ * copies on the devices), MADV_PREFETCH to each page's preferred
  * location, and /proc/<pid>/gmem_maps, which shows the attributes and
  * where the pages are.  The tests check the errors (a refused call changes
  * nothing), the file's format and who may read it, the attributes' life
@@ -31,7 +32,8 @@
 
 static const int attr_advices[] = {
 	MADV_PREFERRED_LOCATION, MADV_NO_PREFERRED_LOCATION, MADV_PIN,
-	MADV_UNPIN, MADV_ACCESSED_BY, MADV_NO_ACCESSED_BY,
+	MADV_UNPIN, MADV_ACCESSED_BY, MADV_NO_ACCESSED_BY, MADV_READ_MOSTLY,
+	MADV_NO_READ_MOSTLY,
 };
 
 /* This process's gmem_maps, as text and parsed. */
@@ -541,9 +543,9 @@ TEST_F(policy, unknown_advice_einval)
 
 	decorate(_metadata, self->hnid, p);
 	expect_refused(_metadata, self->hnid, EINVAL, 0, p, self->len,
-		       MADV_NO_ACCESSED_BY + 1);
+		       MADV_NO_READ_MOSTLY + 1);
 	expect_refused(_metadata, self->hnid, EINVAL, GM_NODE_ALL, p, self->len,
-		       MADV_NO_ACCESSED_BY + 1);
+		       MADV_NO_READ_MOSTLY + 1);
 	for (size_t a = 0; a < ARRAY_SIZE(attr_advices); a++) {
 		errno = 0;
 		ASSERT_EQ(-1, madvise(p, self->len, attr_advices[a]));
@@ -1162,6 +1164,31 @@ TEST_F(policy, accessed_by_fills_on_the_host)
 }
 
 /*
+ * @p (@len bytes, CPU-written from @seed) across a fork: the parent's
+ * write (from @seed + 1) copies each page, an NPU job on @fd then reads
+ * the parent's new data, and the child still has @seed.
+ */
+static void expect_cow_followed(struct __test_metadata *_metadata, int fd,
+				char *p, size_t len, unsigned long seed)
+{
+	int status;
+	__u64 sum;
+	pid_t pid;
+
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (!pid) {
+		usleep(200000);
+		_exit(check_pattern(p, len, seed) == -1 ? 0 : 1);
+	}
+	fill_pattern(p, len, seed + 1);
+	ASSERT_EQ(0, npu_sum(fd, p, len, &sum));
+	ASSERT_EQ(sum32(p, len), sum);
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFEXITED(status) && !WEXITSTATUS(status));
+}
+
+/*
  * The NPU's mapping follows the CPU's: after MADV_DONTNEED it reads
  * zeros, after a new mapping at the same address the new data, after a
  * copy-on-write break (fork) the parent's own page, never a stale one.
@@ -1170,8 +1197,6 @@ TEST_F(policy, accessed_by_follows_the_cpu)
 {
 	size_t len = self->len;
 	__u64 sum;
-	pid_t pid;
-	int status;
 	char *p, *q;
 
 	if (self->fd < 0)
@@ -1194,17 +1219,7 @@ TEST_F(policy, accessed_by_follows_the_cpu)
 	ASSERT_EQ(sum32(p, len), sum);
 
 	/* After fork, the parent's write copies the page; the NPU follows. */
-	pid = fork();
-	ASSERT_LE(0, pid);
-	if (!pid) {
-		usleep(200000);
-		_exit(check_pattern(p, len, 44) == -1 ? 0 : 1);
-	}
-	fill_pattern(p, len, 45);
-	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
-	ASSERT_EQ(sum32(p, len), sum);
-	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	ASSERT_TRUE(WIFEXITED(status) && !WEXITSTATUS(status));
+	expect_cow_followed(_metadata, self->fd, p, len, 44);
 	unmap_range(_metadata, p, NPAGES);
 }
 
@@ -1702,6 +1717,269 @@ TEST_F(policy, pin_moves_between_devices)
 	ASSERT_EQ(-1, check_pattern(p, self->len, 32));
 	unmap_range(_metadata, p, NPAGES);
 	close(fd1);
+}
+
+/* Read duplication */
+
+/* Whether the line of gmem_maps that starts at @p says read_mostly=1. */
+static int read_mostly_at(struct __test_metadata *_metadata, const void *p)
+{
+	const struct gm_maps_line *l = line_at(_metadata, p);
+
+	return l ? l->read_mostly : -1;
+}
+
+/* MADV_READ_MOSTLY is about every device at once: a node is refused. */
+TEST_F(policy, read_mostly_einval)
+{
+	char *p = map_range(_metadata, NPAGES, 0);
+
+	expect_refused(_metadata, self->hnid, EINVAL, 0, p, self->len,
+		       MADV_READ_MOSTLY);
+	expect_refused(_metadata, self->hnid, EINVAL, 0, p, self->len,
+		       MADV_NO_READ_MOSTLY);
+	if (self->hnid >= 0)
+		expect_refused(_metadata, self->hnid, EINVAL, self->hnid, p,
+			       self->len, MADV_READ_MOSTLY);
+	ASSERT_EQ(0, read_mostly_at(_metadata, p));
+	advise(_metadata, GM_NODE_ALL, p, 4, 8, MADV_READ_MOSTLY);
+	ASSERT_EQ(0, read_mostly_at(_metadata, p));
+	ASSERT_EQ(1, read_mostly_at(_metadata, p + 4 * self->page));
+	ASSERT_EQ(0, read_mostly_at(_metadata, p + 12 * self->page));
+	advise(_metadata, GM_NODE_ALL, p, 0, NPAGES, MADV_NO_READ_MOSTLY);
+	ASSERT_EQ(0, read_mostly_at(_metadata, p));
+	unmap_range(_metadata, p, NPAGES);
+}
+
+/*
+ * A read-mostly range read by an NPU: each page gets a read-only copy on
+ * the NPU, the host keeps it, and the CPU reads it with no fault back.
+ * The next jobs read the copies (nothing is copied again).  A CPU write
+ * drops the copies of the page it writes, before it lands: the next job
+ * reads the new data, and copies that page alone again.  An NPU write
+ * takes the page for the NPU alone.
+ */
+TEST_F(policy, read_mostly_copies_stay_coherent)
+{
+	size_t len = self->len, page = self->page;
+	struct gmem_npu_stats s, e;
+	__u64 sum;
+	char *p;
+
+	if (self->fd < 0)
+		SKIP(return, NO_NPU, npu_dev_path[0]);
+	p = map_range(_metadata, NPAGES, 51);
+	advise(_metadata, GM_NODE_ALL, p, 0, NPAGES, MADV_READ_MOSTLY);
+	ASSERT_EQ(0, npu_stats(self->fd, &s));
+	for (int r = 0; r < 3; r++) {
+		ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+		ASSERT_EQ(sum32(p, len), sum) TH_LOG("round %d", r);
+		ASSERT_EQ(-1, check_pattern(p, len, 51));
+	}
+	ASSERT_EQ(0, npu_stats(self->fd, &e));
+	ASSERT_EQ(s.migrations_to_dev + NPAGES, e.migrations_to_dev);
+	ASSERT_EQ(s.migrations_to_host, e.migrations_to_host);
+	ASSERT_EQ(s.resident_pages + NPAGES, e.resident_pages);
+	ASSERT_EQ(NPAGES, pages_at(_metadata, p, HOST));
+	ASSERT_EQ(NPAGES, pages_at(_metadata, p, self->hnid));
+
+	/* A CPU write: the next job sees it, and page 3 alone is copied again. */
+	s = e;
+	((__u32 *)(p + 3 * page))[7] += 5;
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ(sum32(p, len), sum);
+	ASSERT_EQ(0, npu_stats(self->fd, &e));
+	ASSERT_EQ(s.migrations_to_dev + 1, e.migrations_to_dev);
+	ASSERT_EQ(s.resident_pages, e.resident_pages);
+
+	/* An NPU write: the pages move to the NPU, and the CPU reads the data. */
+	ASSERT_EQ(0, npu_fill(self->fd, p, len, 0x77));
+	ASSERT_EQ(NPAGES, pages_at(_metadata, p, self->hnid));
+	ASSERT_EQ(0, pages_at(_metadata, p, HOST));
+	ASSERT_EQ(-1, first_not(p, len, 0x77));
+	/* Home again, read by the NPU: copied again. */
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ((__u64)NPAGES * (page / 4) * 0x77, sum);
+	ASSERT_EQ(NPAGES, pages_at(_metadata, p, HOST));
+	ASSERT_EQ(NPAGES, pages_at(_metadata, p, self->hnid));
+
+	/* munmap frees the copies. */
+	ASSERT_EQ(0, npu_stats(self->fd, &s));
+	unmap_range(_metadata, p, NPAGES);
+	ASSERT_EQ(0, npu_stats(self->fd, &e));
+	ASSERT_EQ(s.resident_pages - NPAGES, e.resident_pages);
+}
+
+/*
+ * Two NPUs read the same read-mostly pages in turn: each holds a copy,
+ * the host keeps the pages, nothing moves back and forth.  A CPU write
+ * drops both copies of the page; an npu1 write takes the pages from npu0
+ * and the host alike.  No stale read anywhere.
+ */
+TEST_F(policy, read_mostly_two_npus)
+{
+	size_t len = self->len;
+	struct gmem_npu_stats s0, s1, e0, e1;
+	int hnid1 = npu1_hnid(), fd1;
+	__u64 sum;
+	char *p;
+
+	if (self->fd < 0)
+		SKIP(return, NO_NPU, npu_dev_path[0]);
+	if (hnid1 < 0)
+		SKIP(return, NO_NPU, npu_dev_path[1]);
+	fd1 = npu_open_attached(1);
+	ASSERT_LE(0, fd1);
+	p = map_range(_metadata, NPAGES, 52);
+	advise(_metadata, GM_NODE_ALL, p, 0, NPAGES, MADV_READ_MOSTLY);
+	ASSERT_EQ(0, npu_stats(self->fd, &s0));
+	ASSERT_EQ(0, npu_stats(fd1, &s1));
+	for (int r = 0; r < 4; r++) {
+		ASSERT_EQ(0, npu_sum(r % 2 ? fd1 : self->fd, p, len, &sum));
+		ASSERT_EQ(sum32(p, len), sum) TH_LOG("round %d", r);
+	}
+	ASSERT_EQ(-1, check_pattern(p, len, 52));
+	ASSERT_EQ(0, npu_stats(self->fd, &e0));
+	ASSERT_EQ(0, npu_stats(fd1, &e1));
+	ASSERT_EQ(s0.migrations_to_dev + NPAGES, e0.migrations_to_dev);
+	ASSERT_EQ(s1.migrations_to_dev + NPAGES, e1.migrations_to_dev);
+	ASSERT_EQ(s0.migrations_to_host, e0.migrations_to_host);
+	ASSERT_EQ(s1.migrations_to_host, e1.migrations_to_host);
+	ASSERT_EQ(NPAGES, pages_at(_metadata, p, HOST));
+	ASSERT_EQ(NPAGES, pages_at(_metadata, p, self->hnid));
+	ASSERT_EQ(NPAGES, pages_at(_metadata, p, hnid1));
+
+	/* The CPU writes every page: both NPUs read the new data. */
+	fill_pattern(p, len, 53);
+	ASSERT_EQ(0, npu_sum(fd1, p, len, &sum));
+	ASSERT_EQ(sum32(p, len), sum);
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ(sum32(p, len), sum);
+
+	/* npu1 writes: npu0's copies go, and so do the host's pages. */
+	ASSERT_EQ(0, npu_fill(fd1, p, len, 0x99));
+	ASSERT_EQ(NPAGES, pages_at(_metadata, p, hnid1));
+	ASSERT_EQ(0, pages_at(_metadata, p, self->hnid));
+	ASSERT_EQ(0, pages_at(_metadata, p, HOST));
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ((__u64)NPAGES * (self->page / 4) * 0x99, sum);
+	ASSERT_EQ(-1, first_not(p, len, 0x99));
+	unmap_range(_metadata, p, NPAGES);
+	close(fd1);
+}
+
+/*
+ * The copies follow the CPU page table: after mprotect() makes the pages
+ * writable again, after MADV_DONTNEED, after a copy-on-write break by
+ * fork, an NPU job reads what the CPU sees, never a stale copy.
+ */
+TEST_F(policy, read_mostly_copies_follow_the_cpu)
+{
+	size_t len = self->len;
+	__u64 sum;
+	char *p;
+
+	if (self->fd < 0)
+		SKIP(return, NO_NPU, npu_dev_path[0]);
+	p = map_range(_metadata, NPAGES, 54);
+	advise(_metadata, GM_NODE_ALL, p, 0, NPAGES, MADV_READ_MOSTLY);
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ(sum32(p, len), sum);
+
+	/* Read-only, then writable again: written without a copy left. */
+	ASSERT_EQ(0, mprotect(p, len, PROT_READ));
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ(sum32(p, len), sum);
+	ASSERT_EQ(0, mprotect(p, len, PROT_READ | PROT_WRITE));
+	fill_pattern(p, len, 55);
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ(sum32(p, len), sum);
+
+	ASSERT_EQ(0, madvise(p, len, MADV_DONTNEED));
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ(0, sum);
+
+	fill_pattern(p, len, 56);
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ(sum32(p, len), sum);
+	expect_cow_followed(_metadata, self->fd, p, len, 56);
+	unmap_range(_metadata, p, NPAGES);
+}
+
+/*
+ * MADV_NO_READ_MOSTLY drops the copies at once; the next read moves the
+ * pages as usual.  MADV_PREFETCH of a read-mostly range to the NPU makes
+ * copies, and leaves the pages home.
+ */
+TEST_F(policy, read_mostly_off_and_prefetch)
+{
+	size_t len = self->len;
+	struct gmem_npu_stats s, e;
+	__u64 sum, want;
+	char *p;
+
+	if (self->fd < 0)
+		SKIP(return, NO_NPU, npu_dev_path[0]);
+	p = map_range(_metadata, NPAGES, 58);
+	advise(_metadata, GM_NODE_ALL, p, 0, NPAGES, MADV_READ_MOSTLY);
+	ASSERT_EQ(0, npu_stats(self->fd, &s));
+	advise(_metadata, self->hnid, p, 0, NPAGES, MADV_PREFETCH);
+	ASSERT_EQ(NPAGES, pages_at(_metadata, p, HOST));
+	ASSERT_EQ(NPAGES, pages_at(_metadata, p, self->hnid));
+	ASSERT_EQ(0, npu_stats(self->fd, &e));
+	ASSERT_EQ(s.resident_pages + NPAGES, e.resident_pages);
+
+	advise(_metadata, GM_NODE_ALL, p, 0, NPAGES, MADV_NO_READ_MOSTLY);
+	ASSERT_EQ(0, read_mostly_at(_metadata, p));
+	ASSERT_EQ(0, pages_at(_metadata, p, self->hnid));
+	ASSERT_EQ(0, npu_stats(self->fd, &e));
+	ASSERT_EQ(s.resident_pages, e.resident_pages);
+	/* The CPU reads first: after the job it would bring the pages home. */
+	want = sum32(p, len);
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ(want, sum);
+	ASSERT_EQ(NPAGES, pages_at(_metadata, p, self->hnid));
+	ASSERT_EQ(0, pages_at(_metadata, p, HOST));
+	ASSERT_EQ(-1, check_pattern(p, len, 58));
+	unmap_range(_metadata, p, NPAGES);
+}
+
+/*
+ * Copies are evictable, and cheap to evict (the host has the data): a
+ * read-mostly range three times the NPU's limit is read through it again
+ * and again, with the sums right and the host holding every page.
+ */
+TEST_F_TIMEOUT(policy, read_mostly_copies_under_eviction, 300)
+{
+	const size_t pages = 3 * SMALL_LIMIT;
+	size_t step = STREAM_JOB * self->page;
+	long long evictions;
+	__u64 sum;
+	char *p;
+
+	if (self->fd < 0)
+		SKIP(return, NO_NPU, npu_dev_path[0]);
+	set_limit(_metadata, self->hnid, SMALL_LIMIT, &self->limit_changed);
+	p = map_range(_metadata, pages, 59);
+	advise(_metadata, GM_NODE_ALL, p, 0, pages, MADV_READ_MOSTLY);
+	evictions = gm_node_read(self->hnid, "evictions");
+	for (int r = 0; r < 2; r++) {
+		for (size_t i = 0; i < pages / STREAM_JOB; i++) {
+			ASSERT_EQ(0, npu_sum(self->fd, p + i * step, step, &sum))
+				TH_LOG("round %d, job %zu", r, i);
+			ASSERT_EQ(sum32(p + i * step, step), sum);
+		}
+	}
+	/* The first round alone had to evict: only SMALL_LIMIT copies fit. */
+	ASSERT_LE(evictions + (long long)(pages - SMALL_LIMIT),
+		  gm_node_read(self->hnid, "evictions"));
+	ASSERT_EQ((long)pages, pages_at(_metadata, p, HOST));
+	ASSERT_GE((long)SMALL_LIMIT, pages_at(_metadata, p, self->hnid));
+	/* The CPU still writes them, and a job reads what it wrote. */
+	fill_pattern(p, pages * self->page, 60);
+	ASSERT_EQ(0, npu_sum(self->fd, p, step, &sum));
+	ASSERT_EQ(sum32(p, step), sum);
+	unmap_range(_metadata, p, pages);
 }
 
 TEST_HARNESS_MAIN

@@ -387,8 +387,8 @@ static void *npu_writer(void *arg)
 
 /*
  * A random range attribute advice: a preferred location (a host node or an
- * NPU), a pin on an NPU, an NPU that maps the pages in place, or any of
- * them undone, everywhere (GM_NODE_ALL) or for
+ * NPU), a pin on an NPU, an NPU that maps the pages in place, read
+ * duplication, or any of them undone, everywhere (GM_NODE_ALL) or for
  * one node.  None changes data.  Returns the advice, and its node in
  * *@node.
  */
@@ -397,6 +397,7 @@ static int random_attribute(uint64_t *r, int *node)
 	static const int advices[] = {
 		MADV_PREFERRED_LOCATION, MADV_NO_PREFERRED_LOCATION, MADV_PIN,
 		MADV_UNPIN, MADV_ACCESSED_BY, MADV_NO_ACCESSED_BY,
+		MADV_READ_MOSTLY, MADV_NO_READ_MOSTLY,
 	};
 	int advice = advices[rnd_below(r, ARRAY_SIZE(advices))];
 	int npu = S.hnid[rnd_below(r, S.nnpu)];
@@ -411,6 +412,10 @@ static int random_attribute(uint64_t *r, int *node)
 	case MADV_PIN:
 	case MADV_ACCESSED_BY:
 		*node = npu;
+		break;
+	case MADV_READ_MOSTLY:
+	case MADV_NO_READ_MOSTLY:
+		*node = GM_NODE_ALL;
 		break;
 	default:
 		*node = rnd_one_in(r, 2) ? GM_NODE_ALL : npu;
