@@ -38,12 +38,14 @@ use crate::{
     address_space::{AddressSpace, Seq},
     device::{DeviceList, DeviceOps},
     lpt::{Claim, DevicePage, LogicalPageTable, ParkedPage, Residency},
-    migrate::{end_failed, host_after_failure, to_device, PinnedPage, CHUNK_PAGES},
+    migrate::{
+        copy_run, end_failed, host_after_failure, to_device, write_protect, PinnedPage, CHUNK_PAGES,
+    },
     thrash, trace,
 };
 use kernel::{
     bindings,
-    ffi::{c_int, c_uint, c_ulong},
+    ffi::{c_int, c_uint},
     mm::{
         virt::{flags, VmaRef},
         MmWithUser,
@@ -299,9 +301,13 @@ pub(crate) fn dev_fault(
                     moved += 1;
                 }
             }
-            for off in copied.iter() {
-                if read_copy(this, mm, ctx, vma, va + off * PAGE_SIZE)? {
-                    moved += 1;
+            for (off, len) in copied.runs() {
+                let (done, slow) = copy_run(this, mm, ctx, vma, va + off * PAGE_SIZE, len)?;
+                moved += done;
+                for vpn in slow {
+                    if read_copy(this, mm, ctx, vma, vpn * PAGE_SIZE)? {
+                        moved += 1;
+                    }
                 }
             }
             ctx.count_faults(n);
@@ -595,27 +601,36 @@ pub(crate) fn dev_fault_batch(
         }
         let read_mostly = BlockPages(this.policy.read_mostly(base, CHUNK_PAGES));
         let copied = read_mostly.and(reads).and(faulted).and_not(in_place);
+        // Density prefetch widens copies as it widens moves, over the read-mostly pages that
+        // have no copy here yet.
+        let copy_plan = if room == 0 || copied.count() == 0 {
+            copied
+        } else {
+            let here = BlockPages(this.lpt.copies_on(base, CHUNK_PAGES, ctx.id()))
+                .or(BlockPages(this.lpt.on_device(base, CHUNK_PAGES, ctx.id())));
+            plan_block(copied, here, threshold, lo - base, hi - base, room)
+                .and(read_mostly)
+                .and_not(in_place)
+                .and_not(thrashing.and_not(faulted))
+        };
         let serve = serve
             .and_not(in_place)
             .and_not(copied)
             .and_not(read_mostly.and_not(faulted))
             .and_not(thrashing.and_not(faulted));
-        let extra = serve.and_not(faulted).count();
+        let extra = serve.and_not(faulted).count() + copy_plan.and_not(copied).count();
         if extra > 0 {
             trace::prefetch(ctx.id(), base * PAGE_SIZE, faulted.count(), extra);
         }
         served += faulted.count();
         prefetched += extra;
         for w in group.iter_mut() {
-            let at = w.vpn * PAGE_SIZE;
-            let result = match w.vpn - base {
-                _ if w.status != 0 => continue,
-                off if in_place.has(off) => map_in_place(this, mm, ctx, vma, at, prot),
-                off if copied.has(off) => read_copy(this, mm, ctx, vma, at),
-                _ => continue,
-            };
-            w.status = result.err().map_or(0, |e| e.to_errno());
+            if w.status == 0 && in_place.has(w.vpn - base) {
+                let result = map_in_place(this, mm, ctx, vma, w.vpn * PAGE_SIZE, prot);
+                w.status = result.err().map_or(0, |e| e.to_errno());
+            }
         }
+        copy_block(this, mm, ctx, vma, base, copy_plan, copied, group);
         let faulted = faulted.and_not(in_place).and_not(copied);
         serve_block(this, mm, ctx, vma, base, serve, faulted, group, prot);
     }
@@ -684,6 +699,38 @@ fn serve_block(
     }
 }
 
+/// Gives the context's device read-only copies of the pages `plan` of the block at page `base`
+/// (all in `vma`) and maps them there, and records in `group` (the block's faulting pages,
+/// sorted) the result for each page of `faulted`.  A prefetched page that cannot be copied is
+/// left alone.
+#[expect(clippy::too_many_arguments)]
+fn copy_block(
+    this: &AddressSpace,
+    mm: &MmWithUser,
+    ctx: &dyn DeviceOps,
+    vma: &VmaRef,
+    base: usize,
+    plan: BlockPages,
+    faulted: BlockPages,
+    group: &mut [Wanted],
+) {
+    let mut one = |vpn: usize| {
+        if faulted.has(vpn - base) {
+            let result = read_copy(this, mm, ctx, vma, vpn * PAGE_SIZE);
+            if let Ok(k) = group.binary_search_by_key(&vpn, |w| w.vpn) {
+                group[k].status = result.err().map_or(0, |e| e.to_errno());
+            }
+        }
+    };
+    for (first, len) in plan.runs() {
+        match copy_run(this, mm, ctx, vma, (base + first) * PAGE_SIZE, len) {
+            Ok((_, slow)) => slow.into_iter().for_each(&mut one),
+            // Nothing of the run was copied: the faulting pages one by one.
+            Err(_) => (base + first..base + first + len).for_each(&mut one),
+        }
+    }
+}
+
 /// The pages of the `n` (at most 512) from `first` on that thrash (see `crate::thrash`).
 fn thrashing_pages(this: &AddressSpace, first: usize, n: usize) -> BlockPages {
     match thrash::threshold() {
@@ -740,15 +787,6 @@ pub(crate) fn map_in_place(
         }
         ctx.unmap_va(va, PAGE_SIZE);
     }
-}
-
-/// Write-protects the CPU's mapping of the page at `va` in `vma`: its next write faults, and
-/// drops the page's copies first (`gm_cpu_write_collapse()`).
-fn write_protect(vma: &VmaRef, va: usize) {
-    // SAFETY: the caller holds the mmap lock (it has `vma`), as `gm_wrprotect_range()` needs.
-    unsafe {
-        bindings::gm_wrprotect_range(vma.as_ptr(), va as c_ulong, (va + PAGE_SIZE) as c_ulong)
-    };
 }
 
 /// Ends the claim `copy` of the read-only copy `page` of the page at `va`, mapped on the
@@ -867,7 +905,7 @@ pub(crate) fn read_copy(
             }
         };
         if held == 0 {
-            write_protect(vma, va);
+            write_protect(vma, va, PAGE_SIZE);
         }
         let seq = window.read_begin();
         if let Err(e) = ctx.place(va, pfn, Some(host.page()), prot) {

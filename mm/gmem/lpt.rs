@@ -836,6 +836,29 @@ impl LogicalPageTable {
         bits
     }
 
+    /// Which of the `n` (at most 512) pages from `first` on have a read-only copy on device
+    /// `dev` (claimed or not): bit `i % 64` of word `i / 64` for page `first + i`.
+    pub(crate) fn copies_on(&self, first: usize, n: usize, dev: DeviceId) -> [u64; 8] {
+        let mut bits = [0u64; 8];
+        let n = n.min(512);
+        let Some(slot) = device_slot(dev) else {
+            return bits;
+        };
+        if n == 0 || self.copies() == 0 {
+            return bits;
+        }
+        let guard = self.lock();
+        let mut next = copy_index(first, 0);
+        while let Some((index, _)) = guard.find(next, copy_index(first + n, 0) - 1) {
+            if (index - COPY_BASE) % COPY_SLOTS == slot {
+                let i = (index - COPY_BASE) / COPY_SLOTS - first;
+                bits[i / 64] |= 1 << (i % 64);
+            }
+            next = index + 1;
+        }
+        bits
+    }
+
     /// The node of page `vpn` if it lives on a device (the device's id) or is parked (the
     /// NUMA node of the host page that holds it).
     pub(crate) fn away_node(&self, vpn: usize) -> Option<c_int> {

@@ -151,6 +151,25 @@ struct Slot {
     claim: Option<Claim>,
     /// Whether the page moved and was recorded on the device.
     done: bool,
+    /// The claim of the entry of a read-only copy being made ([`copy_run`]).
+    copy: Option<Claim>,
+    /// How many copies the page had when it was claimed ([`copy_run`]).
+    held: usize,
+}
+
+impl Slot {
+    fn new(vpn: usize, seen: Option<Residency>) -> Self {
+        Self {
+            vpn,
+            seen,
+            host: None,
+            pfn: None,
+            claim: None,
+            done: false,
+            copy: None,
+            held: 0,
+        }
+    }
 }
 
 /// The first run of consecutive pages among `slots[from..]` that `pick` picks: (first index,
@@ -174,6 +193,62 @@ fn for_each_run(slots: &[Slot], pick: impl Fn(&Slot) -> bool, mut f: impl FnMut(
     }
 }
 
+/// The pages `first..first + n` of a chunk whose entries `take` accepts (what it sees: `None`
+/// for no entry, else the residency and whether the entry is claimed), as slots; the others
+/// are left to the per-page way.  Both vectors have room for the whole chunk.
+fn chunk_slots(
+    this: &AddressSpace,
+    first: usize,
+    n: usize,
+    take: impl Fn(Option<(Residency, bool)>) -> bool,
+) -> Result<(KVec<Slot>, KVec<usize>)> {
+    let mut slots: KVec<Slot> = KVec::with_capacity(n, GFP_KERNEL)?;
+    let mut slow: KVec<usize> = KVec::with_capacity(n, GFP_KERNEL)?;
+    let guard = this.lpt.lock();
+    for vpn in first..first + n {
+        let seen = guard.get(vpn).map(|m| (m.residency(), m.busy()));
+        let pushed = if take(seen) {
+            slots
+                .push_within_capacity(Slot::new(vpn, seen.map(|(r, _)| r)))
+                .is_ok()
+        } else {
+            slow.push_within_capacity(vpn).is_ok()
+        };
+        // Cannot fail: both have room for the whole chunk.
+        debug_assert!(pushed);
+    }
+    Ok((slots, slow))
+}
+
+/// Pins the present host pages of `slots`, a run at a time; `missing(slot)` is called for each
+/// page that is not present.
+fn pin_slots(
+    mm: &MmWithUser,
+    slots: &mut [Slot],
+    mut missing: impl FnMut(&mut Slot) -> Result,
+) -> Result {
+    let mut pinned: KVec<PinnedPage> = KVec::with_capacity(slots.len(), GFP_KERNEL)?;
+    let mut i = 0;
+    while i < slots.len() {
+        let run = slots[i..]
+            .iter()
+            .enumerate()
+            .take_while(|(k, s)| s.vpn == slots[i].vpn + k)
+            .count();
+        let got = PinnedPage::get_run(mm, slots[i].vpn * PAGE_SIZE, &mut pinned, run);
+        for (k, page) in pinned.drain_all().enumerate() {
+            slots[i + k].host = Some(page);
+        }
+        i += got;
+        // `get_run` pins at most 64 pages at a time.
+        if got < 64.min(run) {
+            missing(&mut slots[i])?;
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
 /// Moves the chunk of `n` pages at `start` (all in `vma`) to the context's device and maps them
 /// there with `prot`.  Returns how many pages moved, and the pages it left to the per-page
 /// path (`crate::fault`), in address order: pages on a device or parked, busy pages, and pages
@@ -193,67 +268,29 @@ pub(crate) fn to_device(
     let first = start / PAGE_SIZE;
     // A chunk lies in one window (both are aligned, and a window is a whole number of chunks).
     let window = this.window(start)?;
-    let mut slots: KVec<Slot> = KVec::with_capacity(n, GFP_KERNEL)?;
-    let mut slow: KVec<usize> = KVec::with_capacity(n, GFP_KERNEL)?;
-    {
-        let guard = this.lpt.lock();
-        for vpn in first..first + n {
-            let seen = guard.get(vpn).map(|m| (m.residency(), m.busy()));
-            let pushed = match seen {
-                None | Some((Residency::Host | Residency::Nowhere, false)) => slots
-                    .push_within_capacity(Slot {
-                        vpn,
-                        seen: seen.map(|(r, _)| r),
-                        host: None,
-                        pfn: None,
-                        claim: None,
-                        done: false,
-                    })
-                    .is_ok(),
-                Some(_) => slow.push_within_capacity(vpn).is_ok(),
-            };
-            // Cannot fail: both have room for the whole chunk.
-            if !pushed {
-                return Err(ENOMEM);
-            }
-        }
-    }
+    let (mut slots, mut slow) = chunk_slots(this, first, n, |seen| {
+        matches!(
+            seen,
+            None | Some((Residency::Host | Residency::Nowhere, false))
+        )
+    })?;
 
     // Pin the present host pages, a run at a time.  A page that is not present has no data
     // unless the CPU touched it (it may be swapped out) or the process was forked: those are
     // faulted in.  An invalidation from here to the claims means that a pinned page may no
     // longer be the page mapped (see `claim_since`).
     let pinned_at = window.read_begin();
-    let mut pinned: KVec<PinnedPage> = KVec::with_capacity(slots.len(), GFP_KERNEL)?;
-    let mut i = 0;
-    while i < slots.len() {
-        let run = slots[i..]
-            .iter()
-            .enumerate()
-            .take_while(|(k, s)| s.vpn == slots[i].vpn + k)
-            .count();
-        let got = PinnedPage::get_run(mm, slots[i].vpn * PAGE_SIZE, &mut pinned, run);
-        for (k, page) in pinned.drain_all().enumerate() {
-            slots[i + k].host = Some(page);
-        }
-        i += got;
-        // `get_run` pins at most 64 pages at a time.
-        if got == 64.min(run) {
-            continue;
-        }
-        if got < run {
-            let s = &mut slots[i];
-            let maybe_host = matches!(s.seen, Some(Residency::Host)) || this.inherited();
-            if maybe_host {
-                s.host = PinnedPage::get(mm, s.vpn * PAGE_SIZE, true)?;
-                // After the fault-in a present page has a `Host` entry.
-                if s.host.is_some() && s.seen.is_none() {
-                    s.seen = this.lpt.residency(s.vpn);
-                }
+    pin_slots(mm, &mut slots, |s| {
+        let maybe_host = matches!(s.seen, Some(Residency::Host)) || this.inherited();
+        if maybe_host {
+            s.host = PinnedPage::get(mm, s.vpn * PAGE_SIZE, true)?;
+            // After the fault-in a present page has a `Host` entry.
+            if s.host.is_some() && s.seen.is_none() {
+                s.seen = this.lpt.residency(s.vpn);
             }
-            i += 1;
         }
-    }
+        Ok(())
+    })?;
 
     // Device pages, before any claim: allocating may evict (and sleep).  What does not fit
     // goes the per-page way, which evicts the pages this chunk placed.
@@ -381,6 +418,166 @@ pub(crate) fn to_device(
     }
     slow.sort_unstable();
     Ok((moved, slow))
+}
+
+/// Write-protects the CPU's mappings of `len` bytes at `va` in `vma`: their next write faults,
+/// and drops the pages' read-only copies first (`gm_cpu_write_collapse()`).
+pub(crate) fn write_protect(vma: &VmaRef, va: usize, len: usize) {
+    // SAFETY: the caller holds the mmap lock (it has `vma`), as `gm_wrprotect_range()` needs;
+    // the range is within `vma`.
+    unsafe { bindings::gm_wrprotect_range(vma.as_ptr(), va as c_ulong, (va + len) as c_ulong) };
+}
+
+/// Gives the context's device read-only copies of the `n` read-mostly pages of one chunk at
+/// `start` (all in `vma`) and maps them there, the pages staying in host memory (see
+/// "Read-only copies" in `crate::lpt`, and `crate::fault::read_copy`, the per-page way): one
+/// pin, one write protection and one device call per run of pages, one notifier check for the
+/// chunk.  Returns how many pages were copied, and the pages left to the per-page way, in
+/// address order: pages not present in host memory, on a device, parked or busy, pages with a
+/// claimed copy or a copy on this device already, and pages an invalidation raced with.
+pub(crate) fn copy_run(
+    this: &AddressSpace,
+    mm: &MmWithUser,
+    ctx: &dyn DeviceOps,
+    vma: &VmaRef,
+    start: usize,
+    n: usize,
+) -> Result<(usize, KVec<usize>)> {
+    let first = start / PAGE_SIZE;
+    let window = this.window(start)?;
+    let dev = ctx.id();
+    // A page a forked child has from its parent has no entry.
+    let (mut slots, mut slow) = chunk_slots(this, first, n, |seen| {
+        matches!(seen, None | Some((Residency::Host, false)))
+    })?;
+    // Pin the present host pages; the others go the per-page way, which faults them in.
+    let pinned_at = window.read_begin();
+    pin_slots(mm, &mut slots, |_| Ok(()))?;
+    // Device pages, before any claim (allocating may evict and sleep).
+    for s in slots.iter_mut().filter(|s| s.host.is_some()) {
+        match ctx.alloc_page() {
+            Ok(pfn) => s.pfn = Some(pfn),
+            Err(_) => break,
+        }
+    }
+
+    // The page's claim, then a claimed entry for its copy.  Copies that are not claimed have
+    // lived through no invalidation, so the CPU maps the page read-only; a claimed one may
+    // have (its holder drops it): such a page goes the per-page way, which waits.
+    let mut moves = KVec::with_capacity(slots.len(), GFP_KERNEL)?;
+    for s in slots.iter_mut() {
+        if s.pfn.is_some() {
+            let still_mapped = || {
+                s.host
+                    .as_ref()
+                    .is_some_and(|h| h.still_mapped(mm, s.vpn * PAGE_SIZE))
+            };
+            if let Some(home) = this
+                .claim_since(s.vpn, s.seen, &pinned_at, still_mapped)
+                .ok()
+                .flatten()
+            {
+                let (held, busy) = this.lpt.copies_of(s.vpn);
+                let copy = match busy {
+                    false => this.lpt.claim_new_copy(s.vpn, dev).ok().flatten(),
+                    true => None,
+                };
+                if copy.is_some() {
+                    (s.claim, s.copy, s.held) = (Some(home), copy, held);
+                } else {
+                    this.lpt.end_claim(home, Residency::Host);
+                }
+            }
+        }
+        if s.copy.is_none() {
+            if let Some(pfn) = s.pfn.take() {
+                ctx.free(DevicePage { dev, pfn });
+            }
+            s.host = None;
+            // Cannot fail: `slow` has room for the whole chunk.
+            let _ = slow.push_within_capacity(s.vpn);
+        }
+    }
+
+    // The first copy of a page write-protects it: one protection change per run.
+    for_each_run(
+        &slots,
+        |s| s.copy.is_some() && s.held == 0,
+        |i, len| write_protect(vma, slots[i].vpn * PAGE_SIZE, len * PAGE_SIZE),
+    );
+    let seq = window.read_begin();
+    let mut result = Ok(());
+    let mut at = 0;
+    while let Some((i, len)) = next_run(&slots, at, |s| s.copy.is_some()) {
+        at = i + len;
+        moves.clear();
+        for s in &slots[i..i + len] {
+            // Cannot fail: `moves` has room for every slot.
+            let _ = moves.push_within_capacity(bindings::gm_move {
+                pfn: s.pfn.unwrap_or(0),
+                page: s.host.as_ref().map_or(ptr::null_mut(), |p| p.as_ptr()),
+            });
+        }
+        if let Err(e) = ctx.place_run(slots[i].vpn * PAGE_SIZE, &moves, bindings::GM_PROT_READ) {
+            // Nothing of the run is mapped: its copies go, and their pages stay home.
+            for s in &mut slots[i..i + len] {
+                if let Some(copy) = s.copy.take() {
+                    this.lpt.erase_claimed(copy);
+                }
+                if let Some(home) = s.claim.take() {
+                    this.lpt.end_claim(home, Residency::Host);
+                }
+                if let Some(pfn) = s.pfn.take() {
+                    ctx.free(DevicePage { dev, pfn });
+                }
+            }
+            result = Err(e);
+        }
+    }
+    for s in slots.iter_mut() {
+        s.host = None;
+    }
+
+    // Record the copies, with one notifier check for the chunk.
+    let space = ptr::from_ref(this) as usize;
+    for s in slots.iter().filter(|s| s.copy.is_some()) {
+        if let Some(pfn) = s.pfn {
+            ctx.moved(DevicePage { dev, pfn }, space, s.vpn);
+        }
+    }
+    let mut copied = 0;
+    {
+        let mut guard = this.lpt.lock();
+        let changed = this.changed(&guard, &seq);
+        for s in slots.iter_mut() {
+            let (Some(copy), Some(pfn)) = (s.copy.take(), s.pfn) else {
+                continue;
+            };
+            let page = DevicePage { dev, pfn };
+            s.done = if changed {
+                this.lpt.erase_claimed_locked(&mut guard, copy);
+                false
+            } else {
+                LogicalPageTable::end_claim_locked(&mut guard, copy, Residency::Device(page))
+            };
+            if let Some(home) = s.claim.take() {
+                LogicalPageTable::end_claim_locked(&mut guard, home, Residency::Host);
+            }
+            copied += usize::from(s.done);
+        }
+    }
+    this.lpt.wake();
+    for s in slots.iter_mut().filter(|s| !s.done) {
+        if let Some(pfn) = s.pfn.take() {
+            // An invalidation ran meanwhile: copied again one by one.
+            ctx.unmap_va(s.vpn * PAGE_SIZE, PAGE_SIZE);
+            ctx.free(DevicePage { dev, pfn });
+            slow.push(s.vpn, GFP_KERNEL)?;
+        }
+    }
+    result?;
+    slow.sort_unstable();
+    Ok((copied, slow))
 }
 
 /// Ends `claim` after a failed move: the page lives `now` (where its data still is).  If the
@@ -670,12 +867,8 @@ mod tests {
 
     fn slot(vpn: usize, done: bool) -> Slot {
         Slot {
-            vpn,
-            seen: None,
-            host: None,
-            pfn: None,
-            claim: None,
             done,
+            ..Slot::new(vpn, None)
         }
     }
 
