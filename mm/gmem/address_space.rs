@@ -755,6 +755,14 @@ impl PinnedDrop for AddressSpace {
         // An eviction that claimed one of our pages finishes (finding its entry gone) before
         // the address space may go.
         self.wait_moves();
+        // A copy an eviction held was left to it, and given back if it gave it a second
+        // chance: it goes now.
+        let mut batch = self.devices.batch();
+        self.lpt
+            .erase_copies(0, usize::MAX / PAGE_SIZE + 1, None, |vpn, page| {
+                batch.push(vpn * PAGE_SIZE, page)
+            });
+        drop(batch);
         // Pins go back to their devices (exit did it already, through the notifiers).
         let mut unpin = self.unpin();
         self.policy.unmap(0, usize::MAX / PAGE_SIZE + 1, &mut unpin);
@@ -1182,11 +1190,11 @@ mod tests {
     fn every_invalidation_drops_read_only_copies() -> Result {
         let (this, fake) = setup()?;
         // Page 10 has a copy on the device (pfn 30); one of page 13 is being made.
-        let copy = this.lpt.claim_new_copy(10, 4)?.expect("no copy yet");
+        let (copy, _) = this.lpt.claim_new_copy(10, 4)?.expect("no copy yet");
         assert!(this
             .lpt
             .end_claim(copy, Residency::Device(DevicePage { dev: 4, pfn: 30 })));
-        let making = this.lpt.claim_new_copy(13, 4)?.expect("no copy yet");
+        let (making, _) = this.lpt.claim_new_copy(13, 4)?.expect("no copy yet");
         assert_eq!(this.lpt.copies(), 2);
         // The OOM reaper cannot wait for the device: refused, nothing changed.
         assert!(!notify(

@@ -804,17 +804,18 @@ fn end_copy(
 ) -> bool {
     let kept = {
         let mut guard = this.lpt.lock();
-        let fresh = seq.is_some_and(|seq| !this.changed(&guard, &seq));
-        let kept = if fresh {
+        // A page dropped meanwhile (`MADV_DONTNEED`) keeps no copy: its next CPU access
+        // faults in a new page, with no write-protect fault to drop the copy.
+        let home_kept = home.is_none_or(|home| {
+            LogicalPageTable::end_claim_locked(&mut guard, home, Residency::Host)
+        });
+        let fresh = home_kept && seq.is_some_and(|seq| !this.changed(&guard, &seq));
+        if fresh {
             LogicalPageTable::end_claim_locked(&mut guard, copy, Residency::Device(page))
         } else {
             this.lpt.erase_claimed_locked(&mut guard, copy);
             false
-        };
-        if let Some(home) = home {
-            LogicalPageTable::end_claim_locked(&mut guard, home, Residency::Host);
         }
-        kept
     };
     this.lpt.wake();
     if !kept {
@@ -854,9 +855,10 @@ pub(crate) fn read_copy(
             }
             _ => {}
         }
-        // A copy the device has already: mapped again.
+        // A copy the device has already: mapped again.  The sequence is read first: an
+        // invalidation that drops copies while this one is claimed leaves it to this fault.
+        let seq = window.read_begin();
         if let Some((copy, page)) = this.lpt.claim_copy(vpn, ctx.id(), None) {
-            let seq = window.read_begin();
             let mapped = ctx.map(va, page.pfn, prot);
             let seq = mapped.is_ok().then_some(seq);
             if end_copy(this, ctx, va, copy, page, seq, None) {
@@ -868,30 +870,32 @@ pub(crate) fn read_copy(
         // A new copy, of the host page (faulted in, which brings a page home from a device).
         let pinned = window.read_begin();
         let host = PinnedPage::fault_in(mm, va, false)?;
-        // A page a forked child has from its parent has no entry: a host page all the same.
+        // A page a forked child has from its parent has no entry, and one whose fault gave
+        // up is nowhere: host pages all the same, now that the CPU maps them.
         let seen = this.lpt.residency(vpn);
-        if !matches!(seen, None | Some(Residency::Host)) {
+        if !matches!(seen, None | Some(Residency::Host | Residency::Nowhere)) {
             // Moved meanwhile.
             continue;
         }
         let pfn = ctx.alloc_page()?;
         let page = DevicePage { dev: ctx.id(), pfn };
         let still_mapped = || host.still_mapped(mm, va);
-        let Some(home) = this.claim_since(vpn, seen, &pinned, still_mapped)? else {
-            ctx.free(page);
-            this.wait_discarded(vpn);
-            continue;
+        let home = match this.claim_since(vpn, seen, &pinned, still_mapped) {
+            Ok(Some(home)) => home,
+            Ok(None) => {
+                ctx.free(page);
+                this.wait_discarded(vpn);
+                continue;
+            }
+            Err(e) => {
+                ctx.free(page);
+                return Err(e);
+            }
         };
         // Copies that are not claimed have lived through no invalidation: the CPU maps the
         // page read-only.  A claimed one may have (its holder drops it): wait for it.
-        let (held, busy) = this.lpt.copies_of(vpn);
-        let copy = if busy {
-            Ok(None)
-        } else {
-            this.lpt.claim_new_copy(vpn, ctx.id())
-        };
-        let copy = match copy {
-            Ok(Some(copy)) => copy,
+        let (copy, held) = match this.lpt.claim_new_copy(vpn, ctx.id()) {
+            Ok(Some(made)) => made,
             Ok(None) => {
                 this.lpt.end_claim(home, Residency::Host);
                 ctx.free(page);
@@ -904,7 +908,10 @@ pub(crate) fn read_copy(
                 return Err(e);
             }
         };
-        if held == 0 {
+        // Only if it is writable: the protection change is an invalidation of the whole
+        // window, which sends the other copies being made there back to start again (this
+        // page's own, dropped by one, comes here with the page read-only already).
+        if held == 0 && PinnedPage::writable(mm, va) {
             write_protect(vma, va, PAGE_SIZE);
         }
         let seq = window.read_begin();

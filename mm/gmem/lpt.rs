@@ -901,11 +901,30 @@ impl LogicalPageTable {
         self.copies.load(Ordering::Relaxed)
     }
 
-    /// Makes the entry of a copy of page `vpn` on device `dev`, claimed.  `None` if there is
-    /// one; `EINVAL` for a device without a slot (see [`device_slot`]).
-    pub(crate) fn claim_new_copy(&self, vpn: usize, dev: DeviceId) -> Result<Option<Claim>> {
+    /// Makes the entry of a copy of page `vpn` on device `dev`, claimed: the claim, and how
+    /// many other copies the page has.  `None` if the device has one, or another copy of the
+    /// page is claimed (being made, mapped again or evicted: it may have lived through an
+    /// invalidation, and its holder drops it).  `EINVAL` for a device without a slot (see
+    /// [`device_slot`]).
+    ///
+    /// The others are counted once the new entry is in the table: from then on a CPU write
+    /// waits, so copies counted then, not claimed, are copies of a page the CPU maps read-only.
+    pub(crate) fn claim_new_copy(
+        &self,
+        vpn: usize,
+        dev: DeviceId,
+    ) -> Result<Option<(Claim, usize)>> {
         let slot = device_slot(dev).ok_or(EINVAL)?;
-        self.claim_new(copy_index(vpn, slot))
+        let Some(claim) = self.claim_new(copy_index(vpn, slot))? else {
+            return Ok(None);
+        };
+        let mut guard = self.lock();
+        let (count, busy) = Self::copies_locked(&guard, vpn);
+        if busy > 1 {
+            self.erase_claimed_locked(&mut guard, claim);
+            return Ok(None);
+        }
+        Ok(Some((claim, count - 1)))
     }
 
     /// Claims the copy of page `vpn` on device `dev` if there is one, not claimed, and it is
@@ -959,22 +978,22 @@ impl LogicalPageTable {
         self.copies_of(vpn).0 > 0
     }
 
-    /// How many copies page `vpn` has, and whether one of them is claimed.
-    pub(crate) fn copies_of(&self, vpn: usize) -> (usize, bool) {
+    /// How many copies page `vpn` has, and how many of them are claimed.
+    pub(crate) fn copies_of(&self, vpn: usize) -> (usize, usize) {
         if self.copies() == 0 {
-            return (0, false);
+            return (0, 0);
         }
         Self::copies_locked(&self.lock(), vpn)
     }
 
     /// [`LogicalPageTable::copies_of`] under the lock the caller holds.
-    fn copies_locked(guard: &Guard<'_, MappingBox>, vpn: usize) -> (usize, bool) {
+    fn copies_locked(guard: &Guard<'_, MappingBox>, vpn: usize) -> (usize, usize) {
         let first = copy_index(vpn, 0);
-        let (mut count, mut busy) = (0, false);
+        let (mut count, mut busy) = (0, 0);
         let mut next = first;
         while let Some((index, m)) = guard.find(next, first + COPY_SLOTS - 1) {
             count += 1;
-            busy |= m.busy();
+            busy += usize::from(m.busy());
             next = index + 1;
         }
         (count, busy)
@@ -1047,7 +1066,7 @@ impl LogicalPageTable {
 
     /// Sleeps while a copy of page `vpn` is claimed.
     pub(crate) fn wait_copies_unclaimed(&self, vpn: usize) {
-        self.wait_while(|lpt| Self::copies_locked(lpt, vpn).1);
+        self.wait_while(|lpt| Self::copies_locked(lpt, vpn).1 > 0);
     }
 
     /// Moves the entries of pages `from..from + count` to `to..to + count` (mremap).
@@ -1188,15 +1207,16 @@ mod tests {
             pfn: 30,
         };
         lpt.insert(5, Residency::Host)?;
-        assert_eq!(lpt.copies_of(5), (0, false));
-        for page in [a, b] {
-            let claim = lpt.claim_new_copy(5, page.dev)?.expect("no copy yet");
+        assert_eq!(lpt.copies_of(5), (0, 0));
+        for (held, page) in [a, b].into_iter().enumerate() {
+            let (claim, others) = lpt.claim_new_copy(5, page.dev)?.expect("no copy yet");
+            assert_eq!(others, held);
             // One copy per device; one being made counts, claimed.
             assert!(lpt.claim_new_copy(5, page.dev)?.is_none());
-            assert!(lpt.copies_of(5).1);
+            assert_eq!(lpt.copies_of(5), (held + 1, 1));
             assert!(lpt.end_claim(claim, Residency::Device(page)));
         }
-        assert_eq!(lpt.copies_of(5), (2, false));
+        assert_eq!(lpt.copies_of(5), (2, 0));
         assert_eq!((lpt.copies(), lpt.len()), (2, 1));
         assert!(lpt.has_copies(5) && !lpt.has_copies(4) && !lpt.has_copies(6));
         // The page's entry is untouched, and walks of pages do not see copies.
@@ -1208,6 +1228,11 @@ mod tests {
         assert!(lpt.claim_copy(5, a.dev, Some(b)).is_none());
         let (claim, page) = lpt.claim_copy(5, a.dev, None).expect("an idle copy");
         assert_eq!(page, a);
+        // While one is claimed, no other device makes a copy (it may be stale).
+        // SAFETY: as in `device_slot`.
+        let c = unsafe { bindings::nr_node_ids } as DeviceId + 3;
+        assert!(lpt.claim_new_copy(5, c)?.is_none());
+        assert_eq!(lpt.copies_of(5), (2, 1));
         let mut listed = KVec::new();
         lpt.for_each_copy(0, 10, |vpn, dev, page| {
             let _ = listed.push((vpn, dev, page), GFP_KERNEL);

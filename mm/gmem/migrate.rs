@@ -119,6 +119,13 @@ impl PinnedPage {
         self.0.as_ptr()
     }
 
+    /// Whether the CPU maps the page at `va` writable (present, and no write fault needed).
+    /// Never faults.
+    pub(crate) fn writable(mm: &MmWithUser, va: usize) -> bool {
+        let flags = bindings::FOLL_WRITE | bindings::FOLL_NOFAULT;
+        matches!(Self::get_flags(mm, va, flags, false), Ok(Some(_)))
+    }
+
     /// Whether this is still the page mapped at `va` (present; a page that is not present
     /// counts as another).  Never faults, so it may be asked with the page's entry claimed.
     pub(crate) fn still_mapped(&self, mm: &MmWithUser, va: usize) -> bool {
@@ -292,6 +299,8 @@ pub(crate) fn to_device(
         Ok(())
     })?;
 
+    // `moves` is allocated first: an error after the device pages would leak them.
+    let mut moves = KVec::with_capacity(slots.len(), GFP_KERNEL)?;
     // Device pages, before any claim: allocating may evict (and sleep).  What does not fit
     // goes the per-page way, which evicts the pages this chunk placed.
     for (k, s) in slots.iter_mut().enumerate() {
@@ -302,9 +311,8 @@ pub(crate) fn to_device(
         }
     }
 
-    // From the first claim on, nothing returns before every claimed entry is released.
-    // `moves` is allocated first: `slow` (capacity `n`) takes each page at most once more.
-    let mut moves = KVec::with_capacity(slots.len(), GFP_KERNEL)?;
+    // From the first claim on, nothing returns before every claimed entry is released:
+    // `slow` (capacity `n`) takes each page at most once more.
     let mut result = Ok(());
     for s in slots.iter_mut() {
         s.claim = match s.pfn {
@@ -450,9 +458,21 @@ pub(crate) fn copy_run(
     let (mut slots, mut slow) = chunk_slots(this, first, n, |seen| {
         matches!(seen, None | Some((Residency::Host, false)))
     })?;
+    // A page with a copy here already is mapped again the per-page way.
+    let here = this.lpt.copies_on(first, n, dev);
+    slots.retain(|s| {
+        let i = s.vpn - first;
+        let copied = here[i / 64] & (1 << (i % 64)) != 0;
+        if copied {
+            // Cannot fail: `slow` has room for the whole chunk.
+            let _ = slow.push_within_capacity(s.vpn);
+        }
+        !copied
+    });
     // Pin the present host pages; the others go the per-page way, which faults them in.
     let pinned_at = window.read_begin();
     pin_slots(mm, &mut slots, |_| Ok(()))?;
+    let mut moves = KVec::with_capacity(slots.len(), GFP_KERNEL)?;
     // Device pages, before any claim (allocating may evict and sleep).
     for s in slots.iter_mut().filter(|s| s.host.is_some()) {
         match ctx.alloc_page() {
@@ -464,7 +484,6 @@ pub(crate) fn copy_run(
     // The page's claim, then a claimed entry for its copy.  Copies that are not claimed have
     // lived through no invalidation, so the CPU maps the page read-only; a claimed one may
     // have (its holder drops it): such a page goes the per-page way, which waits.
-    let mut moves = KVec::with_capacity(slots.len(), GFP_KERNEL)?;
     for s in slots.iter_mut() {
         if s.pfn.is_some() {
             let still_mapped = || {
@@ -477,13 +496,8 @@ pub(crate) fn copy_run(
                 .ok()
                 .flatten()
             {
-                let (held, busy) = this.lpt.copies_of(s.vpn);
-                let copy = match busy {
-                    false => this.lpt.claim_new_copy(s.vpn, dev).ok().flatten(),
-                    true => None,
-                };
-                if copy.is_some() {
-                    (s.claim, s.copy, s.held) = (Some(home), copy, held);
+                if let Ok(Some((copy, held))) = this.lpt.claim_new_copy(s.vpn, dev) {
+                    (s.claim, s.copy, s.held) = (Some(home), Some(copy), held);
                 } else {
                     this.lpt.end_claim(home, Residency::Host);
                 }
@@ -554,15 +568,16 @@ pub(crate) fn copy_run(
                 continue;
             };
             let page = DevicePage { dev, pfn };
-            s.done = if changed {
+            // A page dropped meanwhile (`MADV_DONTNEED`) keeps no copy.
+            let home_kept = s.claim.take().is_some_and(|home| {
+                LogicalPageTable::end_claim_locked(&mut guard, home, Residency::Host)
+            });
+            s.done = if changed || !home_kept {
                 this.lpt.erase_claimed_locked(&mut guard, copy);
                 false
             } else {
                 LogicalPageTable::end_claim_locked(&mut guard, copy, Residency::Device(page))
             };
-            if let Some(home) = s.claim.take() {
-                LogicalPageTable::end_claim_locked(&mut guard, home, Residency::Host);
-            }
             copied += usize::from(s.done);
         }
     }

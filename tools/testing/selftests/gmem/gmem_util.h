@@ -443,8 +443,8 @@ static inline int gm_maps_parse_line(const char *s, struct gm_maps_line *l)
  * @lines (which may be NULL with @max 0).  Besides the format it checks
  * what the file promises: pieces page aligned (@page), not empty, in
  * increasing address order without overlap, and no more pages on a node
- * than the piece has, nor on all nodes together unless it is read-mostly.  Returns the number of lines, or -1 - the index
- * of the first wrong one.
+ * than the piece has, nor on all nodes together unless it is read-mostly.
+ * Returns the number of lines, or -1 - the index of the first wrong one.
  */
 static inline int gm_maps_parse(const char *text, struct gm_maps_line *lines,
 				int max, size_t page)
