@@ -369,10 +369,14 @@ impl Device {
 
     /// Sets how many pages of the memory may be used: `ENODEV` without memory, `EBUSY` below
     /// the pinned pages.
+    ///
+    /// The pinned count's lock is taken last of all GMEM's locks (a pin is charged under the
+    /// policy lock, which eviction takes under the device memory's): nothing here takes the
+    /// device memory's lock under it.
     pub(crate) fn set_limit(&self, pages: u64) -> Result {
         let memory = self.memory().ok_or(ENODEV)?;
         let pinned = self.pinned.lock();
-        if pages.min(memory.usage().pages) < *pinned {
+        if pages.min(memory.pages()) < *pinned {
             return Err(EBUSY);
         }
         memory.set_limit(pages);

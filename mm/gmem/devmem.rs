@@ -675,6 +675,11 @@ impl DeviceMemory {
         self.limit().saturating_sub(self.chunks.lock().used)
     }
 
+    /// The pages the memory has.  Takes no lock.
+    pub(crate) fn pages(&self) -> u64 {
+        self.pages
+    }
+
     /// How much memory there is and how much is in use.
     pub(crate) fn usage(&self) -> Usage {
         Usage {
