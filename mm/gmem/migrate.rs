@@ -191,6 +191,19 @@ fn next_run(slots: &[Slot], from: usize, pick: impl Fn(&Slot) -> bool) -> Option
     Some((i, len))
 }
 
+/// The moves of `run` (its device pages, and host pages where there are some) into `moves`,
+/// which has room for them.
+fn fill_moves(run: &[Slot], moves: &mut KVec<bindings::gm_move>) {
+    moves.clear();
+    for s in run {
+        // Cannot fail: the caller made room for every slot.
+        let _ = moves.push_within_capacity(bindings::gm_move {
+            pfn: s.pfn.unwrap_or(0),
+            page: s.host.as_ref().map_or(ptr::null_mut(), |p| p.as_ptr()),
+        });
+    }
+}
+
 /// Calls `f` on every run of [`next_run`].
 fn for_each_run(slots: &[Slot], pick: impl Fn(&Slot) -> bool, mut f: impl FnMut(usize, usize)) {
     let mut at = 0;
@@ -350,17 +363,7 @@ pub(crate) fn to_device(
     let mut at = 0;
     while let Some((i, len)) = next_run(&slots, at, |s| s.claim.is_some()) {
         at = i + len;
-        moves.clear();
-        for s in &slots[i..i + len] {
-            // Cannot fail: `moves` has room for every slot.
-            let _ = moves.push_within_capacity(bindings::gm_move {
-                pfn: s.pfn.unwrap_or(0),
-                page: s
-                    .host
-                    .as_ref()
-                    .map_or(core::ptr::null_mut(), |p| p.as_ptr()),
-            });
-        }
+        fill_moves(&slots[i..i + len], &mut moves);
         if let Err(e) = ctx.place_run(slots[i].vpn * PAGE_SIZE, &moves, prot) {
             // The device failed: the data stays in the host pages, parked.
             for s in &mut slots[i..i + len] {
@@ -524,14 +527,7 @@ pub(crate) fn copy_run(
     let mut at = 0;
     while let Some((i, len)) = next_run(&slots, at, |s| s.copy.is_some()) {
         at = i + len;
-        moves.clear();
-        for s in &slots[i..i + len] {
-            // Cannot fail: `moves` has room for every slot.
-            let _ = moves.push_within_capacity(bindings::gm_move {
-                pfn: s.pfn.unwrap_or(0),
-                page: s.host.as_ref().map_or(ptr::null_mut(), |p| p.as_ptr()),
-            });
-        }
+        fill_moves(&slots[i..i + len], &mut moves);
         if let Err(e) = ctx.place_run(slots[i].vpn * PAGE_SIZE, &moves, bindings::GM_PROT_READ) {
             // Nothing of the run is mapped: its copies go, and their pages stay home.
             for s in &mut slots[i..i + len] {

@@ -334,6 +334,15 @@ static int npu1_hnid(void)
 	return ret ? -1 : (int)info.hnid;
 }
 
+/* npu1, attached; the test fails if it cannot be. */
+static int open_npu1(struct __test_metadata *_metadata)
+{
+	int fd = npu_open_attached(1);
+
+	ASSERT_LE(0, fd) TH_LOG("%s: %s", npu_dev_path[1], strerror(errno));
+	return fd;
+}
+
 /* Errors: EINVAL or ENOMEM as for every advice, and nothing changes. */
 
 /* A node that is no node: negative, never online, past any device. */
@@ -1697,8 +1706,7 @@ TEST_F(policy, pin_moves_between_devices)
 		SKIP(return, NO_NPU, npu_dev_path[0]);
 	if (hnid1 < 0)
 		SKIP(return, NO_NPU, npu_dev_path[1]);
-	fd1 = npu_open_attached(1);
-	ASSERT_LE(0, fd1);
+	fd1 = open_npu1(_metadata);
 	p = map_range(_metadata, NPAGES, 32);
 	pinned0 = npu_pinned(self->hnid);
 	pinned1 = npu_pinned(hnid1);
@@ -1828,8 +1836,7 @@ TEST_F(policy, read_mostly_two_npus)
 		SKIP(return, NO_NPU, npu_dev_path[0]);
 	if (hnid1 < 0)
 		SKIP(return, NO_NPU, npu_dev_path[1]);
-	fd1 = npu_open_attached(1);
-	ASSERT_LE(0, fd1);
+	fd1 = open_npu1(_metadata);
 	p = map_range(_metadata, NPAGES, 52);
 	advise(_metadata, GM_NODE_ALL, p, 0, NPAGES, MADV_READ_MOSTLY);
 	ASSERT_EQ(0, npu_stats(self->fd, &s0));
