@@ -666,30 +666,48 @@ impl AddressSpace {
     }
 
     /// Drops the read-only copies (`MADV_READ_MOSTLY`) of the pages of `start..end`
-    /// (addresses) on every device: each device that holds some loses its mappings of the
-    /// range first (device pages of the range go too; their next use maps them again), then
-    /// the copies are freed.  Claimed copies (being made, mapped again or evicted) are
-    /// unmapped too, and their holders drop them.  `false` (nothing done) if there are some
-    /// and the caller may not sleep.
+    /// (addresses) on every device: each copy is claimed, unmapped from its device, and only
+    /// then freed with its entry.  The devices of claimed copies (being made, mapped again or
+    /// evicted) lose their mappings of the range (device pages of the range go too; their
+    /// next use maps them again), and the holders drop those copies.  `false` (nothing done)
+    /// if there are some and the caller may not sleep.
     ///
-    /// Unmapped before their entries go: a CPU write waits while a page has a copy entry
-    /// (`gm_cpu_write_shared()`), so no device reads a copy once the CPU may write the page.
+    /// An entry goes only once its copy is unmapped, and while it is there a CPU write waits
+    /// (`gm_cpu_write_shared()`): no device reads a copy once the CPU may write the page.  And
+    /// the claim keeps a device fault from mapping the copy again meanwhile, which would
+    /// leave it mapped, and freed, behind the unmap.
     pub(crate) fn drop_copies(&self, start: usize, end: usize, blockable: bool) -> bool {
         let (first, last) = (start / PAGE_SIZE, end.div_ceil(PAGE_SIZE));
-        let mut holders = 0u64;
-        self.lpt
-            .for_each_copy(first, last, |_, dev, _| holders |= device_bit(dev));
-        if holders == 0 {
+        let (mut any, mut holders) = (false, 0u64);
+        self.lpt.for_each_copy(first, last, |_, dev, page| {
+            any = true;
+            if page.is_none() {
+                holders |= device_bit(dev);
+            }
+        });
+        if !any {
             return true;
         }
-        if !self.unmap_on(holders, start, end, blockable) {
+        if !blockable {
             return false;
         }
-        let mut batch = self.devices.batch();
-        self.lpt.erase_copies(first, last, None, |vpn, page| {
-            batch.push(vpn * PAGE_SIZE, page)
-        });
+        // The devices of claimed copies may have mapped them already: their holders drop
+        // them (an invalidation ran since they began) or a collapse waits for them.
+        self.unmap_on(holders, start, end, true);
+        self.erase_copies(first, last);
         true
+    }
+
+    /// Removes the copies of pages `first..last` that are not claimed from their devices
+    /// and frees them (see [`LogicalPageTable::erase_copies`]).
+    fn erase_copies(&self, first: usize, last: usize) {
+        self.lpt.erase_copies(
+            first,
+            last,
+            None,
+            |pages| self.devices.unmap_pages(pages),
+            |pages| self.devices.free_pages(pages),
+        );
     }
 
     /// Drops the copies of page `vpn` before the CPU writes it (`gm_cpu_write_collapse()`),
@@ -746,23 +764,13 @@ impl PinnedDrop for AddressSpace {
         // Exit already dropped everything through MMU_NOTIFY_RELEASE; this catches an address
         // space that never saw its mm's exit (a fork that failed half-way).
         self.drop_range(0, usize::MAX, |_| true);
-        let mut batch = self.devices.batch();
-        self.lpt
-            .erase_copies(0, usize::MAX / PAGE_SIZE + 1, None, |vpn, page| {
-                batch.push(vpn * PAGE_SIZE, page)
-            });
-        drop(batch);
+        self.erase_copies(0, usize::MAX / PAGE_SIZE + 1);
         // An eviction that claimed one of our pages finishes (finding its entry gone) before
         // the address space may go.
         self.wait_moves();
         // A copy an eviction held was left to it, and given back if it gave it a second
         // chance: it goes now.
-        let mut batch = self.devices.batch();
-        self.lpt
-            .erase_copies(0, usize::MAX / PAGE_SIZE + 1, None, |vpn, page| {
-                batch.push(vpn * PAGE_SIZE, page)
-            });
-        drop(batch);
+        self.erase_copies(0, usize::MAX / PAGE_SIZE + 1);
         // Pins go back to their devices (exit did it already, through the notifiers).
         let mut unpin = self.unpin();
         self.policy.unmap(0, usize::MAX / PAGE_SIZE + 1, &mut unpin);
@@ -1217,7 +1225,7 @@ mod tests {
         ));
         let ops = fake.take_ops();
         let at = |op: Op| ops.iter().position(|&o| o == op);
-        let unmapped = at(Op::Unmap(10 * PAGE_SIZE, 10)).expect("copy unmapped");
+        let unmapped = at(Op::Unmap(10 * PAGE_SIZE, 30)).expect("copy unmapped");
         assert!(unmapped < at(Op::Free(30)).expect("copy freed"));
         assert!(at(Op::Unmap(13 * PAGE_SIZE, 13)).is_some());
         assert!(!this.lpt.has_copies(10) && this.lpt.has_copies(13));
@@ -1227,6 +1235,47 @@ mod tests {
         // The pages stay where they are.
         assert_eq!(this.lpt.residency(10), Some(Residency::Host));
         assert_eq!(this.lpt.len(), 4);
+        Ok(())
+    }
+
+    /// How often [`map_copy_again`] got the copy it tried to map again.
+    static MAPPED_AGAIN: AtomicUsize = AtomicUsize::new(0);
+
+    /// A device fault that maps the copy of page 10 on device 4 again, as `read_copy()` does,
+    /// if it can claim it: a probe of the fake device (`arg` is the address space).
+    fn map_copy_again(arg: usize) {
+        // SAFETY: the test that sets the probe clears it before its address space goes.
+        let this = unsafe { &*(arg as *const AddressSpace) };
+        if let Some((copy, page)) = this.lpt.claim_copy(10, 4, None) {
+            MAPPED_AGAIN.fetch_add(1, Ordering::Relaxed);
+            assert!(this.lpt.end_claim(copy, Residency::Device(page)));
+        }
+    }
+
+    #[test]
+    fn a_copy_being_dropped_is_not_mapped_again() -> Result {
+        let (this, fake) = setup()?;
+        let (copy, _) = this.lpt.claim_new_copy(10, 4)?.expect("no copy yet");
+        assert!(this
+            .lpt
+            .end_claim(copy, Residency::Device(DevicePage { dev: 4, pfn: 30 })));
+        // A CPU write collapses the copy while the device faults on it: the fault may not map
+        // it again between its unmap and its end.
+        MAPPED_AGAIN.store(0, Ordering::Relaxed);
+        fake.set_probe(Some((
+            map_copy_again,
+            core::ptr::from_ref::<AddressSpace>(&this) as usize,
+        )));
+        this.collapse(10);
+        fake.set_probe(None);
+        assert_eq!(MAPPED_AGAIN.load(Ordering::Relaxed), 0);
+        assert!(!this.lpt.has_copies(10));
+        assert_eq!(
+            fake.take_ops(),
+            [Op::Unmap(10 * PAGE_SIZE, 30), Op::Free(30)]
+        );
+        // The page stays home.
+        assert_eq!(this.lpt.residency(10), Some(Residency::Host));
         Ok(())
     }
 

@@ -223,11 +223,13 @@ impl Context {
         );
         // So are its read-only copies (the host holds the data).  Evictions are over, and a
         // copy being made now is one of the device's own faults, which its driver stopped.
-        this.lpt
-            .erase_copies(0, usize::MAX / PAGE_SIZE + 1, Some(id), |vpn, page| {
-                self.unmap(vpn * PAGE_SIZE, page);
-                self.free(page);
-            });
+        this.lpt.erase_copies(
+            0,
+            usize::MAX / PAGE_SIZE + 1,
+            Some(id),
+            |pages| self.unmap_many(pages),
+            |pages| pages.iter().for_each(|&(_, page)| self.free(page)),
+        );
         this.devices.detach(id);
     }
 }

@@ -619,6 +619,37 @@ impl DeviceList {
         self.devices.lock().iter().find(|d| d.id() == id).cloned()
     }
 
+    /// Calls `f(device, run)` for each run of `pages` (`(address, page)` pairs) of one
+    /// attached device: a range's pages are almost always one device's.  The pages of a
+    /// device that is no longer attached are skipped: they were freed when it detached.
+    fn each_device(
+        &self,
+        pages: &[(usize, DevicePage)],
+        mut f: impl FnMut(&dyn DeviceOps, &[(usize, DevicePage)]),
+    ) {
+        let mut start = 0;
+        while start < pages.len() {
+            let dev = pages[start].1.dev;
+            let len = pages[start..].iter().take_while(|p| p.1.dev == dev).count();
+            if let Some(device) = self.get(dev) {
+                f(&*device, &pages[start..start + len]);
+            }
+            start += len;
+        }
+    }
+
+    /// Removes `pages` (`(address, page)` pairs) from their devices' page tables.
+    pub(crate) fn unmap_pages(&self, pages: &[(usize, DevicePage)]) {
+        self.each_device(pages, |device, run| device.unmap_many(run));
+    }
+
+    /// Frees `pages` (`(address, page)` pairs), unmapped already.
+    pub(crate) fn free_pages(&self, pages: &[(usize, DevicePage)]) {
+        self.each_device(pages, |device, run| {
+            run.iter().for_each(|&(_, p)| device.free(p))
+        });
+    }
+
     /// Gives device pages back to their devices, batched (see [`ReleaseBatch`]).
     pub(crate) fn batch(&self) -> ReleaseBatch<'_> {
         ReleaseBatch {
@@ -652,17 +683,10 @@ impl ReleaseBatch<'_> {
     }
 
     fn flush(&mut self) {
-        let pages = &self.pages[..self.count];
-        let mut start = 0;
-        // One call per run of pages of one device (a range is almost always one device's).
-        while start < pages.len() {
-            let dev = pages[start].1.dev;
-            let len = pages[start..].iter().take_while(|p| p.1.dev == dev).count();
-            if let Some(device) = self.list.get(dev) {
-                device.release_many(&pages[start..start + len]);
-            }
-            start += len;
-        }
+        self.list
+            .each_device(&self.pages[..self.count], |device, run| {
+                device.release_many(run)
+            });
         self.count = 0;
     }
 }
@@ -680,6 +704,9 @@ pub(crate) mod fake {
     use super::*;
     use kernel::{new_mutex, sync::Mutex};
 
+    /// What a [`FakeDevice`] calls at each unmap: `f(arg)`.
+    pub(crate) type Probe = (fn(usize), usize);
+
     /// One operation a [`FakeDevice`] received.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub(crate) enum Op {
@@ -696,6 +723,10 @@ pub(crate) mod fake {
         pub(crate) failing_pfn: u64,
         #[pin]
         ops: Mutex<KVec<Op>>,
+        /// Called with its argument at each unmap, as the unmap begins: what another thread
+        /// does meanwhile (see [`FakeDevice::set_probe`]).
+        #[pin]
+        probe: Mutex<Option<Probe>>,
     }
 
     impl FakeDevice {
@@ -705,6 +736,7 @@ pub(crate) mod fake {
                     id,
                     failing_pfn,
                     ops <- new_mutex!(KVec::new(), "gmem_fake_device"),
+                    probe <- new_mutex!(None, "gmem_fake_device_probe"),
                 }),
                 GFP_KERNEL,
             )
@@ -712,6 +744,18 @@ pub(crate) mod fake {
 
         fn record(&self, op: Op) {
             let _ = self.ops.lock().push(op, GFP_KERNEL);
+        }
+
+        /// Makes each unmap call `f(arg)` first (`None`: nothing).
+        pub(crate) fn set_probe(&self, probe: Option<Probe>) {
+            *self.probe.lock() = probe;
+        }
+
+        fn probe(&self) {
+            let probe = *self.probe.lock();
+            if let Some((f, arg)) = probe {
+                f(arg);
+            }
         }
 
         /// Takes the operations received so far.
@@ -727,6 +771,7 @@ pub(crate) mod fake {
         }
 
         fn unmap_va(&self, va: usize, len: usize) {
+            self.probe();
             let mut ops = self.ops.lock();
             for k in 0..len / PAGE_SIZE {
                 let va = va + k * PAGE_SIZE;
@@ -750,6 +795,7 @@ pub(crate) mod fake {
         }
 
         fn unmap(&self, va: usize, page: DevicePage) {
+            self.probe();
             self.record(Op::Unmap(va, page.pfn));
         }
 

@@ -41,7 +41,7 @@ use kernel::{
     error::to_result,
     ffi::{c_int, c_void},
     new_condvar, new_spinlock,
-    page::{BorrowedPage, Page},
+    page::{BorrowedPage, Page, PAGE_SIZE},
     prelude::*,
     sync::{
         atomic::{Atomic, Relaxed},
@@ -1026,41 +1026,73 @@ impl LogicalPageTable {
     }
 
     /// Removes the copies of pages `start..end` that are not claimed (only device `dev`'s, if
-    /// given) and calls `released(vpn, page)`, without the lock, for each: the caller unmapped
-    /// them from their devices before, and frees them.  Returns how many copies of the range
-    /// (of `dev`) are claimed: their holders end them.
+    /// given), `WALK_BATCH` at a time: each batch is claimed, then `unmap(pages)` is called
+    /// with their `(address, page)` pairs, without the lock, to remove them from their
+    /// devices, then the entries go and `released(pages)` is called, without the lock: the
+    /// caller frees them.  Returns how many copies of the range (of `dev`) were
+    /// claimed by others: their holders end them.
+    ///
+    /// Claimed while their devices unmap them: a CPU write still waits for them
+    /// ([`LogicalPageTable::has_copies`]), and no device maps one again meanwhile, which
+    /// would leave it mapped once its entry is gone.
     pub(crate) fn erase_copies(
         &self,
         start: usize,
         end: usize,
         dev: Option<DeviceId>,
-        mut released: impl FnMut(usize, DevicePage),
+        mut unmap: impl FnMut(&[(usize, DevicePage)]),
+        mut released: impl FnMut(&[(usize, DevicePage)]),
     ) -> usize {
         if self.copies() == 0 || start >= end {
             return 0;
         }
+        let last = copy_index(end, 0);
+        let mut next = copy_index(start, 0);
         let mut claimed = 0;
-        self.walk(
-            copy_index(start, 0),
-            copy_index(end, 0),
-            |guard, index, residency| {
-                if dev.is_some_and(|d| d != slot_device((index - COPY_BASE) % COPY_SLOTS)) {
-                    return None;
+        while next < last {
+            let none = DevicePage { dev: 0, pfn: 0 };
+            let mut pages = [(0, none); WALK_BATCH];
+            let mut claims = [const { None }; WALK_BATCH];
+            let mut count = 0;
+            {
+                let mut guard = self.lock();
+                while count < WALK_BATCH {
+                    let Some((index, _)) = guard.find(next, last - 1) else {
+                        next = last;
+                        break;
+                    };
+                    next = index + 1;
+                    let at = index - COPY_BASE;
+                    if dev.is_some_and(|d| d != slot_device(at % COPY_SLOTS)) {
+                        continue;
+                    }
+                    let Some(m) = guard.get_mut(index) else {
+                        continue;
+                    };
+                    match m.residency() {
+                        Residency::Device(page) if !m.busy() => {
+                            pages[count] = ((at / COPY_SLOTS) * PAGE_SIZE, page);
+                            claims[count] = Some(self.take(m, index));
+                            count += 1;
+                        }
+                        _ => claimed += 1,
+                    }
                 }
-                if !matches!(residency, Residency::Device(_)) {
-                    claimed += 1;
-                    return None;
+            }
+            if count == 0 {
+                continue;
+            }
+            unmap(&pages[..count]);
+            {
+                let mut guard = self.lock();
+                for claim in claims.iter_mut().filter_map(Option::take) {
+                    // Nobody else ends a claim: the entry is still the claim's.
+                    self.erase_claimed_locked(&mut guard, claim);
                 }
-                drop(guard.remove(index));
-                self.account(index, -1);
-                Some(residency)
-            },
-            |index, residency| {
-                if let Residency::Device(page) = residency {
-                    released((index - COPY_BASE) / COPY_SLOTS, page);
-                }
-            },
-        );
+            }
+            self.wake();
+            released(&pages[..count]);
+        }
         claimed
     }
 
@@ -1160,7 +1192,7 @@ impl PinnedDrop for LogicalPageTable {
 #[kunit_tests(gmem_lpt)]
 mod tests {
     use super::*;
-    use kernel::{alloc::KVec, page::PAGE_SIZE};
+    use kernel::alloc::KVec;
 
     fn table() -> Result<Pin<KBox<LogicalPageTable>>> {
         KBox::pin_init(LogicalPageTable::new(), GFP_KERNEL)
@@ -1240,12 +1272,31 @@ mod tests {
         assert_eq!(&listed[..], &[(5, a.dev, None), (5, b.dev, Some(b))]);
         // A claimed copy is left to its holder; a device's copies can be taken alone.
         let mut freed = KVec::new();
-        let mut free = |_: usize, p: DevicePage| {
-            let _ = freed.push(p, GFP_KERNEL);
+        let mut free = |pages: &[(usize, DevicePage)]| {
+            for &(_, p) in pages {
+                let _ = freed.push(p, GFP_KERNEL);
+            }
         };
-        assert_eq!(lpt.erase_copies(0, 10, Some(a.dev), &mut free), 1);
-        assert_eq!(lpt.erase_copies(0, 10, Some(b.dev), &mut free), 0);
-        assert_eq!(lpt.erase_copies(0, 10, None, &mut free), 1);
+        let mut unmapped = KVec::new();
+        let mut unmap = |pages: &[(usize, DevicePage)]| {
+            for &(va, p) in pages {
+                // Claimed while its device unmaps it: no fault maps it again, and a CPU write
+                // still waits for it.
+                assert!(lpt.claim_copy(va / PAGE_SIZE, p.dev, None).is_none());
+                assert_eq!(lpt.copies_of(va / PAGE_SIZE), (2, 2));
+                let _ = unmapped.push((va, p), GFP_KERNEL);
+            }
+        };
+        assert_eq!(
+            lpt.erase_copies(0, 10, Some(a.dev), &mut unmap, &mut free),
+            1
+        );
+        assert_eq!(
+            lpt.erase_copies(0, 10, Some(b.dev), &mut unmap, &mut free),
+            0
+        );
+        assert_eq!(lpt.erase_copies(0, 10, None, &mut unmap, &mut free), 1);
+        assert_eq!(&unmapped[..], &[(5 * PAGE_SIZE, b)]);
         assert_eq!(&freed[..], &[b]);
         assert!(lpt.erase_claimed(claim));
         assert_eq!((lpt.copies(), lpt.len()), (0, 1));
