@@ -39,7 +39,8 @@ use crate::{
     device::{DeviceList, DeviceOps},
     lpt::{Claim, DevicePage, LogicalPageTable, ParkedPage, Residency},
     migrate::{
-        copy_run, end_failed, host_after_failure, to_device, write_protect, PinnedPage, CHUNK_PAGES,
+        copy_run, end_failed, host_after_failure, map_run_in_place, to_device, write_protect,
+        PinnedPage, CHUNK_PAGES,
     },
     thrash, trace,
 };
@@ -296,9 +297,12 @@ pub(crate) fn dev_fault(
                     }
                 }
             }
-            for off in mapped.iter() {
-                if map_in_place(this, mm, ctx, vma, va + off * PAGE_SIZE, prot)? {
-                    moved += 1;
+            for (off, len) in mapped.runs() {
+                let (_, slow) = map_run_in_place(this, mm, ctx, va + off * PAGE_SIZE, len, prot)?;
+                for vpn in slow {
+                    if map_in_place(this, mm, ctx, vma, vpn * PAGE_SIZE, prot)? {
+                        moved += 1;
+                    }
                 }
             }
             for (off, len) in copied.runs() {
@@ -577,11 +581,12 @@ pub(crate) fn dev_fault_batch(
         };
         // Pages the device accesses in place are mapped where they are, not moved; so are
         // the pages that thrash, on a device that can (another one moves them as before).
-        let mut in_place = if ctx.maps_host() {
+        let accessed = if ctx.maps_host() {
             BlockPages(this.policy.accessed_in_place(base, CHUNK_PAGES, ctx.id()))
         } else {
             BlockPages::default()
         };
+        let mut in_place = accessed;
         let thrashing = thrashing_pages(this, base, CHUNK_PAGES);
         let hot = thrashing.and(faulted).and_not(in_place);
         if hot.count() > 0 {
@@ -624,13 +629,35 @@ pub(crate) fn dev_fault_batch(
         }
         served += faulted.count();
         prefetched += extra;
-        for w in group.iter_mut() {
-            if w.status == 0 && in_place.has(w.vpn - base) {
-                let result = map_in_place(this, mm, ctx, vma, w.vpn * PAGE_SIZE, prot);
-                w.status = result.err().map_or(0, |e| e.to_errno());
+        // Density prefetch maps all the block's pages that the device accesses in place
+        // where the CPU maps them, and the ones that thrash, if it can.
+        let map_plan = if threshold == 0 {
+            in_place.and(faulted)
+        } else {
+            let mut widen = accessed;
+            if ctx.maps_host() {
+                widen = widen.or(thrashing);
             }
-        }
-        copy_block(this, mm, ctx, vma, base, copy_plan, copied, group);
+            let mut vma_pages = BlockPages::default();
+            vma_pages.set_range(lo - base, hi - base);
+            in_place.and(faulted).or(widen.and(vma_pages))
+        };
+        serve_runs(
+            base,
+            map_plan,
+            in_place.and(faulted),
+            group,
+            |va, len| map_run_in_place(this, mm, ctx, va, len, prot),
+            |va| map_in_place(this, mm, ctx, vma, va, prot),
+        );
+        serve_runs(
+            base,
+            copy_plan,
+            copied,
+            group,
+            |va, len| copy_run(this, mm, ctx, vma, va, len),
+            |va| read_copy(this, mm, ctx, vma, va),
+        );
         let faulted = faulted.and_not(in_place).and_not(copied);
         serve_block(this, mm, ctx, vma, base, serve, faulted, group, prot);
     }
@@ -699,33 +726,30 @@ fn serve_block(
     }
 }
 
-/// Gives the context's device read-only copies of the pages `plan` of the block at page `base`
-/// (all in `vma`) and maps them there, and records in `group` (the block's faulting pages,
-/// sorted) the result for each page of `faulted`.  A prefetched page that cannot be copied is
-/// left alone.
-#[expect(clippy::too_many_arguments)]
-fn copy_block(
-    this: &AddressSpace,
-    mm: &MmWithUser,
-    ctx: &dyn DeviceOps,
-    vma: &VmaRef,
+/// Serves the pages `plan` of the block at page `base` a run at a time with `run(va, len)`,
+/// which returns the pages it left to the per-page way, and those of them that are in
+/// `faulted` (every page of `faulted` in a run that failed) with `page(va)`; records in `group`
+/// (the block's faulting pages, sorted) the result for each page of `faulted`.  A prefetched
+/// page that `run` left alone stays so.
+fn serve_runs(
     base: usize,
     plan: BlockPages,
     faulted: BlockPages,
     group: &mut [Wanted],
+    mut run: impl FnMut(usize, usize) -> Result<(usize, KVec<usize>)>,
+    mut page: impl FnMut(usize) -> Result<bool>,
 ) {
     let mut one = |vpn: usize| {
         if faulted.has(vpn - base) {
-            let result = read_copy(this, mm, ctx, vma, vpn * PAGE_SIZE);
+            let result = page(vpn * PAGE_SIZE);
             if let Ok(k) = group.binary_search_by_key(&vpn, |w| w.vpn) {
                 group[k].status = result.err().map_or(0, |e| e.to_errno());
             }
         }
     };
     for (first, len) in plan.runs() {
-        match copy_run(this, mm, ctx, vma, (base + first) * PAGE_SIZE, len) {
+        match run((base + first) * PAGE_SIZE, len) {
             Ok((_, slow)) => slow.into_iter().for_each(&mut one),
-            // Nothing of the run was copied: the faulting pages one by one.
             Err(_) => (base + first..base + first + len).for_each(&mut one),
         }
     }

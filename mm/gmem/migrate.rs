@@ -87,19 +87,20 @@ impl PinnedPage {
         }
     }
 
-    /// Pins the present host pages mapped from `va` on, at most `max` and at most `out`'s
-    /// spare capacity, into `out`; stops at the first page that is not present.  Returns how
-    /// many it pinned.
-    fn get_run(mm: &MmWithUser, va: usize, out: &mut KVec<Self>, max: usize) -> usize {
+    /// Pins the present host pages mapped from `va` on (mapped writable, if `write`), at most
+    /// `max` and at most `out`'s spare capacity, into `out`; stops at the first page that is
+    /// not.  Returns how many it pinned.
+    fn get_run(mm: &MmWithUser, va: usize, write: bool, out: &mut KVec<Self>, max: usize) -> usize {
         let mut pages = [core::ptr::null_mut::<bindings::page>(); 64];
         let want = max.min(pages.len()).min(out.capacity() - out.len());
+        let flags = bindings::FOLL_NOFAULT | if write { bindings::FOLL_WRITE } else { 0 };
         // SAFETY: as in `get`; `pages` has room for `want` pages.
         let n = unsafe {
             bindings::pin_user_pages_remote(
                 mm.as_raw(),
                 va as c_ulong,
                 want as c_ulong,
-                bindings::FOLL_NOFAULT as c_uint,
+                flags as c_uint,
                 pages.as_mut_ptr(),
                 core::ptr::null_mut(),
             )
@@ -240,11 +241,20 @@ fn chunk_slots(
     Ok((slots, slow))
 }
 
-/// Pins the present host pages of `slots`, a run at a time; `missing(slot)` is called for each
-/// page that is not present.
+/// [`chunk_slots`] of the pages in host memory and not claimed, for a copy or an in-place
+/// mapping.  A page a forked child has from its parent has no entry: it is one too.
+fn host_slots(this: &AddressSpace, first: usize, n: usize) -> Result<(KVec<Slot>, KVec<usize>)> {
+    chunk_slots(this, first, n, |seen| {
+        matches!(seen, None | Some((Residency::Host, false)))
+    })
+}
+
+/// Pins the present host pages of `slots` (mapped writable, if `write`), a run at a time;
+/// `missing(slot)` is called for each page that is not.
 fn pin_slots(
     mm: &MmWithUser,
     slots: &mut [Slot],
+    write: bool,
     mut missing: impl FnMut(&mut Slot) -> Result,
 ) -> Result {
     let mut pinned: KVec<PinnedPage> = KVec::with_capacity(slots.len(), GFP_KERNEL)?;
@@ -255,7 +265,7 @@ fn pin_slots(
             .enumerate()
             .take_while(|(k, s)| s.vpn == slots[i].vpn + k)
             .count();
-        let got = PinnedPage::get_run(mm, slots[i].vpn * PAGE_SIZE, &mut pinned, run);
+        let got = PinnedPage::get_run(mm, slots[i].vpn * PAGE_SIZE, write, &mut pinned, run);
         for (k, page) in pinned.drain_all().enumerate() {
             slots[i + k].host = Some(page);
         }
@@ -300,7 +310,7 @@ pub(crate) fn to_device(
     // faulted in.  An invalidation from here to the claims means that a pinned page may no
     // longer be the page mapped (see `claim_since`).
     let pinned_at = window.read_begin();
-    pin_slots(mm, &mut slots, |s| {
+    pin_slots(mm, &mut slots, false, |s| {
         let maybe_host = matches!(s.seen, Some(Residency::Host)) || this.inherited();
         if maybe_host {
             s.host = PinnedPage::get(mm, s.vpn * PAGE_SIZE, true)?;
@@ -431,6 +441,63 @@ pub(crate) fn to_device(
     Ok((moved, slow))
 }
 
+/// Maps the host pages of the `n` pages at `start` (all in `vma`, in one chunk) in place on the
+/// context's device with `prot` (`MADV_ACCESSED_BY`, or pages that thrash): one pin of the
+/// present pages (mapped writable, for a writable mapping) and one notifier check for the
+/// chunk; nothing is claimed, as in [`crate::fault::map_in_place`].  Returns how many pages
+/// it mapped, and the pages it left to the per-page way, in address order: pages that are not
+/// present (or not writable), on a device, parked or claimed, those the device found no room
+/// for, and every page if an invalidation raced with it (their mappings are removed again).
+pub(crate) fn map_run_in_place(
+    this: &AddressSpace,
+    mm: &MmWithUser,
+    ctx: &dyn DeviceOps,
+    start: usize,
+    n: usize,
+    prot: c_uint,
+) -> Result<(usize, KVec<usize>)> {
+    let first = start / PAGE_SIZE;
+    let window = this.window(start)?;
+    let (mut slots, mut slow) = host_slots(this, first, n)?;
+    // Recorded before any mapping is made: an invalidation after `read_begin` removes them.
+    this.mapping_in_place(ctx.id());
+    let seq = window.read_begin();
+    pin_slots(mm, &mut slots, prot & bindings::GM_PROT_WRITE != 0, |_| {
+        Ok(())
+    })?;
+    let mut mapped = 0;
+    for s in slots.iter_mut() {
+        let Some(host) = s.host.take() else {
+            continue;
+        };
+        // No room (the device's window on host memory is full): the rest go the per-page
+        // way, which moves the pages that faulted instead.
+        if ctx.map_host(s.vpn * PAGE_SIZE, host.page(), prot).is_err() {
+            break;
+        }
+        s.done = true;
+        mapped += 1;
+    }
+    let changed = {
+        let guard = this.lpt.lock();
+        this.changed(&guard, &seq)
+    };
+    if changed {
+        for_each_run(
+            &slots,
+            |s| s.done,
+            |i, len| ctx.unmap_va(slots[i].vpn * PAGE_SIZE, len * PAGE_SIZE),
+        );
+        mapped = 0;
+    }
+    for s in slots.iter().filter(|s| changed || !s.done) {
+        // Cannot fail: `slow` has room for the whole chunk.
+        let _ = slow.push_within_capacity(s.vpn);
+    }
+    slow.sort_unstable();
+    Ok((mapped, slow))
+}
+
 /// Write-protects the CPU's mappings of `len` bytes at `va` in `vma`: their next write faults,
 /// and drops the pages' read-only copies first (`gm_cpu_write_collapse()`).
 pub(crate) fn write_protect(vma: &VmaRef, va: usize, len: usize) {
@@ -457,10 +524,7 @@ pub(crate) fn copy_run(
     let first = start / PAGE_SIZE;
     let window = this.window(start)?;
     let dev = ctx.id();
-    // A page a forked child has from its parent has no entry.
-    let (mut slots, mut slow) = chunk_slots(this, first, n, |seen| {
-        matches!(seen, None | Some((Residency::Host, false)))
-    })?;
+    let (mut slots, mut slow) = host_slots(this, first, n)?;
     // A page with a copy here already is mapped again the per-page way.
     let here = this.lpt.copies_on(first, n, dev);
     slots.retain(|s| {
@@ -474,7 +538,7 @@ pub(crate) fn copy_run(
     });
     // Pin the present host pages; the others go the per-page way, which faults them in.
     let pinned_at = window.read_begin();
-    pin_slots(mm, &mut slots, |_| Ok(()))?;
+    pin_slots(mm, &mut slots, false, |_| Ok(()))?;
     let mut moves = KVec::with_capacity(slots.len(), GFP_KERNEL)?;
     // Device pages, before any claim (allocating may evict and sleep).
     for s in slots.iter_mut().filter(|s| s.host.is_some()) {

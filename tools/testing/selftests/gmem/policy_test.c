@@ -1150,6 +1150,61 @@ TEST_F(policy, accessed_by_maps_in_place)
 }
 
 /*
+ * An NPU SUM32 job over @p (@len bytes) on @fd, checked against the CPU's
+ * sum: how many faults the NPU took.  No page may move to the NPU.
+ */
+static long long sum_faults(struct __test_metadata *_metadata, int fd,
+			    const char *p, size_t len)
+{
+	struct gmem_npu_stats s, e;
+	__u64 sum;
+
+	ASSERT_EQ(0, npu_stats(fd, &s));
+	ASSERT_EQ(0, npu_sum(fd, p, len, &sum));
+	ASSERT_EQ(0, npu_stats(fd, &e));
+	EXPECT_EQ(sum32(p, len), sum);
+	EXPECT_EQ(s.migrations_to_dev, e.migrations_to_dev);
+	return e.faults - s.faults;
+}
+
+/*
+ * Density prefetch maps in place as it moves: the first fault of a job on
+ * CPU-written pages maps every page of the range the CPU maps (one 2 MiB
+ * block at most), not just the one that faulted.  Nothing moves.  With
+ * prefetch off, each page faults.
+ */
+TEST_F(policy, accessed_by_maps_a_block_per_fault)
+{
+	struct gmem_npu_info info;
+	char *p;
+
+	if (self->fd < 0)
+		SKIP(return, NO_NPU, npu_dev_path[0]);
+	ASSERT_EQ(0, npu_get_info(self->fd, &info));
+	if (!(info.flags & GMEM_NPU_INFO_FAULTABLE))
+		SKIP(return, "a prefaulting NPU raises no faults");
+	p = map_range(_metadata, NPAGES, 43);
+	advise(_metadata, self->hnid, p, 0, NPAGES, MADV_ACCESSED_BY);
+	EXPECT_EQ(NPAGES, sum_faults(_metadata, self->fd, p, self->len));
+	unmap_range(_metadata, p, NPAGES);
+
+	ASSERT_EQ(0, gm_node_write(self->hnid, "prefetch_threshold", 51));
+	p = map_range(_metadata, NPAGES, 43);
+	advise(_metadata, self->hnid, p, 0, NPAGES, MADV_ACCESSED_BY);
+	/* The range may straddle two 2 MiB blocks: a fault in each. */
+	EXPECT_GE(2, sum_faults(_metadata, self->fd, p, self->len));
+	EXPECT_EQ(NPAGES, pages_at(_metadata, p, HOST));
+	/*
+	 * A page dropped on the CPU leaves the NPU too: the next job faults
+	 * on it alone, and reads the new zero page.
+	 */
+	ASSERT_EQ(0, madvise(p + 3 * self->page, self->page, MADV_DONTNEED));
+	EXPECT_EQ(1, sum_faults(_metadata, self->fd, p, self->len));
+	EXPECT_EQ(NPAGES, pages_at(_metadata, p, HOST));
+	unmap_range(_metadata, p, NPAGES);
+}
+
+/*
  * Pages nobody touched yet are faulted in on the host, not zero-filled on
  * the NPU; the NPU's writes land there.
  */
