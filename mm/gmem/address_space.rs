@@ -678,36 +678,33 @@ impl AddressSpace {
     /// leave it mapped, and freed, behind the unmap.
     pub(crate) fn drop_copies(&self, start: usize, end: usize, blockable: bool) -> bool {
         let (first, last) = (start / PAGE_SIZE, end.div_ceil(PAGE_SIZE));
-        let (mut any, mut holders) = (false, 0u64);
-        self.lpt.for_each_copy(first, last, |_, dev, page| {
-            any = true;
-            if page.is_none() {
-                holders |= device_bit(dev);
-            }
-        });
+        let mut any = false;
+        self.lpt.for_each_copy(first, last, |_, _, _| any = true);
         if !any {
             return true;
         }
         if !blockable {
             return false;
         }
-        // The devices of claimed copies may have mapped them already: their holders drop
-        // them (an invalidation ran since they began) or a collapse waits for them.
+        // The devices of claimed copies, even those claimed since the look above, may map
+        // them already: their holders drop them (an invalidation ran since they began) or a
+        // collapse waits for them.
+        let holders = self.erase_copies(first, last);
         self.unmap_on(holders, start, end, true);
-        self.erase_copies(first, last);
         true
     }
 
     /// Removes the copies of pages `first..last` that are not claimed from their devices
-    /// and frees them (see [`LogicalPageTable::erase_copies`]).
-    fn erase_copies(&self, first: usize, last: usize) {
+    /// and frees them (see [`LogicalPageTable::erase_copies`]).  Returns the devices that
+    /// hold claimed ones, as [`device_bit`]s.
+    fn erase_copies(&self, first: usize, last: usize) -> u64 {
         self.lpt.erase_copies(
             first,
             last,
             None,
             |pages| self.devices.unmap_pages(pages),
             |pages| self.devices.free_pages(pages),
-        );
+        )
     }
 
     /// Drops the copies of page `vpn` before the CPU writes it (`gm_cpu_write_collapse()`),
@@ -764,13 +761,13 @@ impl PinnedDrop for AddressSpace {
         // Exit already dropped everything through MMU_NOTIFY_RELEASE; this catches an address
         // space that never saw its mm's exit (a fork that failed half-way).
         self.drop_range(0, usize::MAX, |_| true);
-        self.erase_copies(0, usize::MAX / PAGE_SIZE + 1);
+        let _ = self.erase_copies(0, usize::MAX / PAGE_SIZE + 1);
         // An eviction that claimed one of our pages finishes (finding its entry gone) before
         // the address space may go.
         self.wait_moves();
         // A copy an eviction held was left to it, and given back if it gave it a second
         // chance: it goes now.
-        self.erase_copies(0, usize::MAX / PAGE_SIZE + 1);
+        let _ = self.erase_copies(0, usize::MAX / PAGE_SIZE + 1);
         // Pins go back to their devices (exit did it already, through the notifiers).
         let mut unpin = self.unpin();
         self.policy.unmap(0, usize::MAX / PAGE_SIZE + 1, &mut unpin);
@@ -1276,6 +1273,63 @@ mod tests {
         );
         // The page stays home.
         assert_eq!(this.lpt.residency(10), Some(Residency::Host));
+        Ok(())
+    }
+
+    /// The entry index and token of the claim [`claim_last_copy`] took (0: none).
+    static LATE_CLAIM: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
+    /// Claims the copy of page 36 on device 4, as an eviction would, unless taken already.
+    fn claim_last_copy(arg: usize) {
+        // SAFETY: as in `map_copy_again`.
+        let this = unsafe { &*(arg as *const AddressSpace) };
+        if LATE_CLAIM[0].load(Ordering::Relaxed) == 0 {
+            if let Some((claim, _)) = this.lpt.claim_copy(36, 4, None) {
+                LATE_CLAIM[0].store(claim.vpn(), Ordering::Relaxed);
+                LATE_CLAIM[1].store(claim.into_token() as usize, Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[test]
+    fn a_copy_claimed_while_others_drop_is_unmapped() -> Result {
+        let (this, fake) = setup()?;
+        // Copies of pages 20..=36, more than one batch of the walk.
+        for vpn in 20..=36 {
+            let (copy, _) = this.lpt.claim_new_copy(vpn, 4)?.expect("no copy yet");
+            let page = DevicePage {
+                dev: 4,
+                pfn: vpn as u64 + 100,
+            };
+            assert!(this.lpt.end_claim(copy, Residency::Device(page)));
+        }
+        let _ = fake.take_ops();
+        // An eviction claims the last one while the first batch is being unmapped.
+        LATE_CLAIM[0].store(0, Ordering::Relaxed);
+        fake.set_probe(Some((
+            claim_last_copy,
+            core::ptr::from_ref::<AddressSpace>(&this) as usize,
+        )));
+        assert!(notify(
+            &this,
+            bindings::mmu_notifier_event_MMU_NOTIFY_SOFT_DIRTY,
+            20,
+            37,
+            true
+        ));
+        fake.set_probe(None);
+        let index = LATE_CLAIM[0].load(Ordering::Relaxed);
+        assert_ne!(index, 0);
+        // The others are gone; it is left to its holder, but unmapped before the
+        // notifier returned.
+        assert_eq!(this.lpt.copies(), 1);
+        let ops = fake.take_ops();
+        assert!(ops.contains(&Op::Unmap(20 * PAGE_SIZE, 120)));
+        assert!(ops.contains(&Op::Unmap(36 * PAGE_SIZE, 36)));
+        assert!(!ops.contains(&Op::Free(136)));
+        let token = LATE_CLAIM[1].load(Ordering::Relaxed) as u32;
+        assert!(this.lpt.erase_claimed(Claim::from_token(index, token)));
+        assert_eq!(this.lpt.copies(), 0);
         Ok(())
     }
 

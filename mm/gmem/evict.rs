@@ -200,8 +200,18 @@ pub(crate) fn evict(
                 Verdict::Never => None,
             }
         },
-        |v, (ctx, _, _)| ctx.clear_young(v.vpn * PAGE_SIZE),
-        |v, (ctx, claim, _)| give_back(dev, memory, v, &ctx, claim),
+        // A read-only copy gets no second chance: dropping it costs only a new copy, and one
+        // given back would outlive an invalidation that ran while it was claimed (which
+        // leaves claimed copies to their holders), mapped again by the next fault while the
+        // CPU may write the page.  Neither is the device asked: its answer changes nothing.
+        |v, (ctx, _, copy)| !*copy && ctx.clear_young(v.vpn * PAGE_SIZE),
+        |v, (ctx, claim, copy)| {
+            if copy {
+                drop_copy(dev, &v, &ctx, claim);
+            } else {
+                give_back(dev, memory, v, &ctx, claim);
+            }
+        },
     )?;
     if picked.is_empty() {
         let err = if spared { ENOSPC } else { ENOMEM };

@@ -629,9 +629,9 @@ pub(crate) fn dev_fault_batch(
         }
         served += faulted.count();
         prefetched += extra;
-        // Density prefetch maps all the block's pages that the device accesses in place
-        // where the CPU maps them, and the ones that thrash, if it can.
-        let map_plan = if threshold == 0 {
+        // A fault on a page the device accesses in place is widened by density prefetch to
+        // all such pages of the block, where the CPU maps them, and the ones that thrash.
+        let map_plan = if threshold == 0 || in_place.and(faulted).count() == 0 {
             in_place.and(faulted)
         } else {
             let mut widen = accessed;
@@ -796,9 +796,8 @@ pub(crate) fn map_in_place(
         let seq = window.read_begin();
         let write = prot & bindings::GM_PROT_WRITE != 0;
         let host = PinnedPage::fault_in(mm, va, write)?;
-        let mapped = ctx.map_host(va, host.page(), prot);
-        drop(host);
-        if mapped.is_err() {
+        if ctx.map_host(va, host.page(), prot).is_err() {
+            drop(host);
             // No room to map it (the device's window on host memory is full): moved instead.
             return fault_page(this, mm, ctx, vma, va, prot);
         }
@@ -809,7 +808,10 @@ pub(crate) fn map_in_place(
         if !changed {
             return Ok(false);
         }
+        // Unpinned only once unmapped: a page an invalidation took from the CPU meanwhile
+        // is not freed while the device maps it.
         ctx.unmap_va(va, PAGE_SIZE);
+        drop(host);
     }
 }
 

@@ -1029,8 +1029,8 @@ impl LogicalPageTable {
     /// given), `WALK_BATCH` at a time: each batch is claimed, then `unmap(pages)` is called
     /// with their `(address, page)` pairs, without the lock, to remove them from their
     /// devices, then the entries go and `released(pages)` is called, without the lock: the
-    /// caller frees them.  Returns how many copies of the range (of `dev`) were
-    /// claimed by others: their holders end them.
+    /// caller frees them.  Returns the devices, as bits `1 << device_slot(dev)`, that hold
+    /// copies of the range (of `dev`) claimed by others: their holders end them.
     ///
     /// Claimed while their devices unmap them: a CPU write still waits for them
     /// ([`LogicalPageTable::has_copies`]), and no device maps one again meanwhile, which
@@ -1042,7 +1042,7 @@ impl LogicalPageTable {
         dev: Option<DeviceId>,
         mut unmap: impl FnMut(&[(usize, DevicePage)]),
         mut released: impl FnMut(&[(usize, DevicePage)]),
-    ) -> usize {
+    ) -> u64 {
         if self.copies() == 0 || start >= end {
             return 0;
         }
@@ -1063,7 +1063,8 @@ impl LogicalPageTable {
                     };
                     next = index + 1;
                     let at = index - COPY_BASE;
-                    if dev.is_some_and(|d| d != slot_device(at % COPY_SLOTS)) {
+                    let slot = at % COPY_SLOTS;
+                    if dev.is_some_and(|d| d != slot_device(slot)) {
                         continue;
                     }
                     let Some(m) = guard.get_mut(index) else {
@@ -1075,7 +1076,7 @@ impl LogicalPageTable {
                             claims[count] = Some(self.take(m, index));
                             count += 1;
                         }
-                        _ => claimed += 1,
+                        _ => claimed |= 1 << slot,
                     }
                 }
             }
@@ -1287,15 +1288,18 @@ mod tests {
                 let _ = unmapped.push((va, p), GFP_KERNEL);
             }
         };
+        // The holders' devices are returned, as bits.
+        let a_bit = device_slot(a.dev).map_or(0, |slot| 1u64 << slot);
+        assert_ne!(a_bit, 0);
         assert_eq!(
             lpt.erase_copies(0, 10, Some(a.dev), &mut unmap, &mut free),
-            1
+            a_bit
         );
         assert_eq!(
             lpt.erase_copies(0, 10, Some(b.dev), &mut unmap, &mut free),
             0
         );
-        assert_eq!(lpt.erase_copies(0, 10, None, &mut unmap, &mut free), 1);
+        assert_eq!(lpt.erase_copies(0, 10, None, &mut unmap, &mut free), a_bit);
         assert_eq!(&unmapped[..], &[(5 * PAGE_SIZE, b)]);
         assert_eq!(&freed[..], &[b]);
         assert!(lpt.erase_claimed(claim));

@@ -444,7 +444,8 @@ pub(crate) fn to_device(
 /// Maps the host pages of the `n` pages at `start` (all in `vma`, in one chunk) in place on the
 /// context's device with `prot` (`MADV_ACCESSED_BY`, or pages that thrash): one pin of the
 /// present pages (mapped writable, for a writable mapping) and one notifier check for the
-/// chunk; nothing is claimed, as in [`crate::fault::map_in_place`].  Returns how many pages
+/// chunk, the pages staying pinned until then; nothing is claimed, as in
+/// [`crate::fault::map_in_place`].  Returns how many pages
 /// it mapped, and the pages it left to the per-page way, in address order: pages that are not
 /// present (or not writable), on a device, parked or claimed, those the device found no room
 /// for, and every page if an invalidation raced with it (their mappings are removed again).
@@ -467,7 +468,7 @@ pub(crate) fn map_run_in_place(
     })?;
     let mut mapped = 0;
     for s in slots.iter_mut() {
-        let Some(host) = s.host.take() else {
+        let Some(host) = &s.host else {
             continue;
         };
         // No room (the device's window on host memory is full): the rest go the per-page
@@ -489,6 +490,11 @@ pub(crate) fn map_run_in_place(
             |i, len| ctx.unmap_va(slots[i].vpn * PAGE_SIZE, len * PAGE_SIZE),
         );
         mapped = 0;
+    }
+    // Unpinned only now: a page an invalidation took from the CPU meanwhile is not freed
+    // while the device may still map it.
+    for s in slots.iter_mut() {
+        s.host = None;
     }
     for s in slots.iter().filter(|s| changed || !s.done) {
         // Cannot fail: `slow` has room for the whole chunk.
