@@ -222,14 +222,19 @@ impl Context {
             },
         );
         // So are its read-only copies (the host holds the data).  Evictions are over, and a
-        // copy being made now is one of the device's own faults, which its driver stopped.
-        this.lpt.erase_copies(
+        // copy being made now is one of the device's own faults, which its driver stopped;
+        // but another thread may be dropping some (a CPU write, an invalidation): it frees
+        // them through the device list before its claims end, so wait for those first.
+        while this.lpt.erase_copies(
             0,
             usize::MAX / PAGE_SIZE + 1,
             Some(id),
             |pages| self.unmap_many(pages),
             |pages| pages.iter().for_each(|&(_, page)| self.free(page)),
-        );
+        ) != 0
+        {
+            this.lpt.wait_device_copies_unclaimed(id);
+        }
         this.devices.detach(id);
     }
 }

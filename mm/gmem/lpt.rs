@@ -1028,9 +1028,11 @@ impl LogicalPageTable {
     /// Removes the copies of pages `start..end` that are not claimed (only device `dev`'s, if
     /// given), `WALK_BATCH` at a time: each batch is claimed, then `unmap(pages)` is called
     /// with their `(address, page)` pairs, without the lock, to remove them from their
-    /// devices, then the entries go and `released(pages)` is called, without the lock: the
-    /// caller frees them.  Returns the devices, as bits `1 << device_slot(dev)`, that hold
-    /// copies of the range (of `dev`) claimed by others: their holders end them.
+    /// devices, then `released(pages)`, without the lock, to free them, and only then do the
+    /// entries go (a claimed entry names no page: freeing first is safe, and a detach that
+    /// waits for the claims knows the pages are freed).  Returns the devices, as bits
+    /// `1 << device_slot(dev)`, that hold copies of the range (of `dev`) claimed by others:
+    /// their holders end them.
     ///
     /// Claimed while their devices unmap them: a CPU write still waits for them
     /// ([`LogicalPageTable::has_copies`]), and no device maps one again meanwhile, which
@@ -1084,6 +1086,7 @@ impl LogicalPageTable {
                 continue;
             }
             unmap(&pages[..count]);
+            released(&pages[..count]);
             {
                 let mut guard = self.lock();
                 for claim in claims.iter_mut().filter_map(Option::take) {
@@ -1092,9 +1095,25 @@ impl LogicalPageTable {
                 }
             }
             self.wake();
-            released(&pages[..count]);
         }
         claimed
+    }
+
+    /// Sleeps while a copy on device `dev` is claimed.
+    pub(crate) fn wait_device_copies_unclaimed(&self, dev: DeviceId) {
+        let Some(slot) = device_slot(dev) else {
+            return;
+        };
+        self.wait_while(|guard| {
+            let mut next = COPY_BASE;
+            while let Some((index, m)) = guard.find(next, usize::MAX) {
+                if (index - COPY_BASE) % COPY_SLOTS == slot && m.busy() {
+                    return true;
+                }
+                next = index + 1;
+            }
+            false
+        });
     }
 
     /// Sleeps while a copy of page `vpn` is claimed.
@@ -1274,7 +1293,10 @@ mod tests {
         // A claimed copy is left to its holder; a device's copies can be taken alone.
         let mut freed = KVec::new();
         let mut free = |pages: &[(usize, DevicePage)]| {
-            for &(_, p) in pages {
+            for &(va, p) in pages {
+                // Freed before its claim ends: a detach that waits for the device's claimed
+                // copies knows that their pages went back through the attached device.
+                assert_eq!(lpt.copies_of(va / PAGE_SIZE), (2, 2));
                 let _ = freed.push(p, GFP_KERNEL);
             }
         };
@@ -1302,7 +1324,10 @@ mod tests {
         assert_eq!(lpt.erase_copies(0, 10, None, &mut unmap, &mut free), a_bit);
         assert_eq!(&unmapped[..], &[(5 * PAGE_SIZE, b)]);
         assert_eq!(&freed[..], &[b]);
+        // Only `a`'s copy is claimed now: a wait for `b`'s returns.
+        lpt.wait_device_copies_unclaimed(b.dev);
         assert!(lpt.erase_claimed(claim));
+        lpt.wait_device_copies_unclaimed(a.dev);
         assert_eq!((lpt.copies(), lpt.len()), (0, 1));
         // A device without a slot has none.
         assert!(matches!(lpt.claim_new_copy(5, DeviceId::MAX), Err(e) if e == EINVAL));
