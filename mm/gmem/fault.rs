@@ -234,11 +234,30 @@ pub(crate) fn dev_fault(
     access: c_uint,
     in_place: bool,
 ) -> Result {
+    // Only as far as the peer-shared mappings reach from `start`: what lies beyond fails
+    // with `EFAULT` anyway, and a notifier window for each 64 MiB of a range as long as the
+    // address space would take memory until there is none.
+    let reach = {
+        let guard = mm.mmap_read_lock();
+        let mut va = start;
+        while let Some(vma) = guard.vma_lookup(va).filter(|_| va < end) {
+            if vma.flags() & flags::PEER_SHARED == 0 {
+                break;
+            }
+            va = vma.end();
+        }
+        va.min(end)
+    };
+    if reach == start {
+        return Err(EFAULT);
+    }
     // The range's windows have notifiers before any of its pages is mapped on the device
     // (a range that mmap() made has them; one that mremap() grew in place may not).
     // SAFETY: `mm` has a user and no mmap lock is held.
-    unsafe { this.cover(start, end, false) }?;
+    unsafe { this.cover(start, reach, false) }?;
     let guard = mm.mmap_read_lock();
+    // A mapping made past `reach` meanwhile has no notifier here yet: the range ends there.
+    let (end, beyond) = (reach, reach < end);
     let mut va = start;
     let mut moved = 0;
     while va < end {
@@ -317,6 +336,9 @@ pub(crate) fn dev_fault(
             ctx.count_faults(n);
             va = chunk_end;
         }
+    }
+    if beyond {
+        return Err(EFAULT);
     }
     Ok(())
 }
