@@ -222,8 +222,13 @@ impl NpuFile {
         let job = *request;
         let len = job.len as usize;
         let engines = (job.flags & GMEM_NPU_JOB_ENGINES_MASK) as usize + 1;
-        // Each engine takes whole pages of the job's bytes (a multiple of 4 each).
-        let share = len.div_ceil(engines).next_multiple_of(PAGE_SIZE);
+        // Each engine takes whole pages of the job's bytes (a multiple of 4 each).  A job
+        // may be nearly as long as the address space (it fails with EFAULT where nothing is
+        // mapped): the arithmetic must not overflow.
+        let share = len
+            .div_ceil(engines)
+            .checked_next_multiple_of(PAGE_SIZE)
+            .unwrap_or(len);
         let parts = len.div_ceil(share);
         let faults = Arc::pin_init(FaultBuffer::new(parts)?, GFP_KERNEL)?;
         let mut works = KVec::with_capacity(parts, GFP_KERNEL)?;
@@ -236,7 +241,7 @@ impl NpuFile {
                     npu: self.npu.clone(),
                     attached <- new_mutex!(Some(mine)),
                     job,
-                    part: (e * share, ((e + 1) * share).min(len)),
+                    part: (e * share, share.saturating_mul(e + 1).min(len)),
                     faults: buffer,
                     result <- new_mutex!(Err(EINVAL)),
                 }),

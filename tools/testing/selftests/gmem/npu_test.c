@@ -1326,6 +1326,14 @@ TEST_F(npu, bad_addresses_efault)
 	job.len = -4ULL;
 	ret = npu_run(self->fd[0], &job);
 	EXPECT_TRUE(ret == EINVAL || ret == EFAULT) TH_LOG("errno %d", ret);
+	/*
+	 * Nearly the whole address space, split over eight engines: the
+	 * split must not overflow (the fuzzer found that it did).
+	 */
+	EXPECT_EQ(EFAULT, npu_do_on(self->fd[0], GMEM_NPU_OP_SUM32, NULL,
+				    (void *)4, NULL, -8UL, &sum, 8));
+	EXPECT_EQ(EFAULT, npu_do_on(self->fd[0], GMEM_NPU_OP_SUM32, NULL,
+				    (void *)4, NULL, -8UL, &sum, 1));
 
 	/* g is intact and the NPU still works on it. */
 	ASSERT_EQ(0, npu_sum(self->fd[0], g, self->len, &sum));
