@@ -1044,6 +1044,62 @@ static void *forker(void *arg)
 }
 
 /*
+ * After NPU @i summed the buffer to something else than the pattern: which
+ * pages and chunks does it read wrong, and what does gmem_maps say of them?
+ * Logged for the failure report (the NPU reads each bad page again, chunk
+ * by chunk, through whatever mapping it holds).
+ */
+#define DIAGNOSE_CHUNK_FMT "  chunk %u (owner %u, kind %u, gen %u, a %u, b %u): %#llx, not %#llx"
+static void npu_sum_diagnose(struct __test_metadata *_metadata, int i)
+{
+	static struct gm_maps_line lines[256];
+	static char text[1 << 16];
+	int n, bad = 0;
+
+	n = gm_maps_text(0, text, sizeof(text)) < 0 ? -1 :
+	    gm_maps_parse(text, lines, ARRAY_SIZE(lines), PAGE);
+	for (unsigned long p = 0; p < BUF_PAGES && bad < 8; p++) {
+		const char *page = S.buf + p * PAGE;
+		__u64 want = 0, got;
+
+		for (uint32_t c = p * CHUNKS_PER_PAGE; c < (p + 1) * CHUNKS_PER_PAGE; c++)
+			want += expect_sum(c);
+		if (npu_sum(S.fd[i], page, PAGE, &got) || got == want)
+			continue;
+		bad++;
+		TH_LOG("npu%d reads page %lu (%p) as sum %#llx, the pattern %#llx, the CPU %#llx",
+		       i, p, page, (unsigned long long)got, (unsigned long long)want,
+		       (unsigned long long)sum32(page, PAGE));
+		for (uint32_t c = p * CHUNKS_PER_PAGE; c < (p + 1) * CHUNKS_PER_PAGE; c++) {
+			const struct chunk *st = &S.chunks[c];
+
+			if (!npu_sum(S.fd[i], S.buf + c * CHUNK, CHUNK, &got) &&
+			    got != expect_sum(c))
+				TH_LOG(DIAGNOSE_CHUNK_FMT,
+				       c, st->owner, st->kind, st->gen, st->a, st->b,
+				       (unsigned long long)got,
+				       (unsigned long long)expect_sum(c));
+		}
+		for (int l = 0; l < n && l < (int)ARRAY_SIZE(lines); l++) {
+			const struct gm_maps_line *m = &lines[l];
+
+			if (m->start > (unsigned long)page || m->end <= (unsigned long)page)
+				continue;
+			char where[256] = "";
+			size_t len = 0;
+
+			for (int k = 0; k < m->nnodes && len < sizeof(where); k++)
+				len += snprintf(where + len, sizeof(where) - len,
+						" node %d: %lu pages", m->node[k],
+						m->pages[k]);
+			TH_LOG("  gmem_maps %lx-%lx pref %d pin %d acc %#llx rm %d,%s",
+			       m->start, m->end, m->preferred, m->pinned,
+			       m->accessed_by, m->read_mostly, where);
+		}
+	}
+}
+
+/*
  * What each NPU counts as pinned (its sysfs "pinned", from @base on)
  * is what gmem_maps shows pinned there: the pins of the buffer and its
  * neighbours, once the children's are gone (a killed child may still be
@@ -1240,6 +1296,8 @@ TEST_F_TIMEOUT(stress, mixed, 600)
 	}
 	for (int i = 0; i < S.nnpu; i++) {
 		ASSERT_EQ(0, npu_sum(S.fd[i], S.buf, BUF_PAGES * PAGE, &sum));
+		if (sum != total)
+			npu_sum_diagnose(_metadata, i);
 		ASSERT_EQ(total, sum) TH_LOG("npu%d", i);
 	}
 	for (uint32_t c = 0; c < NCHUNK; c++)
