@@ -425,14 +425,36 @@ impl BlockPages {
         })
     }
 
+    /// The first page from `at` on that is in the set (`present`) or not, or `CHUNK_PAGES`:
+    /// a word at a time (a block's runs are looked for on every device fault, however few
+    /// pages it moves).
+    fn next(&self, at: usize, present: bool) -> usize {
+        let flip = if present { 0 } else { u64::MAX };
+        let mut w = at / 64;
+        let Some(&word) = self.0.get(w) else {
+            return CHUNK_PAGES;
+        };
+        let mut bits = (word ^ flip) & (u64::MAX << (at % 64));
+        while bits == 0 {
+            w += 1;
+            let Some(&word) = self.0.get(w) else {
+                return CHUNK_PAGES;
+            };
+            bits = word ^ flip;
+        }
+        w * 64 + bits.trailing_zeros() as usize
+    }
+
     /// The runs of consecutive pages of the set, in order: (first page, length).
     pub(crate) fn runs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         let mut at = 0;
         core::iter::from_fn(move || {
-            let first = (at..CHUNK_PAGES).find(|&i| self.has(i))?;
-            let len = (first..CHUNK_PAGES).take_while(|&i| self.has(i)).count();
-            at = first + len;
-            Some((first, len))
+            let first = self.next(at, true);
+            if first >= CHUNK_PAGES {
+                return None;
+            }
+            at = self.next(first, false);
+            Some((first, at - first))
         })
     }
 }
@@ -1303,6 +1325,42 @@ mod tests {
         assert_eq!(runs.next(), Some((511, 1)));
         assert_eq!(runs.next(), None);
         assert_eq!(b.count(), 5);
+    }
+
+    #[test]
+    fn block_pages_runs_cross_words() {
+        let b = pages(&[(60, 130), (511, 512)]);
+        let mut runs = b.runs();
+        assert_eq!(runs.next(), Some((60, 70)));
+        assert_eq!(runs.next(), Some((511, 1)));
+        assert_eq!(runs.next(), None);
+        assert_eq!(pages(&[(0, 512)]).runs().next(), Some((0, 512)));
+        assert_eq!(BlockPages::default().runs().next(), None);
+        // Any set: the runs are exactly its pages, each as long as it can be.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..64 {
+            let mut b = BlockPages::default();
+            for w in b.0.iter_mut() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                // Sparse, dense, empty and full words.
+                *w = match state % 4 {
+                    0 => 0,
+                    1 => u64::MAX,
+                    _ => state & (state >> 3),
+                };
+            }
+            let (mut seen, mut end) = (BlockPages::default(), 0);
+            for (first, len) in b.runs() {
+                assert!(len > 0 && first >= end && first + len <= CHUNK_PAGES);
+                assert!(first == 0 || !b.has(first - 1));
+                assert!(first + len == CHUNK_PAGES || !b.has(first + len));
+                seen.set_range(first, first + len);
+                end = first + len;
+            }
+            assert_eq!(seen, b);
+        }
     }
 
     #[test]
