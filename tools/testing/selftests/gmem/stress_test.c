@@ -280,19 +280,62 @@ static int npu_job_retry(int fd, __u32 op, void *dst, void *src0, void *src1,
 }
 
 /* Verify chunk @c through NPU @fd (SUM32): 0, or -1 after fail(). */
+/*
+ * What gmem_maps says of the page at @addr, into @buf: where it is (pages
+ * per node of its line), pins, preferred location, accessed-by and
+ * read-mostly.  For failure reports: it allocates nothing.
+ */
+static void maps_describe(unsigned long addr, char *buf, size_t size)
+{
+	struct gm_maps_line lines[256];
+	char text[1 << 16];
+	int n;
+
+	snprintf(buf, size, "no gmem_maps line");
+	if (gm_maps_text(0, text, sizeof(text)) < 0)
+		return;
+	n = gm_maps_parse(text, lines, ARRAY_SIZE(lines), PAGE);
+	for (int l = 0; l < n && l < (int)ARRAY_SIZE(lines); l++) {
+		const struct gm_maps_line *m = &lines[l];
+		size_t len;
+
+		if (m->start > addr || m->end <= addr)
+			continue;
+		len = snprintf(buf, size, "%lx-%lx pref %d pin %d acc %#llx rm %d:",
+			       m->start, m->end, m->preferred, m->pinned,
+			       m->accessed_by, m->read_mostly);
+		for (int k = 0; k < m->nnodes && len < size; k++)
+			len += snprintf(buf + len, size - len, " N%d=%lu",
+					m->node[k], m->pages[k]);
+		return;
+	}
+}
+
+#define NPU_CHECK_FMT "%s: NPU %d sums chunk %u (page %u, kind %u, gen %u, a %u, b %u) to %#llx, expected %#llx; now the CPU %#llx, NPU %d again %#llx, the other NPU %#llx; page: %s"
+
 static int npu_check_chunk(int fd, const char *who, uint32_t c)
 {
-	__u64 sum;
+	__u64 sum, again = 0, other = 0, cpu;
+	const struct chunk *st = &S.chunks[c];
+	int i = fd == S.fd[0] ? 0 : 1;
+	char page[256];
 
 	if (npu_job_retry(fd, GMEM_NPU_OP_SUM32, NULL, chunk_ptr(c), NULL,
 			  CHUNK, &sum))
 		return -1;
 	if (sum == expect_sum(c))
 		return 0;
-	fail("%s: the NPU sums chunk %u (page %u, kind %u, gen %u) to %#llx, expected %#llx",
-	     who, c, (unsigned int)(c / CHUNKS_PER_PAGE), S.chunks[c].kind,
-	     S.chunks[c].gen, (unsigned long long)sum,
-	     (unsigned long long)expect_sum(c));
+	/* Stale on this NPU only, for a moment, or in memory too? */
+	maps_describe((unsigned long)chunk_ptr(c), page, sizeof(page));
+	npu_sum(fd, chunk_ptr(c), CHUNK, &again);
+	if (S.nnpu > 1)
+		npu_sum(S.fd[1 - i], chunk_ptr(c), CHUNK, &other);
+	cpu = sum32(chunk_ptr(c), CHUNK);
+	fail(NPU_CHECK_FMT, who, i, c, (unsigned int)(c / CHUNKS_PER_PAGE),
+	     st->kind, st->gen, st->a, st->b, (unsigned long long)sum,
+	     (unsigned long long)expect_sum(c),
+	     (unsigned long long)cpu, i,
+	     (unsigned long long)again, (unsigned long long)other, page);
 	return -1;
 }
 
@@ -1052,12 +1095,9 @@ static void *forker(void *arg)
 #define DIAGNOSE_CHUNK_FMT "  chunk %u (owner %u, kind %u, gen %u, a %u, b %u): %#llx, not %#llx"
 static void npu_sum_diagnose(struct __test_metadata *_metadata, int i)
 {
-	static struct gm_maps_line lines[256];
-	static char text[1 << 16];
-	int n, bad = 0;
+	char where[256];
+	int bad = 0;
 
-	n = gm_maps_text(0, text, sizeof(text)) < 0 ? -1 :
-	    gm_maps_parse(text, lines, ARRAY_SIZE(lines), PAGE);
 	for (unsigned long p = 0; p < BUF_PAGES && bad < 8; p++) {
 		const char *page = S.buf + p * PAGE;
 		__u64 want = 0, got;
@@ -1080,22 +1120,8 @@ static void npu_sum_diagnose(struct __test_metadata *_metadata, int i)
 				       (unsigned long long)got,
 				       (unsigned long long)expect_sum(c));
 		}
-		for (int l = 0; l < n && l < (int)ARRAY_SIZE(lines); l++) {
-			const struct gm_maps_line *m = &lines[l];
-
-			if (m->start > (unsigned long)page || m->end <= (unsigned long)page)
-				continue;
-			char where[256] = "";
-			size_t len = 0;
-
-			for (int k = 0; k < m->nnodes && len < sizeof(where); k++)
-				len += snprintf(where + len, sizeof(where) - len,
-						" node %d: %lu pages", m->node[k],
-						m->pages[k]);
-			TH_LOG("  gmem_maps %lx-%lx pref %d pin %d acc %#llx rm %d,%s",
-			       m->start, m->end, m->preferred, m->pinned,
-			       m->accessed_by, m->read_mostly, where);
-		}
+		maps_describe((unsigned long)page, where, sizeof(where));
+		TH_LOG("  gmem_maps %s", where);
 	}
 }
 
