@@ -46,6 +46,7 @@ use crate::{
 };
 use kernel::{
     bindings,
+    bitmap::Bitmap,
     ffi::{c_int, c_uint},
     mm::{
         virt::{flags, VmaRef},
@@ -425,35 +426,24 @@ impl BlockPages {
         })
     }
 
-    /// The first page from `at` on that is in the set (`present`) or not, or `CHUNK_PAGES`:
-    /// a word at a time (a block's runs are looked for on every device fault, however few
-    /// pages it moves).
-    fn next(&self, at: usize, present: bool) -> usize {
-        let flip = if present { 0 } else { u64::MAX };
-        let mut w = at / 64;
-        let Some(&word) = self.0.get(w) else {
-            return CHUNK_PAGES;
-        };
-        let mut bits = (word ^ flip) & (u64::MAX << (at % 64));
-        while bits == 0 {
-            w += 1;
-            let Some(&word) = self.0.get(w) else {
-                return CHUNK_PAGES;
-            };
-            bits = word ^ flip;
-        }
-        w * 64 + bits.trailing_zeros() as usize
+    /// The set as the kernel's bitmap, for its searches (a block's runs are looked for on
+    /// every device fault, however few pages it moves: a word at a time, not a bit).
+    fn bitmap(&self) -> &Bitmap {
+        // SAFETY: `self.0` holds `CHUNK_PAGES` initialized bits in `unsigned long` words (GMEM
+        // builds for 64-bit machines only), borrowed for as long as the result, and only read.
+        unsafe { Bitmap::from_raw(self.0.as_ptr().cast(), CHUNK_PAGES) }
     }
 
     /// The runs of consecutive pages of the set, in order: (first page, length).
     pub(crate) fn runs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let bits = self.bitmap();
         let mut at = 0;
         core::iter::from_fn(move || {
-            let first = self.next(at, true);
-            if first >= CHUNK_PAGES {
+            if at >= CHUNK_PAGES {
                 return None;
             }
-            at = self.next(first, false);
+            let first = bits.next_bit(at)?;
+            at = bits.next_zero_bit(first).unwrap_or(CHUNK_PAGES);
             Some((first, at - first))
         })
     }
