@@ -85,6 +85,20 @@ struct Hw {
     slot_owner: KVec<u32>,
     /// Where the search for a free slot starts.
     next_slot: usize,
+    /// What maps each DRAM page, to check what GMEM promises a driver: a page it fills or
+    /// copies out is mapped nowhere (writable nowhere, for a copy out) and cached in no TLB
+    /// entry.
+    uses: KVVec<PageUse>,
+}
+
+/// The last-level entries that map one DRAM page.
+#[derive(Clone, Copy, Default)]
+struct PageUse {
+    maps: u16,
+    writable: u16,
+    /// The page table and address of the last entry that mapped it.
+    asid: u32,
+    va: usize,
 }
 
 impl Hw {
@@ -93,6 +107,90 @@ impl Hw {
         let page = self.pt_owner.iter().position(|&o| o == 0).ok_or(ENOMEM)?;
         self.pt_owner[page] = asid;
         Ok(page as u64 * PAGE_SIZE as u64)
+    }
+
+    /// Counts last-level entry `old` of `asid` at `va` replaced by `new`.
+    fn account(&mut self, asid: u32, va: usize, old: u64, new: u64) {
+        let dram = |pte: u64| pte & (PTE_VALID | PTE_HOST) == PTE_VALID;
+        if dram(old) {
+            if let Some(u) = self.uses.get_mut(((old & PTE_ADDR) >> 12) as usize) {
+                u.maps = u.maps.saturating_sub(1);
+                if old & PTE_WRITE != 0 {
+                    u.writable = u.writable.saturating_sub(1);
+                }
+            }
+        }
+        if dram(new) {
+            if let Some(u) = self.uses.get_mut(((new & PTE_ADDR) >> 12) as usize) {
+                u.maps = u.maps.saturating_add(1);
+                if new & PTE_WRITE != 0 {
+                    u.writable = u.writable.saturating_add(1);
+                }
+                u.asid = asid;
+                u.va = va;
+            }
+        }
+    }
+
+    /// Whether replacing entry `old` of `asid` at `va` by `new`, another page, leaves the
+    /// old DRAM page cached in the TLB: the engines would go on using it, as nothing
+    /// invalidates the TLB for a mapping that was never removed.
+    fn replaces_cached(&self, asid: u32, va: usize, old: u64, new: u64) -> bool {
+        if old & (PTE_VALID | PTE_HOST) != PTE_VALID
+            || (new & PTE_HOST == 0 && new & PTE_ADDR == old & PTE_ADDR)
+        {
+            return false;
+        }
+        let (pa, vpn) = (old & PTE_ADDR, va / PAGE_SIZE);
+        self.tlb
+            .iter()
+            .any(|e| e.valid && e.asid == asid && e.vpn == vpn && e.pa == pa)
+    }
+
+    /// Warns if GMEM replaces a mapping the TLB caches (see [`Hw::replaces_cached`]).
+    fn check_replaced(&self, asid: u32, va: usize, old: u64, new: u64) {
+        if self.replaces_cached(asid, va, old, new) {
+            pr_err!(
+                "mapping of {va:#x} in table {asid} replaced while the TLB caches page {:#x}\n",
+                (old & PTE_ADDR) >> 12
+            );
+            kernel::warn_on!(true);
+        }
+    }
+
+    /// How many entries map DRAM page `pfn` (writable ones only, with `writes_only`), and how
+    /// many TLB entries cache it (writable ones only).
+    fn users(&self, pfn: u64, writes_only: bool) -> (u16, usize) {
+        let Some(u) = self.uses.get(pfn as usize) else {
+            return (0, 0);
+        };
+        let maps = if writes_only { u.writable } else { u.maps };
+        let cached = self
+            .tlb
+            .iter()
+            .filter(|e| {
+                e.valid
+                    && e.pa & HOST_ADDR == 0
+                    && e.pa >> 12 == pfn
+                    && (e.writable || !writes_only)
+            })
+            .count();
+        (maps, cached)
+    }
+
+    /// Warns if DRAM page `pfn`, about to be filled (or, with `writes_only`, copied out), is
+    /// mapped (writable) or cached in the TLB: GMEM would show a stale page or lose data.
+    fn check_unused(&self, pfn: u64, writes_only: bool, what: &str) {
+        let (maps, cached) = self.users(pfn, writes_only);
+        if maps != 0 || cached != 0 {
+            let u = self.uses[pfn as usize];
+            pr_err!(
+                "{what} of page {pfn:#x}: {maps} mappings (last {:#x} of table {}), {cached} TLB entries\n",
+                u.va,
+                u.asid
+            );
+            kernel::warn_on!(true);
+        }
     }
 }
 
@@ -151,6 +249,11 @@ impl NpuMmu {
         }
         let mut slot_owner = KVec::with_capacity(APERTURE_SLOTS, GFP_KERNEL)?;
         let mut aperture = KVec::with_capacity(APERTURE_SLOTS, GFP_KERNEL)?;
+        let uses = KVVec::from_elem(
+            PageUse::default(),
+            (dram_size / PAGE_SIZE as u64) as usize,
+            GFP_KERNEL,
+        )?;
         for _ in 0..APERTURE_SLOTS {
             slot_owner.push(0, GFP_KERNEL)?;
             aperture.push(AtomicPtr::new(core::ptr::null_mut()), GFP_KERNEL)?;
@@ -166,6 +269,7 @@ impl NpuMmu {
                     pt_owner,
                     slot_owner,
                     next_slot: 0,
+                    uses,
                 }, "gmem_npu_hw"),
                 next_asid: AtomicU32::new(1),
                 tlb_invalidations: AtomicU64::new(0),
@@ -428,8 +532,9 @@ impl NpuMmu {
         let write = if prot.writable() { PTE_WRITE } else { 0 };
         self.set_pte_locked(
             hw,
+            pmap,
+            va,
             table,
-            pt_index(va, 0),
             (pfn * PAGE_SIZE as u64) | write | PTE_VALID,
         )
     }
@@ -448,8 +553,10 @@ impl NpuMmu {
             return Err(EFAULT);
         }
         let table = self.leaf_locked(hw, pmap, va, true)?.ok_or(EINVAL)?;
+        let old = self.read_pte(table, pt_index(va, 0))?;
+        hw.check_replaced(pmap.asid, va, old, PTE_HOST | PTE_VALID);
         // The slot the entry has now is given back first: it may be the only free one.
-        self.set_pte_locked(hw, table, pt_index(va, 0), 0)?;
+        self.set_pte_locked(hw, pmap, va, table, 0)?;
         let slot = (0..APERTURE_SLOTS)
             .map(|i| (hw.next_slot + i) % APERTURE_SLOTS)
             .find(|&i| hw.slot_owner[i] == 0)
@@ -484,13 +591,37 @@ impl NpuMmu {
 
     /// Writes last-level entry `index` of `table`, giving back the aperture slot of the entry
     /// it replaces.
-    fn set_pte_locked(&self, hw: &mut Hw, table: u64, index: usize, pte: u64) -> Result {
+    fn set_pte_locked(&self, hw: &mut Hw, pmap: &Pmap, va: usize, table: u64, pte: u64) -> Result {
+        let index = pt_index(va, 0);
         let old = self.read_pte(table, index)?;
+        if pte & PTE_VALID != 0 {
+            hw.check_replaced(pmap.asid, va, old, pte);
+        }
         self.write_pte(table, index, pte)?;
+        hw.account(pmap.asid, va, old, pte);
         if old & (PTE_VALID | PTE_HOST) == PTE_VALID | PTE_HOST {
             self.put_slot(hw, ((old & PTE_ADDR) >> 12) as usize);
         }
         Ok(())
+    }
+
+    /// Forgets the last-level entries under `table` of `level`, which maps from `base`, of a
+    /// page table being destroyed.
+    fn forget_locked(&self, hw: &mut Hw, pmap: &Pmap, table: u64, level: usize, base: usize) {
+        for index in 0..ENTRIES {
+            let Ok(pte) = self.read_pte(table, index) else {
+                return;
+            };
+            if pte & PTE_VALID == 0 {
+                continue;
+            }
+            let va = base | (index << (12 + 9 * level));
+            if level == 0 {
+                hw.account(pmap.asid, va, pte, 0);
+            } else {
+                self.forget_locked(hw, pmap, pte & PTE_ADDR, level - 1, va);
+            }
+        }
     }
 
     /// Clears the last-level entries of `[va, va + len)`; table pages stay until the page
@@ -504,7 +635,7 @@ impl NpuMmu {
                 .min(end);
             if let Ok(Some(table)) = self.leaf_locked(hw, pmap, at, false) {
                 for page in (at..next).step_by(PAGE_SIZE) {
-                    let _ = self.set_pte_locked(hw, table, pt_index(page, 0), 0);
+                    let _ = self.set_pte_locked(hw, pmap, page, table, 0);
                 }
             }
             at = next;
@@ -559,6 +690,7 @@ impl GmMmu for NpuMmu {
     fn peer_va_free(&self, _pmap: &Pmap, _va: usize, _len: usize) {}
 
     fn prepare_page(&self, pfn: u64, src: Option<&Page>) -> Result {
+        self.hw.lock().check_unused(pfn, false, "fill");
         let pa = pfn * PAGE_SIZE as u64;
         match src {
             Some(src) => self.copy_page(pa, src, true),
@@ -567,6 +699,7 @@ impl GmMmu for NpuMmu {
     }
 
     fn copy_to_host(&self, pfn: u64, dst: &Page) -> Result {
+        self.hw.lock().check_unused(pfn, true, "copy out");
         self.copy_page(pfn * PAGE_SIZE as u64, dst, false)
     }
 
@@ -579,6 +712,7 @@ impl GmMmu for NpuMmu {
 
     fn pmap_destroy(&self, pmap: Pmap) {
         let mut hw = self.hw.lock();
+        self.forget_locked(&mut hw, &pmap, pmap.root, LEVELS - 1, 0);
         for e in hw.tlb.iter_mut().filter(|e| e.asid == pmap.asid) {
             e.valid = false;
         }
@@ -707,6 +841,82 @@ mod tests {
 
     fn pt_pages(npu: &NpuMmu) -> usize {
         npu.hw.lock().pt_owner.iter().filter(|o| **o != 0).count()
+    }
+
+    /// How many entries map DRAM page `pfn`, and how many of them writable.
+    fn uses(npu: &NpuMmu, pfn: u64) -> (u16, u16) {
+        let u = npu.hw.lock().uses[pfn as usize];
+        (u.maps, u.writable)
+    }
+
+    #[test]
+    fn users_of_a_page_are_found() -> Result {
+        let npu = npu()?;
+        let pmap = npu.pmap_create()?;
+        let page = DATA + 6;
+        npu.pmap_enter(&pmap, VA, page, Prot::READ)?;
+        assert_eq!(npu.hw.lock().users(page, false), (1, 0));
+        // Only a writable mapping stops a copy out.
+        assert_eq!(npu.hw.lock().users(page, true), (0, 0));
+        assert!(translate(&npu, &pmap, VA, false).is_some());
+        assert_eq!(npu.hw.lock().users(page, false), (1, 1));
+        // Released but not invalidated: still in the TLB.
+        npu.pmap_release(&pmap, VA, PAGE_SIZE);
+        assert_eq!(npu.hw.lock().users(page, false), (0, 1));
+        npu.tlb_invl(&pmap, VA, PAGE_SIZE);
+        assert_eq!(npu.hw.lock().users(page, false), (0, 0));
+        npu.pmap_destroy(pmap);
+        Ok(())
+    }
+
+    #[test]
+    fn replacing_a_cached_mapping_is_seen() -> Result {
+        let npu = npu()?;
+        let pmap = npu.pmap_create()?;
+        npu.pmap_enter(&pmap, VA, DATA + 1, Prot::READ)?;
+        let old = ((DATA + 1) * PAGE_SIZE as u64) | PTE_VALID;
+        let other = ((DATA + 2) * PAGE_SIZE as u64) | PTE_VALID;
+        let host = PTE_HOST | PTE_VALID;
+        let asid = pmap.asid;
+        // Not cached yet: nothing to see.
+        assert!(!npu.hw.lock().replaces_cached(asid, VA, old, other));
+        assert!(translate(&npu, &pmap, VA, false).is_some());
+        let hw = npu.hw.lock();
+        assert!(hw.replaces_cached(asid, VA, old, other));
+        assert!(hw.replaces_cached(asid, VA, old, host));
+        // The same page with other rights, another address or another table: no.
+        assert!(!hw.replaces_cached(asid, VA, old, old | PTE_WRITE));
+        assert!(!hw.replaces_cached(asid, VA + PAGE_SIZE, old, other));
+        assert!(!hw.replaces_cached(asid + 1, VA, old, other));
+        drop(hw);
+        npu.pmap_destroy(pmap);
+        Ok(())
+    }
+
+    #[test]
+    fn mappings_of_each_page_are_counted() -> Result {
+        let npu = npu()?;
+        let pmap = npu.pmap_create()?;
+        npu.pmap_enter(&pmap, VA, DATA + 3, Prot::WRITE)?;
+        npu.pmap_enter(&pmap, VA + PAGE_SIZE, DATA + 3, Prot::READ)?;
+        assert_eq!(uses(&npu, DATA + 3), (2, 1));
+        // Replaced: the old page loses the entry.
+        npu.pmap_enter(&pmap, VA, DATA + 4, Prot::READ)?;
+        assert_eq!(
+            (uses(&npu, DATA + 3), uses(&npu, DATA + 4)),
+            ((1, 0), (1, 0))
+        );
+        npu.pmap_release(&pmap, VA + PAGE_SIZE, PAGE_SIZE);
+        assert_eq!(uses(&npu, DATA + 3), (0, 0));
+        // A host page is not DRAM's: the DRAM page it replaces is no longer mapped.
+        let host = Page::alloc_page(GFP_KERNEL)?;
+        npu.pmap_enter_host(&pmap, VA, &host, Prot::WRITE)?;
+        assert_eq!(uses(&npu, DATA + 4), (0, 0));
+        // What a destroyed page table mapped is mapped no more.
+        npu.pmap_enter(&pmap, VA + 7 * (ENTRIES * PAGE_SIZE), DATA + 5, Prot::WRITE)?;
+        npu.pmap_destroy(pmap);
+        assert_eq!(uses(&npu, DATA + 5), (0, 0));
+        Ok(())
     }
 
     #[test]
