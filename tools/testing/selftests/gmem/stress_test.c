@@ -103,6 +103,7 @@ static struct {
 	unsigned int nhistory;
 	int paranoid;		/* check both neighbours after every step */
 	int threads;		/* T_*: the kinds of threads that run */
+	int trace_stop;		/* GMEM_STRESS_TRACE_STOP: tracing_on = 0 on failure */
 	uint32_t *child_diag;	/* shared: what a failed checker child saw */
 
 	/* What happened, for the log. */
@@ -119,6 +120,17 @@ static void fail(const char *fmt, ...)
 
 	pthread_mutex_lock(&S.lock);
 	if (!S.failure[0]) {
+		/* The trace leading up to the failure, for whoever traces. */
+		if (S.trace_stop) {
+			int fd = open("/sys/kernel/tracing/tracing_on", O_WRONLY);
+
+			if (fd >= 0) {
+				ssize_t n = write(fd, "0", 1);
+
+				(void)n;
+				close(fd);
+			}
+		}
 		va_start(ap, fmt);
 		vsnprintf(S.failure, sizeof(S.failure), fmt, ap);
 		va_end(ap);
@@ -1175,7 +1187,9 @@ static int pins_settle(const struct gm_baseline *base, char *why, size_t size)
 
 /*
  * GMEM_STRESS_THREADS: which kinds of threads run (a mask of these, all by
- * default), to narrow a failure down.
+ * default), to narrow a failure down.  GMEM_STRESS_TRACE_STOP=1: the first
+ * failure turns tracing off (tracefs tracing_on), so that the trace ends
+ * where it happened.
  */
 enum {
 	T_CPU = 1, T_NPU = 2, T_ADVISOR = 4, T_CHURNER = 8, T_RACER = 16,
@@ -1230,6 +1244,7 @@ FIXTURE_SETUP(stress)
 		ASSERT_EQ(0, write_ull(STRESS_THRASHING, 2));
 	}
 	S.threads = env_ull("GMEM_STRESS_THREADS", ~0ULL);
+	S.trace_stop = env_ull("GMEM_STRESS_TRACE_STOP", 0);
 	S.nodes = online_host_nodes();
 	for (int i = 0; i < NPU_MAX; i++) {
 		S.fd[i] = npu_open_attached(i);
