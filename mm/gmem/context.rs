@@ -433,6 +433,12 @@ impl DeviceOps for Context {
         }
     }
 
+    fn owned_by(&self, page: DevicePage, space: usize, vpn: usize) -> bool {
+        self.dev
+            .memory()
+            .is_none_or(|memory| memory.owned_by(page.pfn, space, vpn))
+    }
+
     fn held(&self, va: usize) -> bool {
         self.detaching.load(Ordering::Acquire)
             || self

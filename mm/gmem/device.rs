@@ -514,6 +514,13 @@ pub(crate) trait DeviceOps: Send + Sync {
     /// device memory's reverse map records it) by mremap.
     fn moved(&self, _page: DevicePage, _space: usize, _vpn: usize) {}
 
+    /// Whether the page is allocated and recorded as virtual page `vpn` of address space
+    /// `space` (see [`DeviceOps::moved`]): what a page must be before it is mapped again.
+    /// `true` for a device that manages its memory itself.
+    fn owned_by(&self, _page: DevicePage, _space: usize, _vpn: usize) -> bool {
+        true
+    }
+
     /// Whether the device is using the page at `va` right now (a job holds it): eviction
     /// leaves it alone.
     fn held(&self, _va: usize) -> bool {

@@ -584,6 +584,15 @@ impl DeviceMemory {
         }
     }
 
+    /// Whether page `pfn` is allocated and recorded as address space `space`'s page at `vpn`.
+    pub(crate) fn owned_by(&self, pfn: u64, space: usize, vpn: usize) -> bool {
+        let Some(i) = self.index(pfn) else {
+            return false;
+        };
+        let owner = &self.chunks.lock().owners[i];
+        owner.space == space && owner.flags & VPN_MASK == vpn as u64 & VPN_MASK
+    }
+
     /// Marks page `pfn` as used again, as a mapping by a device without accessed bits does.
     #[cfg(CONFIG_GMEM_KUNIT_TEST)]
     fn touch(&self, pfn: u64) {

@@ -919,6 +919,7 @@ pub(crate) fn read_copy(
         // invalidation that drops copies while this one is claimed leaves it to this fault.
         let seq = window.read_begin();
         if let Some((copy, page)) = this.lpt.claim_copy(vpn, ctx.id(), None) {
+            warn_unless_owned(this, ctx, page, vpn);
             let mapped = ctx.map(va, page.pfn, prot);
             let seq = mapped.is_ok().then_some(seq);
             if end_copy(this, ctx, va, copy, page, seq, None) {
@@ -988,6 +989,21 @@ pub(crate) fn read_copy(
     }
 }
 
+/// Warns if device page `page`, about to be mapped again at page `vpn`, is not the one the
+/// device memory records there: the logical page table names a page that was freed (and
+/// maybe given to someone else), and the device would see data that is not the page's.
+fn warn_unless_owned(this: &AddressSpace, ctx: &dyn DeviceOps, page: DevicePage, vpn: usize) {
+    if !ctx.owned_by(page, core::ptr::from_ref(this) as usize, vpn) {
+        pr_err!(
+            "device {} page {:#x} at {:#x} is not the address space's\n",
+            page.dev,
+            page.pfn,
+            vpn * PAGE_SIZE
+        );
+        kernel::warn_on!(true);
+    }
+}
+
 /// Records device page `pfn`, now mapped at `va`, as where the page of `claim` lives, and ends
 /// the claim.  `false` if the entry was dropped meanwhile (the page is freed) or an
 /// invalidation ran since `seq` (the device mapping is removed again): the fault is retried.
@@ -1054,6 +1070,7 @@ pub(crate) fn fault_page(
                 let Some(claim) = this.lpt.claim(vpn, seen)? else {
                     continue;
                 };
+                warn_unless_owned(this, ctx, page, vpn);
                 let seq = window.read_begin();
                 if let Err(e) = ctx.map(va, page.pfn, prot) {
                     end_failed(this, claim, va, Residency::Device(page));
