@@ -35,6 +35,7 @@ use crate::{
     device::DeviceList,
     lpt::{Claim, DeviceId, DevicePage, LogicalPageTable, MappingBox, ParkedPage, Residency},
     policy::{device_bit, devices, Policy},
+    trace,
 };
 use core::{
     fmt,
@@ -702,7 +703,12 @@ impl AddressSpace {
             first,
             last,
             None,
-            |pages| self.devices.unmap_pages(pages),
+            |pages| {
+                for &(va, page) in pages {
+                    trace::copy(page.dev, va, 1, false);
+                }
+                self.devices.unmap_pages(pages)
+            },
             |pages| self.devices.free_pages(pages),
         )
     }
@@ -816,6 +822,7 @@ unsafe extern "C" fn invalidate(
     // SAFETY: core MM passes a valid range for the duration of the call.
     let range = unsafe { &*range };
     let blockable = range.flags & bindings::MMU_NOTIFIER_RANGE_BLOCKABLE != 0;
+    trace::invalidate(range.start, range.end, range.event);
     // Only this notifier's window: the notifiers of the other windows the range covers are
     // called for theirs.
     let start = range.start.max(notifier.start);

@@ -273,6 +273,7 @@ impl DeviceOps for Context {
             unsafe { release(self.raw_dev(), self.pmap, va as c_ulong, len as c_ulong) };
         }
         self.unmap_tlb(va, len);
+        trace::device_unmap(self.dev.id, va, len);
     }
 
     /// Maps device page `pfn` at `va`.
@@ -420,6 +421,7 @@ impl DeviceOps for Context {
                 moves.len() as c_uint,
             )
         })?;
+        trace::device_unmap(self.dev.id, va, run.len() * PAGE_SIZE);
         Stats::add(&self.dev.stats.migrations_to_host, run.len());
         if let Some((_, dst)) = run.first() {
             trace::migrate(va, run.len(), 0, self.dev.id.into(), dst.nid());
@@ -486,6 +488,9 @@ impl DeviceOps for Context {
                     };
                     n += 1;
                 }
+            }
+            for r in &ranges[..n] {
+                trace::device_unmap(self.dev.id, r.start, r.len);
             }
             match mmu.tlb_invl_coalesced {
                 // SAFETY: `ranges[..n]` are valid ranges of this context's page table.

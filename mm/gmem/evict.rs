@@ -408,6 +408,7 @@ fn drop_copy(dev: &Device, victim: &Victim, ctx: &Arc<dyn DeviceOps>, claim: Cla
         dev: dev.id,
         pfn: victim.pfn,
     };
+    trace::copy(dev.id, victim.vpn * PAGE_SIZE, 1, false);
     ctx.unmap(victim.vpn * PAGE_SIZE, page);
     // SAFETY: `begin_move` keeps the address space until `move_done`.
     let this = unsafe { &*(victim.space as *const AddressSpace) };

@@ -878,7 +878,9 @@ fn end_copy(
         }
     };
     this.lpt.wake();
-    if !kept {
+    if kept {
+        trace::copy(ctx.id(), va, 1, true);
+    } else {
         ctx.unmap(va, page);
         ctx.free(page);
     }

@@ -25,6 +25,7 @@ use crate::{
     address_space::{AddressSpace, NOTIFIER_SHIFT},
     device::DeviceOps,
     lpt::{Claim, DevicePage, LogicalPageTable, ParkedPage, Residency},
+    trace,
 };
 use core::ptr::{self, NonNull};
 use kernel::ffi::c_void;
@@ -648,6 +649,11 @@ pub(crate) fn copy_run(
         }
     }
     this.lpt.wake();
+    for_each_run(
+        &slots,
+        |s| s.done,
+        |i, len| trace::copy(dev, slots[i].vpn * PAGE_SIZE, len, true),
+    );
     for s in slots.iter_mut().filter(|s| !s.done) {
         if let Some(pfn) = s.pfn.take() {
             // An invalidation ran meanwhile: copied again one by one.

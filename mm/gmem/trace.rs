@@ -43,6 +43,22 @@ kernel::declare_trace! {
     ///
     /// Always safe to call.
     unsafe fn gmem_thrashing(hnid: c_int, va: c_ulong, pages: c_uint, in_place: c_int);
+    /// # Safety
+    ///
+    /// Always safe to call.
+    unsafe fn gmem_copy(hnid: c_int, va: c_ulong, pages: c_uint, made: c_int);
+    /// # Safety
+    ///
+    /// Always safe to call.
+    unsafe fn gmem_map_in_place(hnid: c_int, va: c_ulong, pages: c_uint, writable: c_int);
+    /// # Safety
+    ///
+    /// Always safe to call.
+    unsafe fn gmem_device_unmap(hnid: c_int, va: c_ulong, len: c_ulong);
+    /// # Safety
+    ///
+    /// Always safe to call.
+    unsafe fn gmem_invalidate(start: c_ulong, end: c_ulong, event: c_int);
 }
 
 /// `-1`: no node (a zero fill, a parked page).
@@ -112,4 +128,28 @@ pub(crate) fn evict(hnid: u16, wanted: usize, evicted: usize, ret: &Result<usize
 pub(crate) fn thrashing(hnid: u16, va: usize, pages: usize, in_place: bool) {
     // SAFETY: always safe to call.
     unsafe { gmem_thrashing(hnid.into(), va, count(pages), in_place.into()) }
+}
+
+/// `pages` read-only copies from `va` on were made on device `hnid` (`made`), or dropped.
+pub(crate) fn copy(hnid: u16, va: usize, pages: usize, made: bool) {
+    // SAFETY: always safe to call.
+    unsafe { gmem_copy(hnid.into(), va, count(pages), made.into()) }
+}
+
+/// Device `hnid` mapped `pages` host pages from `va` on where they are.
+pub(crate) fn map_in_place(hnid: u16, va: usize, pages: usize, writable: bool) {
+    // SAFETY: always safe to call.
+    unsafe { gmem_map_in_place(hnid.into(), va, count(pages), writable.into()) }
+}
+
+/// Device `hnid`'s mappings of `len` bytes at `va` were removed.
+pub(crate) fn device_unmap(hnid: u16, va: usize, len: usize) {
+    // SAFETY: always safe to call.
+    unsafe { gmem_device_unmap(hnid.into(), va, len) }
+}
+
+/// An MMU notifier invalidation of `start..end`, for `event`.
+pub(crate) fn invalidate(start: usize, end: usize, event: u32) {
+    // SAFETY: always safe to call.
+    unsafe { gmem_invalidate(start, end, event as c_int) }
 }

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * Tracepoints of GMEM (mm/gmem/): device faults, CPU faults of pages that
- * are away, migrations, density prefetch and eviction.
+ * are away, migrations, density prefetch, eviction, read-only copies,
+ * in-place and removed device mappings, and MMU notifier invalidations.
  *
  * A node is a GMEM device's hnid, a NUMA node of host memory, or -1 for no
  * page at all (a zero fill).  See Documentation/mm/gmem.rst.
@@ -183,6 +184,108 @@ TRACE_EVENT(gmem_evict,
 	TP_printk("hnid=%d wanted=%u evicted=%u ret=%d",
 		  __entry->hnid, __entry->wanted, __entry->evicted,
 		  __entry->ret)
+);
+
+/*
+ * gmem_copy - read-only copies (MADV_READ_MOSTLY) were made or dropped
+ * @hnid:	the device holding them
+ * @va:		the first page's address
+ * @pages:	the pages, consecutive
+ * @made:	1: copied and mapped on @hnid; 0: unmapped from @hnid and freed
+ */
+TRACE_EVENT(gmem_copy,
+	TP_PROTO(int hnid, unsigned long va, unsigned int pages, int made),
+	TP_ARGS(hnid, va, pages, made),
+	TP_STRUCT__entry(
+		__field(int, hnid)
+		__field(unsigned long, va)
+		__field(unsigned int, pages)
+		__field(int, made)
+	),
+	TP_fast_assign(
+		__entry->hnid = hnid;
+		__entry->va = va;
+		__entry->pages = pages;
+		__entry->made = made;
+	),
+	TP_printk("hnid=%d va=%#lx pages=%u made=%d",
+		  __entry->hnid, __entry->va, __entry->pages, __entry->made)
+);
+
+/*
+ * gmem_map_in_place - a device mapped host pages where they are
+ *		       (MADV_ACCESSED_BY, or pages that thrash)
+ * @hnid:	the device
+ * @va:		the first page's address
+ * @pages:	the pages, consecutive
+ * @writable:	1 if the device may write them
+ */
+TRACE_EVENT(gmem_map_in_place,
+	TP_PROTO(int hnid, unsigned long va, unsigned int pages, int writable),
+	TP_ARGS(hnid, va, pages, writable),
+	TP_STRUCT__entry(
+		__field(int, hnid)
+		__field(unsigned long, va)
+		__field(unsigned int, pages)
+		__field(int, writable)
+	),
+	TP_fast_assign(
+		__entry->hnid = hnid;
+		__entry->va = va;
+		__entry->pages = pages;
+		__entry->writable = writable;
+	),
+	TP_printk("hnid=%d va=%#lx pages=%u writable=%d",
+		  __entry->hnid, __entry->va, __entry->pages,
+		  __entry->writable)
+);
+
+/*
+ * gmem_device_unmap - a device's mappings of a range were removed, and its
+ *		       TLB invalidated for them
+ * @hnid:	the device
+ * @va:		the range's start
+ * @len:	its length in bytes
+ */
+TRACE_EVENT(gmem_device_unmap,
+	TP_PROTO(int hnid, unsigned long va, unsigned long len),
+	TP_ARGS(hnid, va, len),
+	TP_STRUCT__entry(
+		__field(int, hnid)
+		__field(unsigned long, va)
+		__field(unsigned long, len)
+	),
+	TP_fast_assign(
+		__entry->hnid = hnid;
+		__entry->va = va;
+		__entry->len = len;
+	),
+	TP_printk("hnid=%d va=%#lx len=%#lx",
+		  __entry->hnid, __entry->va, __entry->len)
+);
+
+/*
+ * gmem_invalidate - core MM changed the CPU page table of a range of a
+ *		     process that uses GMEM (an MMU notifier invalidation)
+ * @start:	the range's start
+ * @end:	its end
+ * @event:	the enum mmu_notifier_event
+ */
+TRACE_EVENT(gmem_invalidate,
+	TP_PROTO(unsigned long start, unsigned long end, int event),
+	TP_ARGS(start, end, event),
+	TP_STRUCT__entry(
+		__field(unsigned long, start)
+		__field(unsigned long, end)
+		__field(int, event)
+	),
+	TP_fast_assign(
+		__entry->start = start;
+		__entry->end = end;
+		__entry->event = event;
+	),
+	TP_printk("start=%#lx end=%#lx event=%d",
+		  __entry->start, __entry->end, __entry->event)
 );
 
 #endif /* _TRACE_GMEM_H */
