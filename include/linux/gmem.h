@@ -133,7 +133,10 @@ struct gm_move {
  *	any mapping of @va, for a device that reaches host memory in place
  *	(hmadvise()'s MADV_ACCESSED_BY).  The device must not keep a reference
  *	to @page beyond the mapping: GMEM removes it (@pmap_release and
- *	@tlb_invl) before the CPU page table stops mapping the page.
+ *	@tlb_invl) before the CPU page table stops mapping the page.  Called
+ *	under the lock with which MMU notifier invalidations remove in-place
+ *	mappings, so that no mapping of a page the CPU has replaced is ever
+ *	made: it must not allocate memory that may reclaim.
  *	Optional: a device without it always gets the pages migrated.
  *
  * TLB:

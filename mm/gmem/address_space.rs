@@ -49,10 +49,10 @@ use kernel::{
     error::to_result,
     ffi::c_ulong,
     mm::virt::VmaRef,
-    new_condvar, new_spinlock,
+    new_condvar, new_mutex, new_spinlock,
     page::PAGE_SIZE,
     prelude::*,
-    sync::{CondVar, SpinLock},
+    sync::{CondVar, Mutex, SpinLock},
     types::Opaque,
     xarray::{AllocKind, Guard, XArray},
 };
@@ -181,6 +181,12 @@ pub(crate) struct AddressSpace {
     /// (`MADV_ACCESSED_BY`), as [`crate::policy::device_bit`]s: every invalidation removes
     /// their mappings of the range.
     remote: AtomicU64,
+    /// Held while a device maps host pages in place, from the check that no invalidation ran
+    /// since the pages were pinned to the mapping, and while an invalidation removes in-place
+    /// mappings: a device never maps a page the CPU no longer maps, not even for the moment
+    /// between a mapping and a check after it (see [`AddressSpace::map_in_place_since`]).
+    #[pin]
+    in_place: Mutex<()>,
 }
 
 // SAFETY: `mm` is only an identity and is dereferenced only by paths of that mm, which keep it
@@ -217,6 +223,7 @@ impl AddressSpace {
                 ),
                 policy <- Policy::new(),
                 remote: AtomicU64::new(0),
+                in_place <- new_mutex!((), "gmem_as::in_place"),
             }),
             GFP_KERNEL_ACCOUNT,
         )?;
@@ -631,9 +638,34 @@ impl AddressSpace {
         self.remote.fetch_or(device_bit(dev), Ordering::AcqRel);
     }
 
+    /// Runs `map`, which maps host pages on a device in place, unless an invalidation of the
+    /// window of `seq` ran since [`Notifier::read_begin`] returned it (`None`, and nothing is
+    /// mapped).  The caller pinned the pages after `read_begin` and recorded the device with
+    /// [`AddressSpace::mapping_in_place`] before it.
+    ///
+    /// Checked first, then mapped, under the lock with which an invalidation removes in-place
+    /// mappings once it has published its sequence: a mapping is made either before that
+    /// removal, which then takes it, or not at all.  Mapping first and checking afterwards
+    /// would leave the device, until it is unmapped again, a page the CPU has replaced (a
+    /// move, a copy-on-write) to read stale data from or to lose writes into.  `map` runs
+    /// under a lock that invalidations take, so it must not allocate memory that may reclaim.
+    pub(crate) fn map_in_place_since<R>(
+        &self,
+        seq: &Seq<'_>,
+        map: impl FnOnce() -> R,
+    ) -> Option<R> {
+        let _mapping = self.in_place.lock();
+        let changed = {
+            let lpt = self.lpt.lock();
+            self.changed(&lpt, seq)
+        };
+        (!changed).then(map)
+    }
+
     /// Removes the in-place mappings of host pages of `start..end` (addresses) on every device
-    /// that made some ([`AddressSpace::mapping_in_place`]), or on `only`.  `false` (nothing
-    /// done) if there are some and the caller may not sleep.
+    /// that made some ([`AddressSpace::mapping_in_place`]), or on `only`, waiting for mappings
+    /// being made (see [`AddressSpace::map_in_place_since`]).  `false` (nothing done) if there
+    /// are some and the caller may not sleep.
     pub(crate) fn unmap_in_place(
         &self,
         start: usize,
@@ -645,6 +677,17 @@ impl AddressSpace {
         if let Some(dev) = only {
             remote &= device_bit(dev);
         }
+        if remote == 0 {
+            return true;
+        }
+        let _mapping = if blockable {
+            self.in_place.lock()
+        } else {
+            match self.in_place.try_lock() {
+                Some(guard) => guard,
+                None => return false,
+            }
+        };
         self.unmap_on(remote, start, end, blockable)
     }
 
@@ -1254,6 +1297,77 @@ mod tests {
             MAPPED_AGAIN.fetch_add(1, Ordering::Relaxed);
             assert!(this.lpt.end_claim(copy, Residency::Device(page)));
         }
+    }
+
+    /// The sequence of window 0 now, as `Notifier::read_begin` would return it (the tests'
+    /// notifier is not registered with an mm).
+    fn seq_now(this: &AddressSpace) -> Seq<'_> {
+        let notifier = this.window(0).expect("window 0 is covered");
+        // SAFETY: `mni` is valid; nothing writes the sequence concurrently in the tests.
+        let seq =
+            unsafe { core::ptr::read_volatile(&raw const (*notifier.mni.get()).invalidate_seq) };
+        Seq { notifier, seq }
+    }
+
+    #[test]
+    fn no_in_place_mapping_once_an_invalidation_ran() -> Result {
+        let (this, fake) = setup()?;
+        this.mapping_in_place(4);
+        // An invalidation of page 10 runs after the fault pinned the page: the device may not
+        // map it, not even for a moment (it would read the old page, or write into it).
+        let seq = seq_now(&this);
+        assert!(notify(
+            &this,
+            bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR,
+            10,
+            11,
+            true
+        ));
+        assert_eq!(fake.take_ops(), [Op::Unmap(10 * PAGE_SIZE, 10)]);
+        let mut mapped = false;
+        assert_eq!(this.map_in_place_since(&seq, || mapped = true), None);
+        assert!(!mapped);
+        // The fault starts over, and maps it.
+        let seq = seq_now(&this);
+        assert_eq!(this.map_in_place_since(&seq, || 1), Some(1));
+        Ok(())
+    }
+
+    /// Set once [`an_invalidation_waits_for_an_in_place_mapping`]'s invalidation returned.
+    static INVALIDATED: AtomicUsize = AtomicUsize::new(0);
+
+    #[test]
+    fn an_invalidation_waits_for_an_in_place_mapping() -> Result {
+        let (this, fake) = setup()?;
+        this.mapping_in_place(4);
+        INVALIDATED.store(0, Ordering::Relaxed);
+        let space = core::ptr::from_ref::<AddressSpace>(&*this) as usize;
+        let seq = seq_now(&this);
+        let seen = this.map_in_place_since(&seq, || -> Result<usize> {
+            // An invalidation of the page starts while the device maps it...
+            kernel::workqueue::system().try_spawn(GFP_KERNEL, move || {
+                // SAFETY: the test waits for this work before the address space goes.
+                let this = unsafe { &*(space as *const AddressSpace) };
+                notify(
+                    this,
+                    bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR,
+                    10,
+                    11,
+                    true,
+                );
+                INVALIDATED.store(1, Ordering::Release);
+            })?;
+            // ...and removes in-place mappings only once this one is made.
+            kernel::time::delay::fsleep(kernel::time::Delta::from_millis(50));
+            Ok(INVALIDATED.load(Ordering::Acquire))
+        });
+        assert_eq!(seen, Some(Ok(0)));
+        while INVALIDATED.load(Ordering::Acquire) == 0 {
+            kernel::time::delay::fsleep(kernel::time::Delta::from_millis(1));
+        }
+        // The mapping made is removed by the invalidation.
+        assert_eq!(fake.take_ops(), [Op::Unmap(10 * PAGE_SIZE, 10)]);
+        Ok(())
     }
 
     #[test]

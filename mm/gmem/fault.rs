@@ -830,22 +830,19 @@ pub(crate) fn map_in_place(
         let seq = window.read_begin();
         let write = prot & bindings::GM_PROT_WRITE != 0;
         let host = PinnedPage::fault_in(mm, va, write)?;
-        if ctx.map_host(va, host.page(), prot).is_err() {
-            drop(host);
+        match this.map_in_place_since(&seq, || ctx.map_host(va, host.page(), prot)) {
+            Some(Ok(())) => {
+                trace::map_in_place(ctx.id(), va, 1, write);
+                return Ok(false);
+            }
             // No room to map it (the device's window on host memory is full): moved instead.
-            return fault_page(this, mm, ctx, vma, va, prot);
+            Some(Err(_)) => {
+                drop(host);
+                return fault_page(this, mm, ctx, vma, va, prot);
+            }
+            // The CPU page table changed since the page was pinned: looked at again.
+            None => {}
         }
-        let changed = {
-            let guard = this.lpt.lock();
-            this.changed(&guard, &seq)
-        };
-        if !changed {
-            return Ok(false);
-        }
-        // Unpinned only once unmapped: a page an invalidation took from the CPU meanwhile
-        // is not freed while the device maps it.
-        ctx.unmap_va(va, PAGE_SIZE);
-        drop(host);
     }
 }
 

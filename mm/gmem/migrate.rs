@@ -467,37 +467,38 @@ pub(crate) fn map_run_in_place(
     pin_slots(mm, &mut slots, prot & bindings::GM_PROT_WRITE != 0, |_| {
         Ok(())
     })?;
-    let mut mapped = 0;
-    for s in slots.iter_mut() {
-        let Some(host) = &s.host else {
-            continue;
-        };
-        // No room (the device's window on host memory is full): the rest go the per-page
-        // way, which moves the pages that faulted instead.
-        if ctx.map_host(s.vpn * PAGE_SIZE, host.page(), prot).is_err() {
-            break;
-        }
-        s.done = true;
-        mapped += 1;
-    }
-    let changed = {
-        let guard = this.lpt.lock();
-        this.changed(&guard, &seq)
-    };
-    if changed {
-        for_each_run(
-            &slots,
-            |s| s.done,
-            |i, len| ctx.unmap_va(slots[i].vpn * PAGE_SIZE, len * PAGE_SIZE),
-        );
-        mapped = 0;
-    }
-    // Unpinned only now: a page an invalidation took from the CPU meanwhile is not freed
-    // while the device may still map it.
+    // Checked, then mapped, under the lock invalidations take (see `map_in_place_since`).
+    let mapped = this
+        .map_in_place_since(&seq, || {
+            let mut mapped = 0;
+            for s in slots.iter_mut() {
+                let Some(host) = &s.host else {
+                    continue;
+                };
+                // No room (the device's window on host memory is full): the rest go the
+                // per-page way, which moves the pages that faulted instead.
+                if ctx.map_host(s.vpn * PAGE_SIZE, host.page(), prot).is_err() {
+                    break;
+                }
+                s.done = true;
+                mapped += 1;
+            }
+            mapped
+        })
+        .unwrap_or(0);
+    let writable = prot & bindings::GM_PROT_WRITE != 0;
+    for_each_run(
+        &slots,
+        |s| s.done,
+        |i, len| trace::map_in_place(ctx.id(), slots[i].vpn * PAGE_SIZE, len, writable),
+    );
+    // The device holds no reference to the pages: they stay pinned until they are mapped,
+    // and the CPU page table's reference keeps them afterwards (an invalidation removes the
+    // device's mappings before the CPU's goes).
     for s in slots.iter_mut() {
         s.host = None;
     }
-    for s in slots.iter().filter(|s| changed || !s.done) {
+    for s in slots.iter().filter(|s| !s.done) {
         // Cannot fail: `slow` has room for the whole chunk.
         let _ = slow.push_within_capacity(s.vpn);
     }

@@ -283,8 +283,10 @@ pub trait GmMmu: Send + Sync + Sized + 'static {
     /// Maps `va` to host page `page` with `prot`, replacing any mapping of `va`: a device
     /// that reaches host memory in place (`MADV_ACCESSED_BY`).  The device keeps no reference
     /// to `page` beyond the mapping, which GMEM removes (with [`Self::pmap_release`] and
-    /// [`Self::tlb_invl`]) before the CPU page table stops mapping the page.  Without it, the
-    /// device always gets the pages migrated.
+    /// [`Self::tlb_invl`]) before the CPU page table stops mapping the page.  Called under the
+    /// lock with which MMU notifier invalidations remove in-place mappings, so that no mapping
+    /// of a page the CPU has replaced is ever made: it must not allocate memory that may
+    /// reclaim.  Without it, the device always gets the pages migrated.
     fn pmap_enter_host(&self, _pmap: &Self::Pmap, _va: usize, _page: &Page, _prot: Prot) -> Result {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
