@@ -1333,36 +1333,42 @@ mod tests {
         Ok(())
     }
 
-    /// Set once [`an_invalidation_waits_for_an_in_place_mapping`]'s invalidation returned.
-    static INVALIDATED: AtomicUsize = AtomicUsize::new(0);
+    /// Where [`an_invalidation_waits_for_an_in_place_mapping`] is: 1 once the mapping began,
+    /// 2 once the invalidation returned.
+    static STAGE: AtomicUsize = AtomicUsize::new(0);
 
     #[test]
     fn an_invalidation_waits_for_an_in_place_mapping() -> Result {
         let (this, fake) = setup()?;
         this.mapping_in_place(4);
-        INVALIDATED.store(0, Ordering::Relaxed);
+        STAGE.store(0, Ordering::Relaxed);
         let space = core::ptr::from_ref::<AddressSpace>(&*this) as usize;
+        // Started first: nothing is allocated under the in-place lock, as nothing may be.
+        kernel::workqueue::system().try_spawn(GFP_KERNEL, move || {
+            while STAGE.load(Ordering::Acquire) == 0 {
+                kernel::time::delay::fsleep(kernel::time::Delta::from_millis(1));
+            }
+            // SAFETY: the test waits for this work before the address space goes.
+            let this = unsafe { &*(space as *const AddressSpace) };
+            notify(
+                this,
+                bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR,
+                10,
+                11,
+                true,
+            );
+            STAGE.store(2, Ordering::Release);
+        })?;
         let seq = seq_now(&this);
-        let seen = this.map_in_place_since(&seq, || -> Result<usize> {
+        let seen = this.map_in_place_since(&seq, || {
             // An invalidation of the page starts while the device maps it...
-            kernel::workqueue::system().try_spawn(GFP_KERNEL, move || {
-                // SAFETY: the test waits for this work before the address space goes.
-                let this = unsafe { &*(space as *const AddressSpace) };
-                notify(
-                    this,
-                    bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR,
-                    10,
-                    11,
-                    true,
-                );
-                INVALIDATED.store(1, Ordering::Release);
-            })?;
+            STAGE.store(1, Ordering::Release);
             // ...and removes in-place mappings only once this one is made.
             kernel::time::delay::fsleep(kernel::time::Delta::from_millis(50));
-            Ok(INVALIDATED.load(Ordering::Acquire))
+            STAGE.load(Ordering::Acquire)
         });
-        assert_eq!(seen, Some(Ok(0)));
-        while INVALIDATED.load(Ordering::Acquire) == 0 {
+        assert_eq!(seen, Some(1));
+        while STAGE.load(Ordering::Acquire) != 2 {
             kernel::time::delay::fsleep(kernel::time::Delta::from_millis(1));
         }
         // The mapping made is removed by the invalidation.
