@@ -423,14 +423,16 @@ impl NpuMmu {
         let offset = (va % PAGE_SIZE) as u64;
         let hit = hw
             .tlb
-            .iter()
+            .iter_mut()
             .find(|e| e.valid && e.asid == pmap.asid && e.vpn == vpn);
         if let Some(e) = hit {
-            return Ok(if write && !e.writable {
-                Translation::Miss
-            } else {
-                Translation::Hit(e.pa + offset)
-            });
+            if !write || e.writable {
+                return Ok(Translation::Hit(e.pa + offset));
+            }
+            // A write through a read-only translation: the entry goes and the walker looks
+            // again, as an MMU does on a permission fault, so that rights granted since (a
+            // page mapped again writable) take effect without an invalidation.
+            e.valid = false;
         }
         let Some(table) = self.leaf_locked(hw, pmap, va, false)? else {
             return Ok(Translation::Miss);
@@ -865,6 +867,22 @@ mod tests {
         assert_eq!(npu.hw.lock().users(page, false), (0, 1));
         npu.tlb_invl(&pmap, VA, PAGE_SIZE);
         assert_eq!(npu.hw.lock().users(page, false), (0, 0));
+        npu.pmap_destroy(pmap);
+        Ok(())
+    }
+
+    #[test]
+    fn a_write_through_a_read_only_translation_walks_again() -> Result {
+        let npu = npu()?;
+        let pmap = npu.pmap_create()?;
+        npu.pmap_enter(&pmap, VA, DATA + 2, Prot::READ)?;
+        let page = (DATA + 2) * PAGE_SIZE as u64;
+        assert_eq!(translate(&npu, &pmap, VA, false), Some(page));
+        assert_eq!(translate(&npu, &pmap, VA, true), None);
+        // Mapped again writable: the next write sees it, with no invalidation.
+        npu.pmap_enter(&pmap, VA, DATA + 2, Prot::WRITE)?;
+        assert_eq!(translate(&npu, &pmap, VA, true), Some(page));
+        assert_eq!(npu.tlb_invalidations.load(Relaxed), 0);
         npu.pmap_destroy(pmap);
         Ok(())
     }
