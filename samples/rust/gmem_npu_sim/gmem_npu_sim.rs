@@ -30,6 +30,7 @@ use kernel::{
     workqueue::{self, impl_has_work, Work, WorkItem},
 };
 
+mod check;
 mod mmu;
 use mmu::NpuMmu;
 

@@ -14,6 +14,7 @@
 //! IOMMU: [`APERTURE_SLOTS`] slots, each holding a reference to the host page it maps, given back
 //! when the entry that uses it is cleared.
 
+use crate::check::{check_replaced, Cached, Mapped, Uses};
 use core::sync::atomic::{
     AtomicPtr, AtomicU32, AtomicU64,
     Ordering::{Acquire, Relaxed, Release},
@@ -85,20 +86,8 @@ struct Hw {
     slot_owner: KVec<u32>,
     /// Where the search for a free slot starts.
     next_slot: usize,
-    /// What maps each DRAM page, to check what GMEM promises a driver: a page it fills or
-    /// copies out is mapped nowhere (writable nowhere, for a copy out) and cached in no TLB
-    /// entry.
-    uses: KVVec<PageUse>,
-}
-
-/// The last-level entries that map one DRAM page.
-#[derive(Clone, Copy, Default)]
-struct PageUse {
-    maps: u16,
-    writable: u16,
-    /// The page table and address of the last entry that mapped it.
-    asid: u32,
-    va: usize,
+    /// What maps each DRAM page, to check what GMEM promises a driver ([`crate::check`]).
+    uses: Uses,
 }
 
 impl Hw {
@@ -109,88 +98,27 @@ impl Hw {
         Ok(page as u64 * PAGE_SIZE as u64)
     }
 
-    /// Counts last-level entry `old` of `asid` at `va` replaced by `new`.
-    fn account(&mut self, asid: u32, va: usize, old: u64, new: u64) {
-        let dram = |pte: u64| pte & (PTE_VALID | PTE_HOST) == PTE_VALID;
-        if dram(old) {
-            if let Some(u) = self.uses.get_mut(((old & PTE_ADDR) >> 12) as usize) {
-                u.maps = u.maps.saturating_sub(1);
-                if old & PTE_WRITE != 0 {
-                    u.writable = u.writable.saturating_sub(1);
-                }
-            }
-        }
-        if dram(new) {
-            if let Some(u) = self.uses.get_mut(((new & PTE_ADDR) >> 12) as usize) {
-                u.maps = u.maps.saturating_add(1);
-                if new & PTE_WRITE != 0 {
-                    u.writable = u.writable.saturating_add(1);
-                }
-                u.asid = asid;
-                u.va = va;
-            }
-        }
-    }
-
-    /// Whether replacing entry `old` of `asid` at `va` by `new`, another page, leaves the
-    /// old DRAM page cached in the TLB: the engines would go on using it, as nothing
-    /// invalidates the TLB for a mapping that was never removed.
-    fn replaces_cached(&self, asid: u32, va: usize, old: u64, new: u64) -> bool {
-        if old & (PTE_VALID | PTE_HOST) != PTE_VALID
-            || (new & PTE_HOST == 0 && new & PTE_ADDR == old & PTE_ADDR)
-        {
-            return false;
-        }
-        let (pa, vpn) = (old & PTE_ADDR, va / PAGE_SIZE);
+    /// The TLB's valid entries that translate to DRAM, for [`crate::check`].
+    fn cached(&self) -> impl Iterator<Item = Cached> + '_ {
         self.tlb
             .iter()
-            .any(|e| e.valid && e.asid == asid && e.vpn == vpn && e.pa == pa)
-    }
-
-    /// Warns if GMEM replaces a mapping the TLB caches (see [`Hw::replaces_cached`]).
-    fn check_replaced(&self, asid: u32, va: usize, old: u64, new: u64) {
-        if self.replaces_cached(asid, va, old, new) {
-            pr_err!(
-                "mapping of {va:#x} in table {asid} replaced while the TLB caches page {:#x}\n",
-                (old & PTE_ADDR) >> 12
-            );
-            kernel::warn_on!(true);
-        }
-    }
-
-    /// How many entries map DRAM page `pfn` (writable ones only, with `writes_only`), and how
-    /// many TLB entries cache it (writable ones only).
-    fn users(&self, pfn: u64, writes_only: bool) -> (u16, usize) {
-        let Some(u) = self.uses.get(pfn as usize) else {
-            return (0, 0);
-        };
-        let maps = if writes_only { u.writable } else { u.maps };
-        let cached = self
-            .tlb
-            .iter()
-            .filter(|e| {
-                e.valid
-                    && e.pa & HOST_ADDR == 0
-                    && e.pa >> 12 == pfn
-                    && (e.writable || !writes_only)
+            .filter(|e| e.valid && e.pa & HOST_ADDR == 0)
+            .map(|e| Cached {
+                asid: e.asid,
+                vpn: e.vpn,
+                page: Mapped {
+                    pfn: e.pa >> 12,
+                    writable: e.writable,
+                },
             })
-            .count();
-        (maps, cached)
     }
 
-    /// Warns if DRAM page `pfn`, about to be filled (or, with `writes_only`, copied out), is
-    /// mapped (writable) or cached in the TLB: GMEM would show a stale page or lose data.
-    fn check_unused(&self, pfn: u64, writes_only: bool, what: &str) {
-        let (maps, cached) = self.users(pfn, writes_only);
-        if maps != 0 || cached != 0 {
-            let u = self.uses[pfn as usize];
-            pr_err!(
-                "{what} of page {pfn:#x}: {maps} mappings (last {:#x} of table {}), {cached} TLB entries\n",
-                u.va,
-                u.asid
-            );
-            kernel::warn_on!(true);
-        }
+    /// The DRAM page that last-level entry `pte` maps, if it maps one, for [`crate::check`].
+    fn dram(pte: u64) -> Option<Mapped> {
+        (pte & (PTE_VALID | PTE_HOST) == PTE_VALID).then(|| Mapped {
+            pfn: (pte & PTE_ADDR) >> 12,
+            writable: pte & PTE_WRITE != 0,
+        })
     }
 }
 
@@ -249,11 +177,7 @@ impl NpuMmu {
         }
         let mut slot_owner = KVec::with_capacity(APERTURE_SLOTS, GFP_KERNEL)?;
         let mut aperture = KVec::with_capacity(APERTURE_SLOTS, GFP_KERNEL)?;
-        let uses = KVVec::from_elem(
-            PageUse::default(),
-            (dram_size / PAGE_SIZE as u64) as usize,
-            GFP_KERNEL,
-        )?;
+        let uses = Uses::new((dram_size / PAGE_SIZE as u64) as usize)?;
         for _ in 0..APERTURE_SLOTS {
             slot_owner.push(0, GFP_KERNEL)?;
             aperture.push(AtomicPtr::new(core::ptr::null_mut()), GFP_KERNEL)?;
@@ -556,7 +480,7 @@ impl NpuMmu {
         }
         let table = self.leaf_locked(hw, pmap, va, true)?.ok_or(EINVAL)?;
         let old = self.read_pte(table, pt_index(va, 0))?;
-        hw.check_replaced(pmap.asid, va, old, PTE_HOST | PTE_VALID);
+        check_replaced(pmap.asid, va, Hw::dram(old), None, hw.cached());
         // The slot the entry has now is given back first: it may be the only free one.
         self.set_pte_locked(hw, pmap, va, table, 0)?;
         let slot = (0..APERTURE_SLOTS)
@@ -597,10 +521,11 @@ impl NpuMmu {
         let index = pt_index(va, 0);
         let old = self.read_pte(table, index)?;
         if pte & PTE_VALID != 0 {
-            hw.check_replaced(pmap.asid, va, old, pte);
+            let new = Hw::dram(pte).map(|m| m.pfn);
+            check_replaced(pmap.asid, va, Hw::dram(old), new, hw.cached());
         }
         self.write_pte(table, index, pte)?;
-        hw.account(pmap.asid, va, old, pte);
+        hw.uses.account(pmap.asid, va, Hw::dram(old), Hw::dram(pte));
         if old & (PTE_VALID | PTE_HOST) == PTE_VALID | PTE_HOST {
             self.put_slot(hw, ((old & PTE_ADDR) >> 12) as usize);
         }
@@ -619,7 +544,7 @@ impl NpuMmu {
             }
             let va = base | (index << (12 + 9 * level));
             if level == 0 {
-                hw.account(pmap.asid, va, pte, 0);
+                hw.uses.account(pmap.asid, va, Hw::dram(pte), None);
             } else {
                 self.forget_locked(hw, pmap, pte & PTE_ADDR, level - 1, va);
             }
@@ -692,7 +617,9 @@ impl GmMmu for NpuMmu {
     fn peer_va_free(&self, _pmap: &Pmap, _va: usize, _len: usize) {}
 
     fn prepare_page(&self, pfn: u64, src: Option<&Page>) -> Result {
-        self.hw.lock().check_unused(pfn, false, "fill");
+        let hw = self.hw.lock();
+        hw.uses.check_unused(pfn, false, "fill", hw.cached());
+        drop(hw);
         let pa = pfn * PAGE_SIZE as u64;
         match src {
             Some(src) => self.copy_page(pa, src, true),
@@ -701,7 +628,9 @@ impl GmMmu for NpuMmu {
     }
 
     fn copy_to_host(&self, pfn: u64, dst: &Page) -> Result {
-        self.hw.lock().check_unused(pfn, true, "copy out");
+        let hw = self.hw.lock();
+        hw.uses.check_unused(pfn, true, "copy out", hw.cached());
+        drop(hw);
         self.copy_page(pfn * PAGE_SIZE as u64, dst, false)
     }
 
@@ -847,8 +776,14 @@ mod tests {
 
     /// How many entries map DRAM page `pfn`, and how many of them writable.
     fn uses(npu: &NpuMmu, pfn: u64) -> (u16, u16) {
-        let u = npu.hw.lock().uses[pfn as usize];
+        let u = npu.hw.lock().uses.of(pfn);
         (u.maps, u.writable)
+    }
+
+    /// [`Uses::users`] of `pfn` with the TLB as it is.
+    fn users(npu: &NpuMmu, pfn: u64, writes_only: bool) -> (u16, usize) {
+        let hw = npu.hw.lock();
+        hw.uses.users(pfn, writes_only, hw.cached())
     }
 
     #[test]
@@ -857,16 +792,16 @@ mod tests {
         let pmap = npu.pmap_create()?;
         let page = DATA + 6;
         npu.pmap_enter(&pmap, VA, page, Prot::READ)?;
-        assert_eq!(npu.hw.lock().users(page, false), (1, 0));
+        assert_eq!(users(&npu, page, false), (1, 0));
         // Only a writable mapping stops a copy out.
-        assert_eq!(npu.hw.lock().users(page, true), (0, 0));
+        assert_eq!(users(&npu, page, true), (0, 0));
         assert!(translate(&npu, &pmap, VA, false).is_some());
-        assert_eq!(npu.hw.lock().users(page, false), (1, 1));
+        assert_eq!(users(&npu, page, false), (1, 1));
         // Released but not invalidated: still in the TLB.
         npu.pmap_release(&pmap, VA, PAGE_SIZE);
-        assert_eq!(npu.hw.lock().users(page, false), (0, 1));
+        assert_eq!(users(&npu, page, false), (0, 1));
         npu.tlb_invl(&pmap, VA, PAGE_SIZE);
-        assert_eq!(npu.hw.lock().users(page, false), (0, 0));
+        assert_eq!(users(&npu, page, false), (0, 0));
         npu.pmap_destroy(pmap);
         Ok(())
     }
@@ -892,21 +827,22 @@ mod tests {
         let npu = npu()?;
         let pmap = npu.pmap_create()?;
         npu.pmap_enter(&pmap, VA, DATA + 1, Prot::READ)?;
-        let old = ((DATA + 1) * PAGE_SIZE as u64) | PTE_VALID;
-        let other = ((DATA + 2) * PAGE_SIZE as u64) | PTE_VALID;
-        let host = PTE_HOST | PTE_VALID;
+        let old = Hw::dram(((DATA + 1) * PAGE_SIZE as u64) | PTE_VALID);
         let asid = pmap.asid;
+        let seen = |va: usize, asid: u32, new: Option<u64>| {
+            let hw = npu.hw.lock();
+            crate::check::replaces_cached(asid, va, old, new, hw.cached())
+        };
         // Not cached yet: nothing to see.
-        assert!(!npu.hw.lock().replaces_cached(asid, VA, old, other));
+        assert!(!seen(VA, asid, Some(DATA + 2)));
         assert!(translate(&npu, &pmap, VA, false).is_some());
-        let hw = npu.hw.lock();
-        assert!(hw.replaces_cached(asid, VA, old, other));
-        assert!(hw.replaces_cached(asid, VA, old, host));
-        // The same page with other rights, another address or another table: no.
-        assert!(!hw.replaces_cached(asid, VA, old, old | PTE_WRITE));
-        assert!(!hw.replaces_cached(asid, VA + PAGE_SIZE, old, other));
-        assert!(!hw.replaces_cached(asid + 1, VA, old, other));
-        drop(hw);
+        // By another DRAM page, or by a host page.
+        assert!(seen(VA, asid, Some(DATA + 2)));
+        assert!(seen(VA, asid, None));
+        // The same page (other rights), another address or another table: no.
+        assert!(!seen(VA, asid, Some(DATA + 1)));
+        assert!(!seen(VA + PAGE_SIZE, asid, Some(DATA + 2)));
+        assert!(!seen(VA, asid + 1, Some(DATA + 2)));
         npu.pmap_destroy(pmap);
         Ok(())
     }
