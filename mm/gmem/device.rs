@@ -749,8 +749,10 @@ pub(crate) mod fake {
             )
         }
 
+        /// Records `op`.  Atomically: unmaps come from invalidations, under whose locks a
+        /// device may not allocate memory that reclaims, as it may not in `pmap_release`.
         fn record(&self, op: Op) {
-            let _ = self.ops.lock().push(op, GFP_KERNEL);
+            let _ = self.ops.lock().push(op, GFP_ATOMIC);
         }
 
         /// Makes each unmap call `f(arg)` first (`None`: nothing).
@@ -783,7 +785,7 @@ pub(crate) mod fake {
             for k in 0..len / PAGE_SIZE {
                 let va = va + k * PAGE_SIZE;
                 // Cannot fail in the tests: a few entries.
-                let _ = ops.push(Op::Unmap(va, (va / PAGE_SIZE) as u64), GFP_KERNEL);
+                let _ = ops.push(Op::Unmap(va, (va / PAGE_SIZE) as u64), GFP_ATOMIC);
             }
         }
 
