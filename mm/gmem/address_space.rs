@@ -1303,9 +1303,9 @@ mod tests {
     /// notifier is not registered with an mm).
     fn seq_now(this: &AddressSpace) -> Seq<'_> {
         let notifier = this.window(0).expect("window 0 is covered");
+        let mni = notifier.mni.get();
         // SAFETY: `mni` is valid; nothing writes the sequence concurrently in the tests.
-        let seq =
-            unsafe { core::ptr::read_volatile(&raw const (*notifier.mni.get()).invalidate_seq) };
+        let seq = unsafe { core::ptr::read_volatile(&raw const (*mni).invalidate_seq) };
         Seq { notifier, seq }
     }
 

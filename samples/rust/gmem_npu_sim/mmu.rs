@@ -115,7 +115,7 @@ impl Hw {
 
     /// The DRAM page that last-level entry `pte` maps, if it maps one, for [`crate::check`].
     fn dram(pte: u64) -> Option<Mapped> {
-        (pte & (PTE_VALID | PTE_HOST) == PTE_VALID).then(|| Mapped {
+        (pte & (PTE_VALID | PTE_HOST) == PTE_VALID).then_some(Mapped {
             pfn: (pte & PTE_ADDR) >> 12,
             writable: pte & PTE_WRITE != 0,
         })
