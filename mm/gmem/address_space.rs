@@ -1192,7 +1192,8 @@ mod tests {
         device::fake::{FakeDevice, Op},
         lpt::DevicePage,
     };
-    use kernel::sync::Arc;
+    use core::sync::atomic::AtomicBool;
+    use kernel::sync::{Arc, Completion};
 
     /// An address space that is not registered with any mm, with a fake device attached and
     /// pages 10..14: host, device (pfn 11), device (pfn 12), host.
@@ -1333,21 +1334,21 @@ mod tests {
         Ok(())
     }
 
-    /// Where [`an_invalidation_waits_for_an_in_place_mapping`] is: 1 once the mapping began,
-    /// 2 once the invalidation returned.
-    static STAGE: AtomicUsize = AtomicUsize::new(0);
+    /// Set by [`an_invalidation_waits_for_an_in_place_mapping`]'s invalidation once it returned.
+    static INVALIDATED: AtomicBool = AtomicBool::new(false);
 
     #[test]
     fn an_invalidation_waits_for_an_in_place_mapping() -> Result {
         let (this, fake) = setup()?;
         this.mapping_in_place(4);
-        STAGE.store(0, Ordering::Relaxed);
+        INVALIDATED.store(false, Ordering::Relaxed);
+        let began = Arc::pin_init(Completion::new(), GFP_KERNEL)?;
+        let ended = Arc::pin_init(Completion::new(), GFP_KERNEL)?;
         let space = core::ptr::from_ref::<AddressSpace>(&*this) as usize;
         // Started first: nothing is allocated under the in-place lock, as nothing may be.
+        let (work_began, work_ended) = (began.clone(), ended.clone());
         kernel::workqueue::system().try_spawn(GFP_KERNEL, move || {
-            while STAGE.load(Ordering::Acquire) == 0 {
-                kernel::time::delay::fsleep(kernel::time::Delta::from_millis(1));
-            }
+            work_began.wait_for_completion();
             // SAFETY: the test waits for this work before the address space goes.
             let this = unsafe { &*(space as *const AddressSpace) };
             notify(
@@ -1357,20 +1358,20 @@ mod tests {
                 11,
                 true,
             );
-            STAGE.store(2, Ordering::Release);
+            INVALIDATED.store(true, Ordering::Release);
+            work_ended.complete_all();
         })?;
         let seq = seq_now(&this);
         let seen = this.map_in_place_since(&seq, || {
-            // An invalidation of the page starts while the device maps it...
-            STAGE.store(1, Ordering::Release);
-            // ...and removes in-place mappings only once this one is made.
+            // An invalidation of the page starts while the device maps it, and has time to
+            // run through...
+            began.complete_all();
             kernel::time::delay::fsleep(kernel::time::Delta::from_millis(50));
-            STAGE.load(Ordering::Acquire)
+            // ...but removes in-place mappings only once this one is made.
+            INVALIDATED.load(Ordering::Acquire)
         });
-        assert_eq!(seen, Some(1));
-        while STAGE.load(Ordering::Acquire) != 2 {
-            kernel::time::delay::fsleep(kernel::time::Delta::from_millis(1));
-        }
+        assert_eq!(seen, Some(false));
+        ended.wait_for_completion();
         // The mapping made is removed by the invalidation.
         assert_eq!(fake.take_ops(), [Op::Unmap(10 * PAGE_SIZE, 10)]);
         Ok(())
