@@ -991,8 +991,10 @@ pub(crate) fn read_copy(
 /// Warns if device page `page`, about to be mapped again at page `vpn`, is not the one the
 /// device memory records there: the logical page table names a page that was freed (and
 /// maybe given to someone else), and the device would see data that is not the page's.
+/// Checked with `CONFIG_DEBUG_VM` only, as `VM_WARN_ON()` is: it takes the device memory's
+/// lock on the fault path.
 fn warn_unless_owned(this: &AddressSpace, ctx: &dyn DeviceOps, page: DevicePage, vpn: usize) {
-    if !ctx.owned_by(page, core::ptr::from_ref(this) as usize, vpn) {
+    if cfg!(CONFIG_DEBUG_VM) && !ctx.owned_by(page, core::ptr::from_ref(this) as usize, vpn) {
         pr_err!(
             "device {} page {:#x} at {:#x} is not the address space's\n",
             page.dev,
