@@ -153,7 +153,13 @@ impl Context {
     ) -> Result<R> {
         let attached = self.attached.lock();
         let this = attached.ok_or(ESRCH)?;
-        let mm = self.mm.mmget_not_zero().ok_or(ESRCH)?;
+        // Dropped with `mmput_async()`: if the process exited meanwhile this may be the last
+        // user, and the exit of the mm (`gm_as_exit()`) takes `attached`, held here.
+        let mm = self
+            .mm
+            .mmget_not_zero()
+            .map(MmWithUser::into_mmput_async)
+            .ok_or(ESRCH)?;
         // SAFETY: by the type invariant `this` is alive while it is in `attached`, and it
         // cannot go while we hold the mutex (see the module documentation).
         f(unsafe { this.as_ref() }, &mm)
@@ -184,7 +190,9 @@ impl Context {
         });
         this.policy
             .forget(self.dev.id, |_, pages| self.dev.unpin(pages));
-        if let Some(mm) = self.mm.mmget_not_zero() {
+        // Dropped with `mmput_async()`, as in `with_address_space`: the exit of the mm would
+        // drop the address space under this detach, and wait for `attached`.
+        if let Some(mm) = self.mm.mmget_not_zero().map(MmWithUser::into_mmput_async) {
             let _lock = mm.mmap_read_lock();
             for _ in 0..DETACH_PASSES {
                 this.wait_moves();
