@@ -26,7 +26,7 @@
 
 use core::{
     ptr::NonNull,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicU64, AtomicU8, Ordering},
 };
 use kernel::{
     alloc::{KVVec, KVec},
@@ -120,6 +120,8 @@ pub(crate) struct DeviceMemory {
     /// The device reports use through its accessed bits (`pmap_clear_young`): being mapped does
     /// not count as a use.
     tracks_use: bool,
+    /// Where the aging turn of the clock stands: `AGING_IDLE`, `AGING_PENDING` or `AGING_DONE`.
+    aging: AtomicU8,
     #[pin]
     chunks: SpinLock<Chunks>,
     /// The dmem cgroup region, once registered.
@@ -140,6 +142,23 @@ struct Chunks {
     owners: KVVec<Owner>,
     /// The eviction clock's hand (a page index).
     hand: usize,
+}
+
+// The states of the aging turn of the clock (`DeviceMemory::aging`): when the free pages of a
+// device that tracks use fall below the aging mark, the reserve worker turns the clock once,
+// clearing the accessed bits without taking any page, so that the eviction that follows knows
+// which pages were used since.
+
+/// The free pages are above the mark, or have not been below it since they were.
+const AGING_IDLE: u8 = 0;
+/// They fell below it: the worker has a turn to make.
+const AGING_PENDING: u8 = 1;
+/// The worker took the turn; the next one comes after the free pages rise above the mark.
+const AGING_DONE: u8 = 2;
+
+/// The aging mark of a device that may use `limit` pages: a quarter of them free.
+pub(crate) fn aging_mark(limit: u64) -> u64 {
+    limit / 4
 }
 
 impl Chunks {
@@ -332,6 +351,7 @@ impl DeviceMemory {
                 chunk_pages,
                 limit,
                 tracks_use,
+                aging: AtomicU8::new(AGING_IDLE),
                 chunks <- new_spinlock!(
                     Chunks {
                         slots,
@@ -684,6 +704,41 @@ impl DeviceMemory {
         self.limit().saturating_sub(self.chunks.lock().used)
     }
 
+    /// Whether the free pages, `free` (from [`DeviceMemory::free_pages`]), just fell below the
+    /// aging mark: `true` once per fall, and only for a device that tracks use.  The caller then
+    /// wakes the worker that ages the pages ([`DeviceMemory::take_aging`]).  Takes no lock.
+    pub(crate) fn wants_aging(&self, free: u64) -> bool {
+        if !self.tracks_use {
+            return false;
+        }
+        if free >= aging_mark(self.limit()) {
+            if self.aging.load(Ordering::Relaxed) != AGING_IDLE {
+                self.aging.store(AGING_IDLE, Ordering::Relaxed);
+            }
+            return false;
+        }
+        self.aging
+            .compare_exchange(
+                AGING_IDLE,
+                AGING_PENDING,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
+    /// Whether an aging turn of the clock is due; the caller makes it.
+    pub(crate) fn take_aging(&self) -> bool {
+        self.aging
+            .compare_exchange(
+                AGING_PENDING,
+                AGING_DONE,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
     /// The pages the memory has.  Takes no lock.
     pub(crate) fn pages(&self) -> u64 {
         self.pages
@@ -717,6 +772,45 @@ mod tests {
         assert!(DeviceMemory::new(1, MIB, false).is_err());
         assert!(DeviceMemory::new(0, MIB + 1, false).is_err());
         assert!(DeviceMemory::new(!4095u64, MIB, false).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn aging_is_asked_for_once_per_fall_below_the_mark() -> Result {
+        // 4 MiB, 1024 pages: the mark is 256 free pages.
+        let mem = DeviceMemory::new(0, 4 * MIB, true)?;
+        let wants = || mem.wants_aging(mem.free_pages());
+        let mut pfns = KVec::new();
+        for _ in 0..768 {
+            pfns.push(mem.alloc()?, GFP_KERNEL)?;
+            assert!(!wants());
+        }
+        assert!(!mem.take_aging());
+        pfns.push(mem.alloc()?, GFP_KERNEL)?;
+        assert!(wants());
+        assert!(!wants());
+        assert!(mem.take_aging());
+        assert!(!mem.take_aging());
+        // Still below the mark: no new turn.
+        pfns.push(mem.alloc()?, GFP_KERNEL)?;
+        assert!(!wants());
+        assert!(!mem.take_aging());
+        // Above it again, then below: a new turn.
+        for pfn in pfns.drain_all().skip(700) {
+            mem.free(pfn);
+        }
+        assert!(!wants());
+        for _ in 0..70 {
+            mem.alloc()?;
+        }
+        assert!(wants());
+        assert!(mem.take_aging());
+        // A device that does not track use never ages.
+        let blind = DeviceMemory::new(0, 4 * MIB, false)?;
+        for _ in 0..1000 {
+            blind.alloc()?;
+            assert!(!blind.wants_aging(blind.free_pages()));
+        }
         Ok(())
     }
 

@@ -9,7 +9,9 @@
 //! The victim is chosen by the clock of [`crate::devmem::DeviceMemory::pick_victim`]: a page
 //! mapped since the hand last passed gets a second chance; a page whose entry is busy (a fault
 //! or another move is using it) or that a running job holds (`gm_context_hold()`) is never
-//! taken.  Eviction copies the page into a host page, charged to the memory cgroup of the
+//! taken.  Before the memory of a device that reports use fills up, the worker ages the
+//! pages once ([`age_pages`]), so that the first eviction knows which the device used since.
+//! Eviction copies the page into a host page, charged to the memory cgroup of the
 //! process the page belongs to, and maps it in that process's CPU page table
 //! ([`crate::migrate::map_home`], one page table lock per run): it becomes an ordinary
 //! anonymous page, on the LRU and swappable.  Eviction may run in any process (the one whose
@@ -45,7 +47,8 @@ use kernel::{
 
 /// Allocates a page of `dev` charged to dmem cgroup `cgroup`, making room when the memory is
 /// full (any cold page goes) or the cgroup at its limit (a page of that cgroup goes).  Below
-/// the low mark of the free reserve, wakes the worker that refills it.
+/// the low mark of the free reserve, wakes the worker that refills it; below the aging mark
+/// for the first time since it was above, wakes it to age the pages.
 pub(crate) fn alloc_page(dev: &Device, cgroup: Option<&DmemCgroup>) -> Result<u64> {
     let pfn = loop {
         match dev.try_alloc_page(cgroup) {
@@ -62,7 +65,9 @@ pub(crate) fn alloc_page(dev: &Device, cgroup: Option<&DmemCgroup>) -> Result<u6
         }
     };
     if let Some(memory) = dev.memory() {
-        if memory.free_pages() < reserve(memory.limit()).0 {
+        let free = memory.free_pages();
+        // `wants_aging()` first: it must see every fall below the aging mark.
+        if memory.wants_aging(free) || free < reserve(memory.limit()).0 {
             // SAFETY: every `Device` lives in the `Arc` that `gm_dev_create()` made, and `dev`
             // is borrowed from a live reference to it.
             let this = unsafe { device_arc(dev.as_raw()) };
@@ -120,7 +125,8 @@ impl Evict {
     }
 }
 
-/// The worker that keeps a device's free reserve: evicts cold pages until the high mark.
+/// The worker that keeps a device's free reserve: makes a due aging turn of the clock, then
+/// evicts cold pages until the high mark.
 impl WorkItem for Device {
     type Pointer = Arc<Device>;
 
@@ -128,6 +134,9 @@ impl WorkItem for Device {
         let Some(memory) = this.memory() else {
             return;
         };
+        if memory.take_aging() {
+            age(&this, memory);
+        }
         while memory.free_pages() < reserve(memory.limit()).1 {
             // Nothing left to evict (all busy or held): the allocating path waits instead.  It
             // never takes pages that prefer the device: that is for real pressure only.
@@ -192,7 +201,7 @@ pub(crate) fn evict(
                 .policy
                 .attrs(v.vpn);
             match verdict(attrs, dev.id, how) {
-                Verdict::Go => claim(dev, v),
+                Verdict::Go => claim(dev, v, true),
                 Verdict::Spared => {
                     spared = true;
                     None
@@ -354,14 +363,7 @@ fn pick_cold<C>(
     let mut picked = KVec::with_capacity(count, GFP_KERNEL)?;
     let mut chances = 2 * memory.usage().used;
     while picked.len() < count {
-        let mut claimed = None;
-        let Some(victim) = memory.pick_victim(|v| {
-            claimed = claim(v);
-            claimed.is_some()
-        }) else {
-            break;
-        };
-        let Some(c) = claimed else {
+        let Some((victim, c)) = next_claimed(memory, &mut claim) else {
             break;
         };
         if chances > 0 && memory.keep(victim.pfn, young(&victim, &c)) {
@@ -375,10 +377,60 @@ fn pick_cold<C>(
     Ok(picked)
 }
 
+/// The aging turn of the clock over the pages of `dev` (see [`DeviceMemory::take_aging`]): the
+/// accessed bits of the pages in use are read and cleared, and no page is taken.  Read-only
+/// copies, which get no second chance, are left alone.
+fn age(dev: &Device, memory: &DeviceMemory) {
+    age_pages(
+        memory,
+        |v| claim(dev, v, false),
+        |v, (ctx, _, _)| ctx.clear_young(v.vpn * PAGE_SIZE),
+        |v, (ctx, claim, _)| give_back(dev, memory, v, &ctx, claim),
+    );
+}
+
+/// Turns the clock of `memory` once without taking a page: each page in use that `claim`
+/// takes (see [`pick_cold`]) is judged by `young`, as an eviction would, and given back.
+///
+/// Without it, the first eviction from a memory whose pages were all used since they were
+/// mapped (filled by a stream, and some used again) turns a whole round clearing bits, then
+/// takes the first pages of the next round, whatever the device used between: nothing told
+/// them apart.  After an aging turn ahead of need, a page the device keeps using is young on
+/// the eviction's pass, and the stream's pages, not used since, are taken first.
+fn age_pages<C>(
+    memory: &DeviceMemory,
+    mut claim: impl FnMut(&Victim) -> Option<C>,
+    mut young: impl FnMut(&Victim, &C) -> bool,
+    mut give_back: impl FnMut(Victim, C),
+) {
+    for _ in 0..memory.usage().used {
+        let Some((victim, c)) = next_claimed(memory, &mut claim) else {
+            break;
+        };
+        memory.keep(victim.pfn, young(&victim, &c));
+        give_back(victim, c);
+    }
+}
+
+/// The next page of `memory` the clock's hand finds and `claim` takes, with what `claim`
+/// returned; `None` if none could be taken in two turns.
+fn next_claimed<C>(
+    memory: &DeviceMemory,
+    claim: &mut impl FnMut(&Victim) -> Option<C>,
+) -> Option<(Victim, C)> {
+    let mut claimed = None;
+    let victim = memory.pick_victim(|v| {
+        claimed = claim(v);
+        claimed.is_some()
+    })?;
+    Some((victim, claimed?))
+}
+
 /// Claims `v`, a page of `dev`, from its address space for eviction: the context it is
 /// mapped in, if the page is not busy and no job holds it, and whether it is a read-only copy
-/// (`MADV_READ_MOSTLY`), which is just dropped.  Runs under the device memory's lock.
-fn claim(dev: &Device, v: &Victim) -> Option<(Arc<dyn DeviceOps>, Claim, bool)> {
+/// (`MADV_READ_MOSTLY`), which is just dropped; copies only if `copies`.  Runs under the
+/// device memory's lock.
+fn claim(dev: &Device, v: &Victim, copies: bool) -> Option<(Arc<dyn DeviceOps>, Claim, bool)> {
     // SAFETY: `v.space` holds an allocated page of this device: an address space frees its
     // device pages (taking the device memory lock, which the caller holds) before it goes, and
     // waits for evictions it is part of (`begin_move`).
@@ -393,7 +445,11 @@ fn claim(dev: &Device, v: &Victim) -> Option<(Arc<dyn DeviceOps>, Claim, bool)> 
             claim = this
                 .begin_move(v.vpn, Residency::Device(page))
                 .map(|c| (c, false))
-                .or_else(|| this.begin_copy_move(v.vpn, page).map(|c| (c, true)));
+                .or_else(|| {
+                    copies
+                        .then(|| this.begin_copy_move(v.vpn, page).map(|c| (c, true)))
+                        .flatten()
+                });
         }
         claim.is_some()
     })?;
@@ -568,6 +624,13 @@ mod tests {
         Ok(())
     }
 
+    /// Gives back pages picked for eviction: they stay.
+    fn unpick_all(mem: &DeviceMemory, picked: KVec<(Victim, ())>) {
+        for (v, ()) in picked {
+            mem.unpick(v.pfn);
+        }
+    }
+
     /// Picks `count` pages of `mem` (page `i` mapped at virtual page `100 + i`) for a device
     /// that used page `i` once if `used[i]`; pages given a chance go back.
     fn pick_used(
@@ -590,12 +653,43 @@ mod tests {
         // The device uses page 100; the clock passes it and takes 101.
         let picked = pick_used(&mem, 1, &mut [true, false, false, false])?;
         assert_eq!(&vpns(&picked)?[..], &[101]);
-        for (v, ()) in picked {
-            mem.unpick(v.pfn);
-        }
+        unpick_all(&mem, picked);
         // A stream used every page once, and the device used page 100 again: the hand turns a
         // whole round clearing bits, then takes the stream's pages, not page 100.
         let picked = pick_used(&mem, 3, &mut [true; 4])?;
+        assert_eq!(&vpns(&picked)?[..], &[101, 102, 103]);
+        Ok(())
+    }
+
+    #[test]
+    fn an_aged_clock_keeps_the_pages_used_since() -> Result {
+        // A stream used every page once, and the device used page 100 again.  With no history
+        // the clock cannot tell them apart: it clears every bit in a round, then takes the
+        // first page of the next one, page 100.
+        let (mem, _pfns) = memory(4)?;
+        let picked = pick_used(&mem, 1, &mut [true; 4])?;
+        assert_eq!(&vpns(&picked)?[..], &[100]);
+        // With an aging turn when the stream had made every page young, and page 100 used
+        // since, the eviction takes a stream page at once...
+        let (mem, _pfns) = memory(4)?;
+        let mut used = [true; 4];
+        let mut given_back = 0;
+        age_pages(
+            &mem,
+            |_| Some(()),
+            |v, ()| core::mem::take(&mut used[v.vpn - 100]),
+            |v, ()| {
+                given_back += 1;
+                mem.unpick(v.pfn);
+            },
+        );
+        assert_eq!(given_back, 4);
+        assert_eq!(used, [false; 4]);
+        let picked = pick_used(&mem, 1, &mut [true, false, false, false])?;
+        assert_eq!(&vpns(&picked)?[..], &[101]);
+        unpick_all(&mem, picked);
+        // ...and page 100, young on two passes, is kept for one more without use.
+        let picked = pick_used(&mem, 3, &mut [false; 4])?;
         assert_eq!(&vpns(&picked)?[..], &[101, 102, 103]);
         Ok(())
     }
@@ -654,9 +748,7 @@ mod tests {
         };
         let spared = pick(Evict::Spare)?;
         assert_eq!(&vpns(&spared)?[..], &[104, 105]);
-        for (v, ()) in spared {
-            mem.unpick(v.pfn);
-        }
+        unpick_all(&mem, spared);
         let any = pick(Evict::AnyParking)?;
         assert_eq!(&vpns(&any)?[..], &[102, 103, 104, 105]);
         Ok(())
