@@ -800,7 +800,8 @@ fn thrashing_pages(this: &AddressSpace, first: usize, n: usize) -> BlockPages {
 /// Maps the page at `va` on the context's device where it is, in host memory
 /// (`MADV_ACCESSED_BY`), with `prot`; a page that is not there yet is faulted in on the host.
 /// A page on a device or parked, or one the device cannot map, is moved as [`fault_page`]
-/// does.  Returns whether a page moved.
+/// does; for a read, a page the device has a read-only copy of is read through the copy, as
+/// [`read_copy`] maps it.  Returns whether a page moved (or was copied).
 ///
 /// The mapping follows the CPU's: an invalidation of the range after `read_begin` removes it
 /// (`AddressSpace::unmap_in_place`), and the fault tries again.
@@ -826,9 +827,14 @@ pub(crate) fn map_in_place(
             }
             _ => {}
         }
+        let write = prot & bindings::GM_PROT_WRITE != 0;
+        // A read of a page the device has a read-only copy of maps the copy again, as
+        // `map_run_in_place` leaves it to do: the host page is not mapped over it.
+        if !write && this.lpt.copies_on(vpn, 1, ctx.id())[0] != 0 {
+            return read_copy(this, mm, ctx, vma, va);
+        }
         this.mapping_in_place(ctx.id());
         let seq = window.read_begin();
-        let write = prot & bindings::GM_PROT_WRITE != 0;
         let host = PinnedPage::fault_in(mm, va, write)?;
         match this.map_in_place_since(&seq, || ctx.map_host(va, host.page(), prot)) {
             Some(Ok(())) => {

@@ -24,7 +24,7 @@
 use crate::{
     address_space::{AddressSpace, NOTIFIER_SHIFT},
     device::DeviceOps,
-    lpt::{Claim, DevicePage, LogicalPageTable, ParkedPage, Residency},
+    lpt::{Claim, DeviceId, DevicePage, LogicalPageTable, ParkedPage, Residency},
     trace,
 };
 use core::ptr::{self, NonNull};
@@ -250,6 +250,28 @@ fn host_slots(this: &AddressSpace, first: usize, n: usize) -> Result<(KVec<Slot>
     })
 }
 
+/// [`host_slots`] without the pages that have a read-only copy on device `dev`, which are
+/// left to the per-page way.
+fn uncopied_host_slots(
+    this: &AddressSpace,
+    first: usize,
+    n: usize,
+    dev: DeviceId,
+) -> Result<(KVec<Slot>, KVec<usize>)> {
+    let (mut slots, mut slow) = host_slots(this, first, n)?;
+    let here = this.lpt.copies_on(first, n, dev);
+    slots.retain(|s| {
+        let i = s.vpn - first;
+        let copied = here[i / 64] & (1 << (i % 64)) != 0;
+        if copied {
+            // Cannot fail: `slow` has room for the whole chunk.
+            let _ = slow.push_within_capacity(s.vpn);
+        }
+        !copied
+    });
+    Ok((slots, slow))
+}
+
 /// Pins the present host pages of `slots` (mapped writable, if `write`), a run at a time;
 /// `missing(slot)` is called for each page that is not.
 fn pin_slots(
@@ -448,8 +470,9 @@ pub(crate) fn to_device(
 /// chunk, the pages staying pinned until then; nothing is claimed, as in
 /// [`crate::fault::map_in_place`].  Returns how many pages
 /// it mapped, and the pages it left to the per-page way, in address order: pages that are not
-/// present (or not writable), on a device, parked or claimed, those the device found no room
-/// for, and every page if an invalidation raced with it (their mappings are removed again).
+/// present (or not writable), on a device, parked or claimed, for a read-only mapping those
+/// with a read-only copy on this device, those the device found no room for, and every page
+/// if an invalidation raced with it (their mappings are removed again).
 pub(crate) fn map_run_in_place(
     this: &AddressSpace,
     mm: &MmWithUser,
@@ -460,13 +483,20 @@ pub(crate) fn map_run_in_place(
 ) -> Result<(usize, KVec<usize>)> {
     let first = start / PAGE_SIZE;
     let window = this.window(start)?;
-    let (mut slots, mut slow) = host_slots(this, first, n)?;
+    let writable = prot & bindings::GM_PROT_WRITE != 0;
+    // A page the device has a read-only copy of is read through the copy: mapping the host
+    // page over it would replace a mapping the device's TLB may cache (and leave the copy
+    // recorded but unmapped).  Those go the per-page way, which maps the copy again.  A write
+    // drops the copies (pinning for a write faults on the CPU's read-only mapping).
+    let (mut slots, mut slow) = if writable {
+        host_slots(this, first, n)?
+    } else {
+        uncopied_host_slots(this, first, n, ctx.id())?
+    };
     // Recorded before any mapping is made: an invalidation after `read_begin` removes them.
     this.mapping_in_place(ctx.id());
     let seq = window.read_begin();
-    pin_slots(mm, &mut slots, prot & bindings::GM_PROT_WRITE != 0, |_| {
-        Ok(())
-    })?;
+    pin_slots(mm, &mut slots, writable, |_| Ok(()))?;
     // Checked, then mapped, under the lock invalidations take (see `map_in_place_since`).
     let mapped = this
         .map_in_place_since(&seq, || {
@@ -486,7 +516,6 @@ pub(crate) fn map_run_in_place(
             mapped
         })
         .unwrap_or(0);
-    let writable = prot & bindings::GM_PROT_WRITE != 0;
     for_each_run(
         &slots,
         |s| s.done,
@@ -532,18 +561,8 @@ pub(crate) fn copy_run(
     let first = start / PAGE_SIZE;
     let window = this.window(start)?;
     let dev = ctx.id();
-    let (mut slots, mut slow) = host_slots(this, first, n)?;
     // A page with a copy here already is mapped again the per-page way.
-    let here = this.lpt.copies_on(first, n, dev);
-    slots.retain(|s| {
-        let i = s.vpn - first;
-        let copied = here[i / 64] & (1 << (i % 64)) != 0;
-        if copied {
-            // Cannot fail: `slow` has room for the whole chunk.
-            let _ = slow.push_within_capacity(s.vpn);
-        }
-        !copied
-    });
+    let (mut slots, mut slow) = uncopied_host_slots(this, first, n, dev)?;
     // Pin the present host pages; the others go the per-page way, which faults them in.
     let pinned_at = window.read_begin();
     pin_slots(mm, &mut slots, false, |_| Ok(()))?;
@@ -947,10 +966,7 @@ pub(crate) fn park_run_home(
 #[kunit_tests(gmem_migrate)]
 mod tests {
     use super::*;
-    use crate::{
-        device::fake::{FakeDevice, Op},
-        lpt::DeviceId,
-    };
+    use crate::device::fake::{FakeDevice, Op};
     use kernel::sync::Arc;
 
     fn slot(vpn: usize, done: bool) -> Slot {
