@@ -2,8 +2,7 @@
 
 //! What the simulated NPU checks about the GMEM core, as a test device: the promises the core
 //! makes to a driver about the pages it hands over.  A broken promise is a `pr_err!` naming
-//! the page, and a WARN, which fails every test that sees it (the third check only reports,
-//! for now: see [`check_replaced`]).
+//! the page, and a WARN, which fails every test that sees it.
 //!
 //! - A page the core fills (`prepare_page`, `peer_map`) is mapped nowhere and cached in no
 //!   TLB entry: otherwise an engine could see another page's data, or another process's.
@@ -141,11 +140,7 @@ pub(crate) fn replaces_cached(
     cached.any(|c| c.asid == asid && c.vpn == vpn && c.page.pfn == old.pfn)
 }
 
-/// Reports a mapping the TLB caches that is replaced (see [`replaces_cached`]).
-///
-/// Only an error message, not yet a WARN: `make check` on 2026-12-07 saw the core map host
-/// pages in place (`map_run_in_place()`) over DRAM pages this TLB still cached, in the
-/// stress test, and that is not explained yet.  It becomes a WARN once it is.
+/// Reports a mapping the TLB caches that is replaced (see [`replaces_cached`]), with a WARN.
 pub(crate) fn check_replaced(
     asid: u32,
     va: usize,
@@ -158,5 +153,6 @@ pub(crate) fn check_replaced(
             "mapping of {va:#x} in table {asid} replaced while the TLB caches page {:#x}\n",
             o.pfn
         );
+        kernel::warn_on!(true);
     }
 }

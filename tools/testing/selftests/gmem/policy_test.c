@@ -1969,6 +1969,50 @@ TEST_F(policy, read_mostly_copies_follow_the_cpu)
 }
 
 /*
+ * In a read-only range, read-only copies the NPU has stay its way to read
+ * those pages when the range is then accessed in place: a read fault maps
+ * the other pages in place, read-only, and leaves the copies mapped, not
+ * replaced by host pages behind the NPU's TLB (the simulated NPU WARNs if
+ * a mapping its TLB caches is replaced).  Writable again, the range keeps
+ * no copy, and the NPU reads the CPU's writes in place.
+ */
+TEST_F(policy, accessed_by_keeps_read_only_copies)
+{
+	size_t len = self->len, half = len / 2;
+	struct gmem_npu_stats s, e;
+	__u64 sum;
+	char *p;
+
+	if (self->fd < 0)
+		SKIP(return, NO_NPU, npu_dev_path[0]);
+	p = map_range(_metadata, NPAGES, 62);
+	ASSERT_EQ(0, mprotect(p, len, PROT_READ));
+	advise(_metadata, GM_NODE_ALL, p, 0, NPAGES, MADV_READ_MOSTLY);
+	ASSERT_EQ(0, npu_sum(self->fd, p, half, &sum));
+	ASSERT_EQ(sum32(p, half), sum);
+	ASSERT_EQ(NPAGES / 2, pages_at(_metadata, p, self->hnid));
+
+	advise(_metadata, self->hnid, p, 0, NPAGES, MADV_ACCESSED_BY);
+	ASSERT_EQ(0, npu_stats(self->fd, &s));
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ(sum32(p, len), sum);
+	ASSERT_EQ(0, npu_stats(self->fd, &e));
+	ASSERT_EQ(s.migrations_to_dev, e.migrations_to_dev);
+	ASSERT_EQ(s.resident_pages, e.resident_pages);
+	ASSERT_EQ(NPAGES / 2, pages_at(_metadata, p, self->hnid));
+	ASSERT_EQ(NPAGES, pages_at(_metadata, p, HOST));
+
+	ASSERT_EQ(0, mprotect(p, len, PROT_READ | PROT_WRITE));
+	ASSERT_EQ(0, pages_at(_metadata, p, self->hnid));
+	((__u32 *)p)[3] += 9;
+	ASSERT_EQ(0, npu_sum(self->fd, p, len, &sum));
+	ASSERT_EQ(sum32(p, len), sum);
+	ASSERT_EQ(0, pages_at(_metadata, p, self->hnid));
+	ASSERT_EQ(-1, check_pattern_at(p, self->page, len - self->page, 62));
+	unmap_range(_metadata, p, NPAGES);
+}
+
+/*
  * MADV_NO_READ_MOSTLY drops the copies at once; the next read moves the
  * pages as usual.  MADV_PREFETCH of a read-mostly range to the NPU makes
  * copies, and leaves the pages home.
