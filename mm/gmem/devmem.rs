@@ -595,12 +595,22 @@ impl DeviceMemory {
     /// used the page: a page streamed through it once must not look as hot as one it keeps
     /// using, or the clock's hand, clearing every new page's bit on its way, turns a whole
     /// round and takes the hot pages whose accessed bits it cleared moments ago.
+    ///
+    /// A page mapped again where it already was (a device fault on it, or a driver that
+    /// prefaults each job's range) keeps what the clock knows of it, and is marked used even on
+    /// a device with accessed bits: the new entry has its accessed bit clear, and the device
+    /// may go on using the page through a translation it cached before, which sets no bit.
     pub(crate) fn set_owner(&self, pfn: u64, space: usize, vpn: usize) {
-        let referenced = if self.tracks_use { 0 } else { REFERENCED };
+        let vpn = vpn as u64 & VPN_MASK;
         if let Some(i) = self.index(pfn) {
             let owner = &mut self.chunks.lock().owners[i];
+            if owner.space == space && owner.flags & VPN_MASK == vpn {
+                owner.flags |= REFERENCED;
+                return;
+            }
+            let referenced = if self.tracks_use { 0 } else { REFERENCED };
             owner.space = space;
-            owner.flags = (vpn as u64 & VPN_MASK) | referenced;
+            owner.flags = vpn | referenced;
         }
     }
 
@@ -921,6 +931,41 @@ mod tests {
             mem.touch(pfns[0]);
             let victim = mem.pick_victim(|_| true).ok_or(EINVAL)?;
             assert_eq!(victim.pfn, pfns[usize::from(tracks_use)]);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_page_mapped_again_keeps_its_history_and_is_used() -> Result {
+        let mem = DeviceMemory::new(0, 4 * MIB, true)?;
+        let pfns = [mem.alloc()?, mem.alloc()?];
+        mem.set_owner(pfns[0], 0x1000, 100);
+        mem.set_owner(pfns[1], 0x1000, 101);
+        // The device used the first page on two passes in a row: it is active.
+        for _ in 0..2 {
+            let victim = mem.pick_victim(|v| v.pfn == pfns[0]).ok_or(EINVAL)?;
+            assert!(mem.keep(victim.pfn, true));
+            mem.unpick(victim.pfn);
+        }
+        // Mapped again (a prefaulted job): its entry's accessed bit is clear, yet it is used.
+        // With the hand past the second page, the first comes next: the hand passes it and
+        // takes the second, which nobody mapped again.
+        mem.set_owner(pfns[0], 0x1000, 100);
+        let victim = mem.pick_victim(|v| v.pfn == pfns[1]).ok_or(EINVAL)?;
+        mem.unpick(victim.pfn);
+        let victim = mem.pick_victim(|_| true).ok_or(EINVAL)?;
+        assert_eq!(victim.pfn, pfns[1]);
+        mem.unpick(victim.pfn);
+        // Still active: one pass without use does not take it.
+        let victim = mem.pick_victim(|v| v.pfn == pfns[0]).ok_or(EINVAL)?;
+        assert!(mem.keep(victim.pfn, false));
+        mem.unpick(victim.pfn);
+        // Another owner's mapping of the page is a new page to the clock.
+        mem.set_owner(pfns[0], 0x2000, 100);
+        let victim = mem.pick_victim(|v| v.pfn == pfns[0]).ok_or(EINVAL)?;
+        assert!(!mem.keep(victim.pfn, false));
+        for pfn in pfns {
+            mem.free(pfn);
         }
         Ok(())
     }
