@@ -67,21 +67,34 @@ def kunit(lines, suite_prefix):
     return results
 
 
+# What the failed kselftest cases printed (their "# " lines, the last
+# WHY_LINES of each), by result name: printed before the counts, so that a
+# failure is diagnosable from the tail of the report (all CI shows).
+WHY = {}
+WHY_LINES = 8
+
+
 def kselftest(path, name):
     """Top-level results of one kselftest_harness TAP output."""
-    results, plan = [], None
+    results, plan, said = [], None, []
     with open(path, errors="replace") as f:
         for line in f:
             line = line.rstrip("\n")
             m = re.match(r"^1\.\.(\d+)", line)
             if m:
                 plan = int(m.group(1))
+            if line.startswith("#  RUN "):
+                said = []
+            elif line.startswith("# "):
+                said.append(line)
             m = RESULT.match(line)
             if m:
                 skip = "# SKIP" in m.group(4)
-                results.append((f"kselftest {name}:{m.group(3)}",
-                                "SKIP" if skip else
+                result = f"kselftest {name}:{m.group(3)}"
+                results.append((result, "SKIP" if skip else
                                 ("PASS" if m.group(1) == "ok" else "FAIL")))
+                if m.group(1) != "ok":
+                    WHY[result] = said[-WHY_LINES:]
     if plan is None or plan != len(results):
         results.append((f"kselftest {name} (ran {len(results)} of "
                         f"{plan if plan is not None else '?'} tests)", "FAIL"))
@@ -225,6 +238,10 @@ def main():
 
     for name, status, why in verdicts:
         print(f"{status} {name}" + (f" ({why})" if why else ""))
+    for name, status, _ in verdicts:
+        if status == "FAIL":
+            for line in WHY.get(name, []):
+                print(f"WHY {name}: {line}")
     for s in splats[:20]:
         print(f"SPLAT {s}")
     for p in problems:
