@@ -149,16 +149,23 @@ struct Chunks {
 // clearing the accessed bits without taking any page, so that the eviction that follows knows
 // which pages were used since.
 
-/// The free pages are above the mark, or have not been below it since they were.
+/// The free pages have not been below the mark since they were last above the re-arming mark.
 const AGING_IDLE: u8 = 0;
 /// They fell below it: the worker has a turn to make.
 const AGING_PENDING: u8 = 1;
-/// The worker took the turn; the next one comes after the free pages rise above the mark.
+/// The worker took the turn; the next one comes after the free pages rise above the re-arming
+/// mark.
 const AGING_DONE: u8 = 2;
 
-/// The aging mark of a device that may use `limit` pages: a quarter of them free.
-pub(crate) fn aging_mark(limit: u64) -> u64 {
-    limit / 4
+/// The aging marks of a device that may use `limit` pages: `(mark, rearm)`.  A turn is due when
+/// fewer than `mark` pages (a quarter) are free, and once taken, the next is only after `rearm`
+/// pages (half, and at least twice the high mark of the free reserve) were free again: the
+/// memory emptied (a range was unmapped, a process left) and fills anew, with pages the clock
+/// knows nothing of.  The reserve worker, keeping up to the high mark of [`reserve`] free pages
+/// while the memory is full, never re-arms it: by then the clock has the history of its own
+/// passes, and a turn per refill would claim every page in use again and again.
+pub(crate) fn aging_marks(limit: u64) -> (u64, u64) {
+    (limit / 4, (limit / 2).max(2 * reserve(limit).1))
 }
 
 impl Chunks {
@@ -715,16 +722,21 @@ impl DeviceMemory {
     }
 
     /// Whether the free pages, `free` (from [`DeviceMemory::free_pages`]), just fell below the
-    /// aging mark: `true` once per fall, and only for a device that tracks use.  The caller then
+    /// aging mark: `true` once per fall from above the re-arming mark ([`aging_marks`]), and
+    /// only for a device that tracks use.  The caller then
     /// wakes the worker that ages the pages ([`DeviceMemory::take_aging`]).  Takes no lock.
     pub(crate) fn wants_aging(&self, free: u64) -> bool {
         if !self.tracks_use {
             return false;
         }
-        if free >= aging_mark(self.limit()) {
+        let (mark, rearm) = aging_marks(self.limit());
+        if free >= rearm {
             if self.aging.load(Ordering::Relaxed) != AGING_IDLE {
                 self.aging.store(AGING_IDLE, Ordering::Relaxed);
             }
+            return false;
+        }
+        if free >= mark {
             return false;
         }
         self.aging
@@ -786,7 +798,7 @@ mod tests {
     }
 
     #[test]
-    fn aging_is_asked_for_once_per_fall_below_the_mark() -> Result {
+    fn aging_is_asked_for_once_per_fill() -> Result {
         // 4 MiB, 1024 pages: the mark is 256 free pages.
         let mem = DeviceMemory::new(0, 4 * MIB, true)?;
         let wants = || mem.wants_aging(mem.free_pages());
@@ -805,14 +817,27 @@ mod tests {
         pfns.push(mem.alloc()?, GFP_KERNEL)?;
         assert!(!wants());
         assert!(!mem.take_aging());
-        // Above it again, then below: a new turn.
-        for pfn in pfns.drain_all().skip(700) {
-            mem.free(pfn);
+        // Above it again, but short of the re-arming mark (512 free pages), as the reserve
+        // worker leaves a full memory, then below: no new turn.
+        for _ in 0..70 {
+            mem.free(pfns.pop().ok_or(EINVAL)?);
         }
         assert!(!wants());
         for _ in 0..70 {
-            mem.alloc()?;
+            pfns.push(mem.alloc()?, GFP_KERNEL)?;
+            assert!(!wants());
         }
+        assert!(!mem.take_aging());
+        // Half the memory free again, then below the mark: a new turn.
+        while pfns.len() > 500 {
+            mem.free(pfns.pop().ok_or(EINVAL)?);
+        }
+        assert!(!wants());
+        for _ in 0..268 {
+            pfns.push(mem.alloc()?, GFP_KERNEL)?;
+            assert!(!wants());
+        }
+        pfns.push(mem.alloc()?, GFP_KERNEL)?;
         assert!(wants());
         assert!(mem.take_aging());
         // A device that does not track use never ages.

@@ -48,7 +48,7 @@ use kernel::{
 /// Allocates a page of `dev` charged to dmem cgroup `cgroup`, making room when the memory is
 /// full (any cold page goes) or the cgroup at its limit (a page of that cgroup goes).  Below
 /// the low mark of the free reserve, wakes the worker that refills it; below the aging mark
-/// for the first time since it was above, wakes it to age the pages.
+/// for the first time since the memory was last half free, wakes it to age the pages.
 pub(crate) fn alloc_page(dev: &Device, cgroup: Option<&DmemCgroup>) -> Result<u64> {
     let pfn = loop {
         match dev.try_alloc_page(cgroup) {
