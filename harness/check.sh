@@ -26,11 +26,14 @@ timeout $((1800 * slow)) "$here/vm-run" --append "kunit.filter_glob=gmem*" -- \
 	"$here/guest/run-tests.sh" "$out" "$GMEM_OBJ/kselftest/gmem" \
 	>"$out/console.log" 2>&1 || echo "check: the VM exited with status $?" >&2
 # The second boot: the NPU driver prefaults each job instead of faulting.
-# This boot's KUnit run is the doc examples of kernel::gmem (doctests); results
-# in $out/nofault (report.py reads them).
+# This boot's KUnit run is the doc examples (doctests) of kernel::gmem and
+# kernel::xarray, both of which GMEM adds to (the glob, one per boot, matches
+# rust_doctest_kernel_gmem_* and rust_doctest_kernel_xarray_* only); results in
+# $out/nofault (report.py reads them).
 echo "check: booting again with gmem_npu_sim.faultable=0 for npu_test and policy_test" >&2
 mkdir -p "$out/nofault"
-timeout $((900 * slow)) "$here/vm-run" --append "kunit.filter_glob=rust_doctests_kernel.*gmem*" \
+doctests='rust_doctests_kernel.rust_doctest_kernel_[gx][ma][er][mr]*'
+timeout $((900 * slow)) "$here/vm-run" --append "kunit.filter_glob=$doctests" \
 	--append "gmem_npu_sim.faultable=0" -- \
 	"$here/guest/run-tests.sh" "$out/nofault" "$GMEM_OBJ/kselftest/gmem" npu_test policy_test \
 	>"$out/nofault/console.log" 2>&1 || echo "check: the VM exited with status $?" >&2

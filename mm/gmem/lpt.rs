@@ -804,14 +804,11 @@ impl LogicalPageTable {
         if n == 0 || threshold == 0 {
             return bits;
         }
-        let guard = self.lock();
-        let mut next = first;
-        while let Some((vpn, m)) = guard.find(next, first + n - 1) {
+        for (vpn, m) in self.lock().range(first, first + n - 1) {
             if m.bounces(window) >= threshold {
                 let i = vpn - first;
                 bits[i / 64] |= 1 << (i % 64);
             }
-            next = vpn + 1;
         }
         bits
     }
@@ -824,14 +821,11 @@ impl LogicalPageTable {
         if n == 0 {
             return bits;
         }
-        let guard = self.lock();
-        let mut next = first;
-        while let Some((vpn, m)) = guard.find(next, first + n - 1) {
+        for (vpn, m) in self.lock().range(first, first + n - 1) {
             if matches!(m.residency(), Residency::Device(p) if p.dev == dev) {
                 let i = vpn - first;
                 bits[i / 64] |= 1 << (i % 64);
             }
-            next = vpn + 1;
         }
         bits
     }
@@ -847,14 +841,14 @@ impl LogicalPageTable {
         if n == 0 || self.copies() == 0 {
             return bits;
         }
-        let guard = self.lock();
-        let mut next = copy_index(first, 0);
-        while let Some((index, _)) = guard.find(next, copy_index(first + n, 0) - 1) {
+        for (index, _) in self
+            .lock()
+            .range(copy_index(first, 0), copy_index(first + n, 0) - 1)
+        {
             if (index - COPY_BASE) % COPY_SLOTS == slot {
                 let i = (index - COPY_BASE) / COPY_SLOTS - first;
                 bits[i / 64] |= 1 << (i % 64);
             }
-            next = index + 1;
         }
         bits
     }
@@ -990,11 +984,9 @@ impl LogicalPageTable {
     fn copies_locked(guard: &Guard<'_, MappingBox>, vpn: usize) -> (usize, usize) {
         let first = copy_index(vpn, 0);
         let (mut count, mut busy) = (0, 0);
-        let mut next = first;
-        while let Some((index, m)) = guard.find(next, first + COPY_SLOTS - 1) {
+        for (_, m) in guard.range(first, first + COPY_SLOTS - 1) {
             count += 1;
             busy += usize::from(m.busy());
-            next = index + 1;
         }
         (count, busy)
     }
@@ -1105,14 +1097,9 @@ impl LogicalPageTable {
             return;
         };
         self.wait_while(|guard| {
-            let mut next = COPY_BASE;
-            while let Some((index, m)) = guard.find(next, usize::MAX) {
-                if (index - COPY_BASE) % COPY_SLOTS == slot && m.busy() {
-                    return true;
-                }
-                next = index + 1;
-            }
-            false
+            guard
+                .range(COPY_BASE, usize::MAX)
+                .any(|(index, m)| (index - COPY_BASE) % COPY_SLOTS == slot && m.busy())
         });
     }
 
