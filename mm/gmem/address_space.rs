@@ -33,7 +33,7 @@
 
 use crate::{
     device::DeviceList,
-    lpt::{Claim, DeviceId, DevicePage, LogicalPageTable, MappingBox, ParkedPage, Residency},
+    lpt::{Claim, DeviceId, DevicePage, LogicalPageTable, PackedMapping, ParkedPage, Residency},
     policy::{device_bit, devices, Policy},
     trace,
 };
@@ -519,7 +519,7 @@ impl AddressSpace {
     /// Whether an invalidation of its window ran since [`Notifier::read_begin`] returned
     /// `seq`.  The caller holds the logical page table lock, under which `invalidate` updates
     /// the sequence.
-    pub(crate) fn changed(&self, _lpt: &Guard<'_, MappingBox>, seq: &Seq<'_>) -> bool {
+    pub(crate) fn changed(&self, _lpt: &Guard<'_, PackedMapping>, seq: &Seq<'_>) -> bool {
         // SAFETY: the field is written under the logical page table lock, which the caller
         // holds.
         let now = unsafe {
@@ -681,7 +681,11 @@ impl AddressSpace {
             return true;
         }
         let _mapping = if blockable {
-            self.in_place.lock()
+            self.in_place.try_lock().unwrap_or_else(|| {
+                #[cfg(CONFIG_GMEM_KUNIT_TEST)]
+                tests::in_place_contended();
+                self.in_place.lock()
+            })
         } else {
             match self.in_place.try_lock() {
                 Some(guard) => guard,
@@ -1337,6 +1341,20 @@ mod tests {
     /// Set by [`an_invalidation_waits_for_an_in_place_mapping`]'s invalidation once it returned.
     static INVALIDATED: AtomicBool = AtomicBool::new(false);
 
+    /// The completion (a `*const Completion`, or 0) that [`in_place_contended`] completes.
+    static CONTENDED: AtomicUsize = AtomicUsize::new(0);
+
+    /// Called by an invalidation that finds an in-place mapping being made, before it sleeps
+    /// until the mapping is made.
+    pub(super) fn in_place_contended() {
+        let waited = CONTENDED.load(Ordering::Acquire);
+        if waited != 0 {
+            // SAFETY: the test that stored the pointer keeps the completion until it clears it,
+            // which it does once the invalidation returned.
+            unsafe { &*(waited as *const Completion) }.complete_all();
+        }
+    }
+
     #[test]
     fn an_invalidation_waits_for_an_in_place_mapping() -> Result {
         let (this, fake) = setup()?;
@@ -1344,9 +1362,15 @@ mod tests {
         INVALIDATED.store(false, Ordering::Relaxed);
         let began = Arc::pin_init(Completion::new(), GFP_KERNEL)?;
         let ended = Arc::pin_init(Completion::new(), GFP_KERNEL)?;
+        // Completed when the invalidation either waits for the mapping or returned.
+        let waited = Arc::pin_init(Completion::new(), GFP_KERNEL)?;
+        CONTENDED.store(
+            core::ptr::from_ref::<Completion>(&waited) as usize,
+            Ordering::Release,
+        );
         let space = core::ptr::from_ref::<AddressSpace>(&*this) as usize;
         // Started first: nothing is allocated under the in-place lock, as nothing may be.
-        let (work_began, work_ended) = (began.clone(), ended.clone());
+        let (work_began, work_ended, work_waited) = (began.clone(), ended.clone(), waited.clone());
         kernel::workqueue::system().try_spawn(GFP_KERNEL, move || {
             work_began.wait_for_completion();
             // SAFETY: the test waits for this work before the address space goes.
@@ -1359,19 +1383,21 @@ mod tests {
                 true,
             );
             INVALIDATED.store(true, Ordering::Release);
+            work_waited.complete_all();
             work_ended.complete_all();
         })?;
         let seq = seq_now(&this);
         let seen = this.map_in_place_since(&seq, || {
-            // An invalidation of the page starts while the device maps it, and has time to
-            // run through...
+            // An invalidation of the page starts while the device maps it, and goes as far as
+            // it can...
             began.complete_all();
-            kernel::time::delay::fsleep(kernel::time::Delta::from_millis(50));
-            // ...but removes in-place mappings only once this one is made.
+            waited.wait_for_completion();
+            // ...which is to wait for this mapping: it has not returned.
             INVALIDATED.load(Ordering::Acquire)
         });
-        assert_eq!(seen, Some(false));
         ended.wait_for_completion();
+        CONTENDED.store(0, Ordering::Release);
+        assert_eq!(seen, Some(false));
         // The mapping made is removed by the invalidation.
         assert_eq!(fake.take_ops(), [Op::Unmap(10 * PAGE_SIZE, 10)]);
         Ok(())
