@@ -12,6 +12,7 @@
  * Counters are per NPU and global: nothing else may use the NPUs while this
  * runs.
  */
+#include <linux/mman.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -1814,6 +1815,114 @@ TEST_F_TIMEOUT(npu, prefetch_moves_2mib_chunks, 300)
 	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
 	ASSERT_EQ(n, d.to_host);
 	ASSERT_EQ(0, munmap(map, len + chunk));
+	expect_resident(_metadata, self->fd, self->start);
+}
+
+#define THP_SYSFS	"/sys/kernel/mm/transparent_hugepage/"
+
+/* Whether the THP setting @file (enabled, defrag, ...) is @mode now. */
+static int thp_mode_is(const char *file, const char *mode)
+{
+	char path[128], buf[128], want[32];
+	FILE *f;
+	int ret;
+
+	snprintf(path, sizeof(path), THP_SYSFS "%s", file);
+	snprintf(want, sizeof(want), "[%s]", mode);
+	f = fopen(path, "r");
+	if (!f)
+		return 0;
+	ret = fgets(buf, sizeof(buf), f) && strstr(buf, want);
+	fclose(f);
+	return ret;
+}
+
+/*
+ * Waits for khugepaged to go twice through every process it knows of
+ * (this one's included: see the caller) with no sleep between its scans:
+ * 0, or -1 (no khugepaged, or it did not within 20 s).
+ */
+static int khugepaged_scan_twice(void)
+{
+	const char *sleep = THP_SYSFS "khugepaged/scan_sleep_millisecs";
+	const char *scans = THP_SYSFS "khugepaged/full_scans";
+	unsigned long long slept, first, now = 0;
+	int i, ret = -1;
+
+	if (read_ull(sleep, &slept) || read_ull(scans, &first) ||
+	    write_ull(sleep, 0))
+		return -1;
+	/* khugepaged exposes no event to wait for: its own selftest polls too. */
+	for (i = 0; i < 2000 && !read_ull(scans, &now); i++) {
+		if (now >= first + 2) {
+			ret = 0;
+			break;
+		}
+		usleep(10000);
+	}
+	write_ull(sleep, slept);
+	return ret;
+}
+
+/*
+ * No THP in a peer-shared range, whatever MADV_HUGEPAGE says: a collapse
+ * (MADV_COLLAPSE, khugepaged) sees the empty PTEs of the pages that live on
+ * the NPU as holes, and would fill them with zeros in a huge page that hides
+ * the NPU's data from the CPU for good.  MADV_COLLAPSE is EINVAL there, and
+ * khugepaged passes the range over: the NPU keeps its pages, the CPU's stay
+ * where they were, and every word reads back.
+ */
+TEST_F_TIMEOUT(npu, collapse_leaves_npu_pages_alone, 120)
+{
+	size_t chunk = 2 << 20, half = chunk / 2;
+	long long n = half / self->page;
+	struct gmem_npu_stats s;
+	struct npu_delta d;
+	char *map, *p, *thp;
+	__u64 sum;
+
+	ASSERT_EQ(0, npu_attach(self->fd[0]));
+	map = mmap_peer_shared(NULL, 2 * chunk, 0);
+	ASSERT_NE(MAP_FAILED, map);
+	p = (char *)(((unsigned long)map + chunk - 1) & ~(chunk - 1));
+	madvise(p, chunk, MADV_HUGEPAGE);
+	fill_words(p, chunk, 13, 9);
+	ASSERT_EQ(0, npu_stats(self->fd[0], &s));
+	/* The second half moves to the NPU: the CPU's PTEs of it are empty. */
+	ASSERT_EQ(0, hmadvise(self->info[0].hnid, (unsigned long)p + half, half,
+			      MADV_PREFETCH));
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(n, d.to_dev);
+
+	ASSERT_EQ(-1, madvise(p, chunk, MADV_COLLAPSE));
+	ASSERT_EQ(EINVAL, errno);
+
+	/*
+	 * khugepaged scans only the processes that have a VMA it may
+	 * collapse: give this one an ordinary MADV_HUGEPAGE range.
+	 */
+	thp = mmap(NULL, 2 * chunk, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, thp);
+	if (thp_mode_is("enabled", "never")) {
+		TH_LOG("THP disabled: khugepaged not tried");
+	} else {
+		ASSERT_EQ(0, madvise(thp, 2 * chunk, MADV_HUGEPAGE));
+		thp[0] = 1;
+		ASSERT_EQ(0, khugepaged_scan_twice());
+	}
+	ASSERT_EQ(0, munmap(thp, 2 * chunk));
+
+	/* Nothing moved: the NPU half is still there, and reads back there. */
+	ASSERT_EQ(0, npu_delta(self->fd[0], &s, &d));
+	ASSERT_EQ(n, d.to_dev);
+	ASSERT_EQ(0, d.to_host);
+	ASSERT_EQ(n, d.resident);
+	ASSERT_EQ(0, npu_sum(self->fd[0], p + half, half, &sum));
+	ASSERT_EQ(sum_words(chunk, 13, 9) - sum_words(half, 13, 9), sum);
+	/* And the CPU reads every word, the NPU half brought home. */
+	ASSERT_EQ(-1, check_words(p, chunk, 13, 9));
+	ASSERT_EQ(0, munmap(map, 2 * chunk));
 	expect_resident(_metadata, self->fd, self->start);
 }
 
