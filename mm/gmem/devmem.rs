@@ -318,13 +318,18 @@ pub(crate) struct Victim {
 impl DeviceMemory {
     /// Manages the device memory at byte offset `base`, `size` bytes long.
     ///
-    /// `base` and `size` must be page aligned and `size` non-zero (`EINVAL`).  What does not fill
+    /// `base` and `size` must be page aligned, `size` non-zero, and the range below 4 PiB
+    /// (`EINVAL`).  What does not fill
     /// a whole chunk at the end of the range is left unused.  `tracks_use`: the device has
     /// accessed bits (`pmap_clear_young`), so a mapping does not mark a page used (see
     /// [`DeviceMemory::set_owner`]).
     pub(crate) fn new(base: u64, size: u64, tracks_use: bool) -> Result<Pin<KBox<Self>>> {
         let page = PAGE_SIZE as u64;
-        if size == 0 || base % page != 0 || size % page != 0 || base.checked_add(size).is_none() {
+        // The logical page table holds page frame numbers up to `MAX_PFN`.
+        let fits = base
+            .checked_add(size)
+            .is_some_and(|end| end / page <= crate::lpt::MAX_PFN + 1);
+        if size == 0 || base % page != 0 || size % page != 0 || !fits {
             return Err(EINVAL);
         }
         let total = size / page;

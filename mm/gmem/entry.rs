@@ -16,7 +16,7 @@ use crate::{
     device::{device_arc, device_ref, Device},
     fault::{cpu_fault_begin, cpu_fault_end, Fill},
     hmadvise::hmadvise,
-    lpt::{self, Claim},
+    lpt::Claim,
     maps, thrash,
 };
 use core::ptr::NonNull;
@@ -48,17 +48,12 @@ fn errno(r: Result) -> c_int {
 /// `subsys_initcall` time, before any driver can register a device.
 #[export]
 pub unsafe extern "C" fn gm_core_init() -> c_int {
-    if let Err(e) = lpt::init() {
-        pr_err!("cannot create the gmem_mapping cache: {e:?}\n");
-        return e.to_errno();
-    }
     // The statistics are a debugging aid: GMEM works without them.
     if let Err(e) = address_space::debugfs_init() {
         pr_warn!("no debugfs statistics: {e:?}\n");
     }
     pr_info!(
-        "core initialised: MAP_PEER_SHARED and hmadvise(2) available, {} bytes per tracked page\n",
-        core::mem::size_of::<lpt::GmMapping>()
+        "core initialised: MAP_PEER_SHARED and hmadvise(2) available, one word per tracked page\n"
     );
     0
 }

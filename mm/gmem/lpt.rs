@@ -3,12 +3,14 @@
 //! The logical page table: where each touched page of a peer-shared range lives.
 //!
 //! Every address space has one [`LogicalPageTable`], an XArray indexed by virtual page number.
-//! A present index holds one [`GmMapping`]: 16 bytes from the `gmem_mapping` slab cache, which
-//! is never merged with another cache so that `/proc/slabinfo` shows exactly what the tracking
-//! costs.  An absent index means that GMEM never saw the page, which is the same as
-//! [`Residency::Host`]: the CPU page table is the only truth for a page no device ever held.
+//! A present index holds one [`GmMapping`], packed into the XArray's slot itself (see
+//! [`PackedMapping`]): no memory is allocated per page but the XArray's nodes, charged to the
+//! process's memory cgroup.  An absent index means that GMEM never saw the page, which is the
+//! same as [`Residency::Host`]: the CPU page table is the only truth for a page no device ever
+//! held.
 //!
-//! Every field of every [`GmMapping`] is protected by the XArray's lock.  Work that may sleep
+//! Every field of every [`GmMapping`] is protected by the XArray's lock: code reads an entry
+//! into a [`GmMapping`] and stores it back under the same lock hold.  Work that may sleep
 //! (device copies, TLB invalidation, freeing device memory) is never done under it: the page
 //! that such work is about is *claimed* first, and the lock is dropped.
 //!
@@ -30,14 +32,14 @@
 use core::{
     mem::ManuallyDrop,
     ptr::NonNull,
-    sync::atomic::{AtomicPtr, AtomicUsize, Ordering},
+    sync::atomic::{AtomicUsize, Ordering},
 };
 use kernel::{
     alloc::{
-        flags::{__GFP_NOFAIL, GFP_KERNEL_ACCOUNT},
+        flags::{__GFP_NOFAIL, GFP_KERNEL_ACCOUNT, GFP_NOWAIT},
         Flags,
     },
-    bindings, c_str,
+    bindings,
     error::to_result,
     ffi::{c_int, c_void},
     new_condvar, new_spinlock,
@@ -101,7 +103,8 @@ pub(crate) enum Residency {
     /// On a device; the CPU page table does not map it.
     Device(DevicePage),
     /// Evicted from a device into a host page that the entry owns (a [`ParkedPage`], as
-    /// returned by [`ParkedPage::into_raw`]); the CPU page table does not map it.
+    /// returned by [`ParkedPage::into_raw`]: its frame number); the CPU page table does not
+    /// map it.
     Parked(u64),
 }
 
@@ -159,9 +162,11 @@ impl ParkedPage {
         unsafe { bindings::page_folio(self.0.as_ptr()) }
     }
 
-    /// The entry's representation.
+    /// The entry's representation: the page's frame number.
     pub(crate) fn into_raw(self) -> u64 {
-        ManuallyDrop::new(self).0.as_ptr() as u64
+        let page = ManuallyDrop::new(self);
+        // SAFETY: by the type invariant the page is valid.
+        (unsafe { bindings::page_to_pfn(page.0.as_ptr()) }) as u64
     }
 
     /// Takes back a page from [`ParkedPage::into_raw`].
@@ -170,8 +175,9 @@ impl ParkedPage {
     ///
     /// `raw` came from `into_raw` and is taken back once.
     pub(crate) unsafe fn from_raw(raw: u64) -> Self {
-        // SAFETY: by the safety requirements `raw` is a non-NULL page pointer we own.
-        Self(unsafe { NonNull::new_unchecked(raw as usize as *mut bindings::page) })
+        // SAFETY: by the safety requirements `raw` is the frame number of a page we own a
+        // reference to, so it has a `struct page`, and that is never NULL.
+        Self(unsafe { NonNull::new_unchecked(bindings::pfn_to_page(raw as usize)) })
     }
 
     /// The page.
@@ -207,23 +213,23 @@ const BOUNCES_MAX: u8 = 7;
 /// The window those bounces were counted in, modulo 16: four bits from here.
 const WINDOW_SHIFT: u8 = 4;
 
-/// The tracking GMEM keeps for one page: 16 bytes.
+/// The tracking GMEM keeps for one page, as the code reads and writes it.  In the table it is
+/// one word (see [`PackedMapping`]).
 ///
 /// # Invariants
 ///
 /// `state` is one of `STATE_*`; `pfn` and `dev` are meaningful only for `STATE_DEVICE`, `pfn`
-/// (the parked page) for `STATE_PARKED`.
-#[repr(C)]
+/// (the parked page's frame number) for `STATE_PARKED`; `gen` only while the entry is busy,
+/// and a busy entry is `STATE_NOWHERE` (a claim takes the page out of it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct GmMapping {
     pfn: u64,
     dev: DeviceId,
     state: u8,
     flags: u8,
-    /// The generation of the claim that holds the entry (or held it last).
+    /// The generation of the claim that holds the entry.
     gen: u32,
 }
-
-const _: () = assert!(core::mem::size_of::<GmMapping>() == 16);
 
 impl GmMapping {
     fn new(residency: Residency, busy: bool) -> Self {
@@ -262,9 +268,9 @@ impl GmMapping {
                 self.dev = page.dev;
                 self.pfn = page.pfn;
             }
-            Residency::Parked(raw) => {
+            Residency::Parked(pfn) => {
                 self.state = STATE_PARKED;
-                self.pfn = raw;
+                self.pfn = pfn;
             }
         }
     }
@@ -302,109 +308,109 @@ impl GmMapping {
             self.flags &= !FLAG_BUSY;
         }
     }
+
+    /// The entry as one word (see [`PackedMapping`]).
+    fn pack(&self) -> PackedMapping {
+        let number = if self.busy() {
+            u64::from(self.gen)
+        } else {
+            self.pfn
+        };
+        // Device memory is checked to fit when it is registered (`DeviceMemory::new`), parked
+        // pages are host pages, and device ids are below `DEV_LIMIT` (see `PackedMapping`).
+        debug_assert!(number <= MAX_PFN && u32::from(self.dev) < DEV_LIMIT);
+        debug_assert!(!self.busy() || self.state == STATE_NOWHERE);
+        PackedMapping(
+            1 | u64::from(self.state) << PACK_STATE
+                | u64::from(self.flags) << PACK_FLAGS
+                | u64::from(self.dev) << PACK_DEV
+                | (number & MAX_PFN) << PACK_NUMBER,
+        )
+    }
+
+    /// Back from [`GmMapping::pack`].
+    fn unpack(word: u64) -> Self {
+        let flags = (word >> PACK_FLAGS) as u8;
+        let state = (word >> PACK_STATE) as u8 & 3;
+        let number = word >> PACK_NUMBER;
+        let busy = flags & FLAG_BUSY != 0;
+        Self {
+            pfn: if busy { 0 } else { number },
+            dev: if state == STATE_DEVICE {
+                (word >> PACK_DEV) as DeviceId & (DEV_LIMIT as DeviceId - 1)
+            } else {
+                0
+            },
+            state,
+            flags,
+            gen: if busy { number as u32 } else { 0 },
+        }
+    }
 }
 
-/// The `gmem_mapping` slab cache, created once at boot by [`init`].
-static MAPPING_CACHE: AtomicPtr<bindings::kmem_cache> = AtomicPtr::new(core::ptr::null_mut());
+/// Where the fields of a [`GmMapping`] go in its word: bit 0 is set, so that the word is never
+/// zero; the state, two bits; the flags, eight; the device id; and the page frame number (or
+/// while the entry is busy, the claim's generation) in the high bits.
+const PACK_STATE: u32 = 1;
+const PACK_FLAGS: u32 = 3;
+const PACK_DEV: u32 = 11;
+const PACK_NUMBER: u32 = 22;
+/// Device ids are below this: the first device id is `nr_node_ids`, at most 1024, and there
+/// are at most 64 devices.
+const DEV_LIMIT: u32 = 1 << (PACK_NUMBER - PACK_DEV);
+/// The largest page frame number an entry holds: 40 bits, as the host's on 64-bit machines
+/// (52 bits of physical address at most), and device memory up to 4 PiB.
+pub(crate) const MAX_PFN: u64 = (1 << (62 - PACK_NUMBER)) - 1;
+const _: () = assert!(MAX_PFN >= u32::MAX as u64 && 1024 + 64 <= DEV_LIMIT);
+
+/// One entry of the logical page table as the XArray holds it: a [`GmMapping`] packed in a
+/// word of 62 bits, shifted left by two, stored in place of a pointer.  No memory behind it:
+/// what a tracked page costs is its share of the XArray's nodes, about 9 bytes for dense
+/// ranges (a 576-byte node per 64 pages).
+///
+/// The XArray never dereferences what it stores; a word with its low two bits clear is a
+/// normal entry to it, as a 4-byte aligned pointer is, and the word is never zero.
+///
+/// # Invariants
+///
+/// `0` has bit 0 set and bits 62 and 63 clear.
+pub(crate) struct PackedMapping(u64);
+
+// SAFETY: `into_foreign` returns the word shifted left by two: 4-byte aligned and, since bit 0
+// of the word is set, never NULL.  The "pointer" is only ever turned back into the word
+// (`from_foreign`, `borrow`, `borrow_mut`), never dereferenced, as the trait allows.  Borrows
+// are copies of the entry; a change is stored back with `Guard::store`.
+unsafe impl ForeignOwnable for PackedMapping {
+    const FOREIGN_ALIGN: usize = 4;
+    type Borrowed<'a> = GmMapping;
+    type BorrowedMut<'a> = GmMapping;
+
+    fn into_foreign(self) -> *mut c_void {
+        (self.0 << 2) as usize as *mut c_void
+    }
+
+    unsafe fn from_foreign(ptr: *mut c_void) -> Self {
+        // INVARIANT: the caller passes what `into_foreign` returned.
+        Self(ptr as usize as u64 >> 2)
+    }
+
+    unsafe fn borrow<'a>(ptr: *mut c_void) -> Self::Borrowed<'a> {
+        GmMapping::unpack(ptr as usize as u64 >> 2)
+    }
+
+    unsafe fn borrow_mut<'a>(ptr: *mut c_void) -> Self::BorrowedMut<'a> {
+        GmMapping::unpack(ptr as usize as u64 >> 2)
+    }
+}
 
 /// Pages tracked by every logical page table together (shown in debugfs).
 pub(crate) static TRACKED_PAGES: AtomicUsize = AtomicUsize::new(0);
 
-/// Creates the `gmem_mapping` slab cache.
-pub(crate) fn init() -> Result {
-    // SAFETY: an all-zero `kmem_cache_args` asks for the defaults (no constructor, natural
-    // alignment).
-    let mut args: bindings::kmem_cache_args = unsafe { core::mem::zeroed() };
-    // SAFETY: the name is a static C string that outlives the cache, `args` lives across the
-    // call.  The cache is accounted to memory cgroups and never merged, so that slabinfo
-    // shows GMEM's tracking on its own line.
-    let cache = unsafe {
-        bindings::__kmem_cache_create_args(
-            c_str!("gmem_mapping").as_char_ptr(),
-            core::mem::size_of::<GmMapping>() as u32,
-            &mut args,
-            bindings::SLAB_NO_MERGE | bindings::SLAB_ACCOUNT,
-        )
-    };
-    if cache.is_null() {
-        return Err(ENOMEM);
-    }
-    MAPPING_CACHE.store(cache, Ordering::Release);
-    Ok(())
-}
-
-/// A [`GmMapping`] allocated from the `gmem_mapping` cache; freed there when dropped.
-///
-/// # Invariants
-///
-/// `self.0` points to a live, initialised `GmMapping` allocated from `MAPPING_CACHE` and owned
-/// by this box.
-pub(crate) struct MappingBox(NonNull<GmMapping>);
-
-// SAFETY: a `GmMapping` is plain data with no ties to a thread.
-unsafe impl Send for MappingBox {}
-// SAFETY: shared access only reads plain data.
-unsafe impl Sync for MappingBox {}
-
-impl MappingBox {
-    /// Allocates a mapping with the given contents (may sleep; charged to the caller's
-    /// memory cgroup).  With `nofail` (an undo), the allocation does not fail.
-    pub(crate) fn new(mapping: GmMapping, nofail: bool) -> Result<Self> {
-        let cache = MAPPING_CACHE.load(Ordering::Acquire);
-        if cache.is_null() {
-            return Err(ENOMEM);
-        }
-        let flags = bindings::GFP_KERNEL_ACCOUNT | if nofail { bindings::__GFP_NOFAIL } else { 0 };
-        // SAFETY: `cache` is the live `gmem_mapping` cache, which is never destroyed.
-        let ptr = unsafe { bindings::kmem_cache_alloc_noprof(cache, flags) };
-        let ptr = NonNull::new(ptr.cast::<GmMapping>()).ok_or(ENOMEM)?;
-        // SAFETY: `ptr` is a fresh allocation of the cache's object size, suitably aligned.
-        unsafe { ptr.as_ptr().write(mapping) };
-        // INVARIANT: just allocated from the cache and initialised.
-        Ok(Self(ptr))
-    }
-}
-
-impl Drop for MappingBox {
-    fn drop(&mut self) {
-        // SAFETY: by the type invariant the object came from `MAPPING_CACHE` and we own it.
-        unsafe {
-            bindings::kmem_cache_free(
-                MAPPING_CACHE.load(Ordering::Acquire),
-                self.0.as_ptr().cast(),
-            )
-        };
-    }
-}
-
-// SAFETY: `into_foreign` hands out the pointer to the cache object, which is 8-byte aligned,
-// and `from_foreign` takes it back; borrows are plain references to the object.
-unsafe impl ForeignOwnable for MappingBox {
-    const FOREIGN_ALIGN: usize = core::mem::align_of::<GmMapping>();
-    type Borrowed<'a> = &'a GmMapping;
-    type BorrowedMut<'a> = &'a mut GmMapping;
-
-    fn into_foreign(self) -> *mut c_void {
-        ManuallyDrop::new(self).0.as_ptr().cast()
-    }
-
-    unsafe fn from_foreign(ptr: *mut c_void) -> Self {
-        // SAFETY: the caller passes a pointer that came from `into_foreign`, so it is non-null
-        // and owns the object again.
-        Self(unsafe { NonNull::new_unchecked(ptr.cast()) })
-    }
-
-    unsafe fn borrow<'a>(ptr: *mut c_void) -> &'a GmMapping {
-        // SAFETY: the caller guarantees that `ptr` came from `into_foreign` and that the object
-        // is not mutably borrowed or freed during `'a`.
-        unsafe { &*ptr.cast::<GmMapping>() }
-    }
-
-    unsafe fn borrow_mut<'a>(ptr: *mut c_void) -> &'a mut GmMapping {
-        // SAFETY: the caller guarantees that `ptr` came from `into_foreign` and that no other
-        // borrow exists during `'a`.
-        unsafe { &mut *ptr.cast::<GmMapping>() }
-    }
+/// Stores `m` back at `index`, whose entry the caller read under the lock it still holds.
+fn put(guard: &mut Guard<'_, PackedMapping>, index: usize, m: GmMapping) {
+    // The entry is there: replacing it allocates nothing, and cannot fail.
+    let stored = guard.store(index, m.pack(), GFP_NOWAIT);
+    kernel::warn_on!(stored.is_err());
 }
 
 /// How many entries a range walk handles per lock hold.  Callbacks run with the lock dropped,
@@ -461,7 +467,7 @@ impl Drop for Claim {
 #[pin_data(PinnedDrop)]
 pub(crate) struct LogicalPageTable {
     #[pin]
-    pages: XArray<MappingBox>,
+    pages: XArray<PackedMapping>,
     /// Entries of pages in `pages`; changed only under the lock.
     len: AtomicUsize,
     /// Entries of read-only copies in `pages`; changed only under the lock.
@@ -493,16 +499,17 @@ impl LogicalPageTable {
     }
 
     /// Takes the table's lock.
-    pub(crate) fn lock(&self) -> Guard<'_, MappingBox> {
+    pub(crate) fn lock(&self) -> Guard<'_, PackedMapping> {
         self.pages.lock()
     }
 
-    /// Claims the entry `m` of page `vpn`, found not busy under the lock.
-    fn take(&self, m: &mut GmMapping, vpn: usize) -> Claim {
+    /// Claims the entry `m` of page `vpn`, found not busy under the lock the caller holds.
+    fn take(&self, guard: &mut Guard<'_, PackedMapping>, mut m: GmMapping, vpn: usize) -> Claim {
         let gen = self.next_gen.fetch_add(1u32, Relaxed);
-        m.gen = gen;
-        m.set_busy(true);
         m.set(Residency::Nowhere);
+        m.set_busy(true);
+        m.gen = gen;
+        put(guard, vpn, m);
         Claim { vpn, gen }
     }
 
@@ -513,12 +520,12 @@ impl LogicalPageTable {
         &self,
         vpn: usize,
         expect: Residency,
-        claimed: impl FnOnce(&Guard<'_, MappingBox>),
+        claimed: impl FnOnce(&Guard<'_, PackedMapping>),
     ) -> Option<Claim> {
         let mut guard = self.lock();
-        match guard.get_mut(vpn) {
+        match guard.get(vpn) {
             Some(m) if !m.busy() && m.residency() == expect => {
-                let claim = self.take(m, vpn);
+                let claim = self.take(&mut guard, m, vpn);
                 claimed(&guard);
                 Some(claim)
             }
@@ -541,12 +548,12 @@ impl LogicalPageTable {
         loop {
             {
                 let mut guard = self.lock();
-                if let Some(m) = guard.get_mut(vpn) {
+                if let Some(m) = guard.get(vpn) {
                     if m.busy() {
                         return Ok(None);
                     }
                     let was = m.residency();
-                    return Ok(Some((self.take(m, vpn), was)));
+                    return Ok(Some((self.take(&mut guard, m, vpn), was)));
                 }
             }
             if let Some(claim) = self.claim_new(vpn)? {
@@ -574,15 +581,17 @@ impl LogicalPageTable {
     /// entry was dropped (or dropped and made again) meanwhile: nothing was recorded, and the
     /// caller still owns what `now` names.
     pub(crate) fn end_claim_locked(
-        guard: &mut Guard<'_, MappingBox>,
+        guard: &mut Guard<'_, PackedMapping>,
         claim: Claim,
         now: Residency,
     ) -> bool {
         let claim = ManuallyDrop::new(claim);
-        match guard.get_mut(claim.vpn) {
-            Some(m) if m.busy() && m.gen == claim.gen => {
-                m.set(now);
+        match guard.get(claim.vpn) {
+            Some(mut m) if m.busy() && m.gen == claim.gen => {
                 m.set_busy(false);
+                m.gen = 0;
+                m.set(now);
+                put(guard, claim.vpn, m);
                 true
             }
             _ => false,
@@ -597,8 +606,9 @@ impl LogicalPageTable {
             let mut guard = self.lock();
             let ended = Self::end_claim_locked(&mut guard, claim, Residency::Host);
             if ended {
-                if let Some(m) = guard.get_mut(vpn) {
+                if let Some(mut m) = guard.get(vpn) {
                     m.bounce(window);
+                    put(&mut guard, vpn, m);
                 }
             }
             ended
@@ -632,7 +642,7 @@ impl LogicalPageTable {
 
     /// Sleeps while `cond`, looked at under the table's lock, holds.  Whoever makes it false
     /// does so under that lock, then calls [`LogicalPageTable::wake`].
-    pub(crate) fn wait_while(&self, mut cond: impl FnMut(&Guard<'_, MappingBox>) -> bool) {
+    pub(crate) fn wait_while(&self, mut cond: impl FnMut(&Guard<'_, PackedMapping>) -> bool) {
         kernel::task::might_sleep();
         let mut guard = self.wait_lock.lock();
         self.waiters.fetch_add(1u32, Relaxed);
@@ -672,11 +682,10 @@ impl LogicalPageTable {
 
     /// [`LogicalPageTable::insert_mapping`] with allocation flags `gfp`.
     fn insert_mapping_gfp(&self, vpn: usize, mapping: GmMapping, gfp: Flags) -> Result {
-        // Allocate before taking the lock: the XArray may still drop it to allocate nodes,
-        // but `insert` never overwrites what was stored meanwhile.
-        let new = MappingBox::new(mapping, gfp.contains(__GFP_NOFAIL))?;
+        // The XArray may drop the lock to allocate nodes, but `insert` never overwrites what
+        // was stored meanwhile.
         let mut guard = self.lock();
-        guard.insert(vpn, new, gfp)?;
+        guard.insert(vpn, mapping.pack(), gfp)?;
         self.account(vpn, 1);
         Ok(())
     }
@@ -709,7 +718,7 @@ impl LogicalPageTable {
         &self,
         start: usize,
         end: usize,
-        mut visit: impl FnMut(&mut Guard<'_, MappingBox>, usize, Residency) -> Option<Residency>,
+        mut visit: impl FnMut(&mut Guard<'_, PackedMapping>, usize, Residency) -> Option<Residency>,
         mut after: impl FnMut(usize, Residency),
     ) {
         let mut next = start;
@@ -860,9 +869,9 @@ impl LogicalPageTable {
         match guard.get(vpn)?.residency() {
             Residency::Device(page) => Some(c_int::from(page.dev)),
             Residency::Parked(raw) => {
-                let page = raw as usize as *const bindings::page;
-                // SAFETY: the entry owns the page, and keeps it while the lock is held.
-                Some(unsafe { bindings::page_to_nid(page) })
+                // SAFETY: the entry owns the page (whose frame number `raw` is), and keeps it
+                // while the lock is held.
+                Some(unsafe { bindings::page_to_nid(bindings::pfn_to_page(raw as usize)) })
             }
             _ => None,
         }
@@ -931,10 +940,10 @@ impl LogicalPageTable {
     ) -> Option<(Claim, DevicePage)> {
         let index = copy_index(vpn, device_slot(dev)?);
         let mut guard = self.lock();
-        let m = guard.get_mut(index)?;
+        let m = guard.get(index)?;
         match m.residency() {
             Residency::Device(page) if !m.busy() && expect.is_none_or(|e| e == page) => {
-                Some((self.take(m, index), page))
+                Some((self.take(&mut guard, m, index), page))
             }
             _ => None,
         }
@@ -952,7 +961,7 @@ impl LogicalPageTable {
     /// [`LogicalPageTable::wake`] once it dropped the lock.
     pub(crate) fn erase_claimed_locked(
         &self,
-        guard: &mut Guard<'_, MappingBox>,
+        guard: &mut Guard<'_, PackedMapping>,
         claim: Claim,
     ) -> bool {
         let claim = ManuallyDrop::new(claim);
@@ -981,7 +990,7 @@ impl LogicalPageTable {
     }
 
     /// [`LogicalPageTable::copies_of`] under the lock the caller holds.
-    fn copies_locked(guard: &Guard<'_, MappingBox>, vpn: usize) -> (usize, usize) {
+    fn copies_locked(guard: &Guard<'_, PackedMapping>, vpn: usize) -> (usize, usize) {
         let first = copy_index(vpn, 0);
         let (mut count, mut busy) = (0, 0);
         for (_, m) in guard.range(first, first + COPY_SLOTS - 1) {
@@ -1061,13 +1070,13 @@ impl LogicalPageTable {
                     if dev.is_some_and(|d| d != slot_device(slot)) {
                         continue;
                     }
-                    let Some(m) = guard.get_mut(index) else {
+                    let Some(m) = guard.get(index) else {
                         continue;
                     };
                     match m.residency() {
                         Residency::Device(page) if !m.busy() => {
                             pages[count] = ((at / COPY_SLOTS) * PAGE_SIZE, page);
-                            claims[count] = Some(self.take(m, index));
+                            claims[count] = Some(self.take(&mut guard, m, index));
                             count += 1;
                         }
                         _ => claimed |= 1 << slot,
@@ -1322,23 +1331,45 @@ mod tests {
     }
 
     #[test]
-    fn mapping_is_16_bytes_and_round_trips() -> Result {
-        assert_eq!(core::mem::size_of::<GmMapping>(), 16);
+    fn an_entry_is_one_word_and_round_trips() -> Result {
+        let last = (DEV_LIMIT - 1) as DeviceId;
         for r in [
             Residency::Nowhere,
             Residency::Host,
             dev(0),
-            dev(u64::MAX >> 12),
+            dev(MAX_PFN),
+            Residency::Device(DevicePage {
+                dev: last,
+                pfn: MAX_PFN - 1,
+            }),
+            Residency::Parked(MAX_PFN),
+            Residency::Parked(1),
         ] {
             let mut m = GmMapping::new(r, false);
-            assert_eq!(m.residency(), r);
-            assert!(!m.busy());
-            m.set_busy(true);
-            assert!(m.busy());
-            assert_eq!(m.residency(), r);
-            m.set_busy(false);
-            assert!(!m.busy());
+            m.bounce(9);
+            let word = m.pack();
+            assert!(word.0 & 1 == 1 && word.0 >> 62 == 0);
+            let back = GmMapping::unpack(word.0);
+            assert_eq!(back, m);
+            assert_eq!(back.residency(), r);
+            assert_eq!((back.busy(), back.bounces(9)), (false, 1));
+            // Through the XArray's representation, as a 4-byte aligned non-NULL "pointer".
+            let ptr = word.into_foreign();
+            assert!(!ptr.is_null() && ptr as usize % 4 == 0);
+            // SAFETY: `ptr` came from `into_foreign` just above, and is taken back once.
+            let word = unsafe { PackedMapping::from_foreign(ptr) };
+            assert_eq!(GmMapping::unpack(word.0), m);
         }
+        // A claimed entry holds the claim's generation in place of the page.
+        let mut m = GmMapping::new(Residency::Nowhere, true);
+        m.gen = u32::MAX;
+        m.bounce(3);
+        let back = GmMapping::unpack(m.pack().0);
+        assert_eq!(
+            (back.busy(), back.gen, back.bounces(3)),
+            (true, u32::MAX, 1)
+        );
+        assert_eq!(back.residency(), Residency::Nowhere);
         Ok(())
     }
 

@@ -771,7 +771,8 @@ impl<T: GmMmu> Device<T> {
     }
 
     /// Hands `size` bytes of device memory at device address `base` to GMEM.  Once per device
-    /// (`EBUSY` after that); `EINVAL` if either is not page aligned or `size` is zero.
+    /// (`EBUSY` after that); `EINVAL` if either is not page aligned, `size` is zero, or the range
+    /// ends past 4 PiB (the logical page table keeps 40-bit page frame numbers).
     pub fn register_physmem(&self, base: u64, size: u64) -> Result {
         // SAFETY: by the type invariant the device is live.
         to_result(unsafe { bindings::gm_dev_register_physmem(self.raw.as_ptr(), base, size) })

@@ -184,39 +184,6 @@ static inline int gm_node_write(unsigned int hnid, const char *name,
 	return write_ull(path, v);
 }
 
-/*
- * Live objects of slab cache @cache (the active_objs column of
- * /proc/slabinfo), or -1.  SLUB counts objects cached per CPU as in use, so
- * the cache is shrunk first (its sysfs "shrink" file, where there is one):
- * then the figure is exact.
- */
-static inline long slab_objects(const char *cache)
-{
-	long active, total, v = -1;
-	char line[512], name[64];
-	char path[128];
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/sys/kernel/slab/%s/shrink", cache);
-	f = fopen(path, "w");
-	if (f) {
-		fputs("1\n", f);
-		fclose(f);
-	}
-	f = fopen("/proc/slabinfo", "r");
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%63s %ld %ld", name, &active, &total) == 3 &&
-		    !strcmp(name, cache)) {
-			v = active;
-			break;
-		}
-	}
-	fclose(f);
-	return v;
-}
-
 /* splitmix64: small, fast, and every seed (0 included) gives a good stream. */
 static inline uint64_t rnd_next(uint64_t *state)
 {
@@ -294,8 +261,8 @@ static inline double now_sec(void)
 
 /*
  * What GMEM holds on behalf of all processes: device memory in use and
- * pinned on each NPU, tracked pages, GMEM address spaces and GmMapping
- * objects.  A test that leaves nothing behind ends where it started.
+ * pinned on each NPU, tracked pages and GMEM address spaces.  A test that
+ * leaves nothing behind ends where it started.
  */
 struct gm_baseline {
 	int nnpu;
@@ -304,7 +271,6 @@ struct gm_baseline {
 	long long pinned[NPU_MAX];	/* bytes, from sysfs (-1: no pins) */
 	long tracked;
 	long spaces;
-	long mappings;			/* gmem_mapping slab objects */
 };
 
 /*
@@ -345,7 +311,6 @@ static inline int gm_baseline_take(struct gm_baseline *b)
 	}
 	b->tracked = tracked_pages();
 	b->spaces = gmem_stat("address_spaces");
-	b->mappings = slab_objects("gmem_mapping");
 	return b->tracked < 0 || b->spaces < 0 ? -1 : 0;
 }
 
@@ -368,8 +333,7 @@ static inline int gm_baseline_wait(const struct gm_baseline *b, double timeout,
 			snprintf(why, size, "cannot read the GMEM statistics");
 			return -1;
 		}
-		same = now.tracked == b->tracked && now.spaces == b->spaces &&
-		       (b->mappings < 0 || now.mappings == b->mappings);
+		same = now.tracked == b->tracked && now.spaces == b->spaces;
 		for (int i = 0; i < b->nnpu; i++)
 			same &= now.resident[i] == b->resident[i] &&
 				now.pinned[i] == b->pinned[i];
@@ -377,9 +341,9 @@ static inline int gm_baseline_wait(const struct gm_baseline *b, double timeout,
 			return 0;
 		if (now_sec() > end) {
 			snprintf(why, size,
-				 "tracked pages %ld (was %ld), address spaces %ld (was %ld), gmem_mapping objects %ld (was %ld), npu0 resident %lld (was %lld) pinned %lld (was %lld), npu1 resident %lld (was %lld) pinned %lld (was %lld)",
+				 "tracked pages %ld (was %ld), address spaces %ld (was %ld), npu0 resident %lld (was %lld) pinned %lld (was %lld), npu1 resident %lld (was %lld) pinned %lld (was %lld)",
 				 now.tracked, b->tracked, now.spaces, b->spaces,
-				 now.mappings, b->mappings, now.resident[0],
+				 now.resident[0],
 				 b->resident[0], now.pinned[0], b->pinned[0],
 				 now.resident[1], b->resident[1], now.pinned[1],
 				 b->pinned[1]);

@@ -8,8 +8,8 @@
  * and write their copy, and SIGKILL processes in the middle of their jobs,
  * prefetches and pins.  At the end every word of the buffer is what the
  * pattern says, each NPU's pinned pages are those gmem_maps shows pinned,
- * and device memory, pins, tracked pages, GMEM address spaces and
- * gmem_mapping objects are back where they started.
+ * and device memory, pins, tracked pages and GMEM address spaces are back
+ * where they started.
  *
  * The buffer is cut into 256-byte chunks, 16 to a page, and every chunk
  * has one writer (a CPU thread, an NPU thread, or nobody: a frozen chunk

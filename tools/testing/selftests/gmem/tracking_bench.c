@@ -1,19 +1,26 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * What GMEM's tracking costs per page: touch every page of a peer-shared
- * range and read the growth of the gmem_mapping slab (one GmMapping per
- * page) and of radix_tree_node (the XArray's nodes) in /proc/slabinfo.
+ * range and read the growth of radix_tree_node (the nodes of the logical
+ * page table's XArray, whose slots hold the entries themselves) in
+ * /proc/slabinfo.  Two cases: pages only the CPU touched ("cpu"), and pages
+ * an NPU job wrote first, which live on the NPU ("npu"; only if
+ * /dev/gmem_npu0 exists).
  *
- * Prints one line: "tracking_bench pages=N mapping_bytes_per_page=X
- * xarray_bytes_per_page=Y total_bytes_per_page=Z".  Not a test.
+ * Prints one line per case: "tracking_bench case=C pages=N
+ * xarray_bytes_per_page=X total_bytes_per_page=X".  Not a test.
  */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <linux/gmem.h>
+
+#include "../../../../samples/rust/gmem_npu_sim/gmem_npu_sim_uapi.h"
 
 /* Bytes held by the active objects of slab cache @name, or -1. */
 static long slab_bytes(const char *name)
@@ -35,29 +42,59 @@ static long slab_bytes(const char *name)
 	return -1;
 }
 
-int main(int argc, char **argv)
+/* Makes every page of @p (@len bytes) present: from the CPU, or on NPU @npu. */
+static int touch(char *p, size_t len, size_t page, int npu)
 {
-	size_t size_mib = argc > 1 ? strtoul(argv[1], NULL, 0) : 256;
-	size_t page = sysconf(_SC_PAGESIZE), len = size_mib << 20;
-	long m0, x0, m1, x1, pages = len / page;
+	struct gmem_npu_job job = {
+		.op = GMEM_NPU_OP_FILL32,
+		.dst = (unsigned long)p,
+		.len = len,
+		.value = 1,
+	};
+
+	if (npu >= 0)
+		return ioctl(npu, GMEM_NPU_IOC_RUN, &job);
+	for (size_t off = 0; off < len; off += page)
+		p[off] = 1;
+	return 0;
+}
+
+/* Measures one case; 0 or 1 (failed). */
+static int measure(const char *name, size_t len, int npu)
+{
+	size_t page = sysconf(_SC_PAGESIZE);
+	long x0, x1, pages = len / page;
 	char *p;
 
-	m0 = slab_bytes("gmem_mapping");
 	x0 = slab_bytes("radix_tree_node");
 	p = mmap(NULL, len, PROT_READ | PROT_WRITE,
 		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_PEER_SHARED, -1, 0);
-	if (p == MAP_FAILED || m0 < 0 || x0 < 0) {
+	if (p == MAP_FAILED || x0 < 0 || touch(p, len, page, npu)) {
 		perror("tracking_bench");
 		return 1;
 	}
-	for (size_t off = 0; off < len; off += page)
-		p[off] = 1;
-	m1 = slab_bytes("gmem_mapping");
 	x1 = slab_bytes("radix_tree_node");
-	printf("tracking_bench pages=%ld mapping_bytes_per_page=%.2f ", pages,
-	       (double)(m1 - m0) / pages);
-	printf("xarray_bytes_per_page=%.2f total_bytes_per_page=%.2f\n",
-	       (double)(x1 - x0) / pages, (double)(m1 - m0 + x1 - x0) / pages);
+	printf("tracking_bench case=%s pages=%ld xarray_bytes_per_page=%.2f ",
+	       name, pages, (double)(x1 - x0) / pages);
+	printf("total_bytes_per_page=%.2f\n", (double)(x1 - x0) / pages);
 	munmap(p, len);
 	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	size_t len = (argc > 1 ? strtoul(argv[1], NULL, 0) : 256) << 20;
+	int npu, ret;
+
+	ret = measure("cpu", len, -1);
+	npu = open("/dev/gmem_npu0", O_RDWR);
+	if (npu >= 0 && ioctl(npu, GMEM_NPU_IOC_ATTACH, 0)) {
+		perror("tracking_bench: attach");
+		ret = 1;
+	} else if (npu >= 0) {
+		ret |= measure("npu", len, npu);
+	}
+	if (npu >= 0)
+		close(npu);
+	return ret;
 }
