@@ -22,13 +22,25 @@
 
 #include "../../../../samples/rust/gmem_npu_sim/gmem_npu_sim_uapi.h"
 
-/* Bytes held by the active objects of slab cache @name, or -1. */
+/*
+ * Bytes held by the active objects of slab cache @name, or -1.  SLUB counts
+ * the free objects of per-CPU slabs as active: the cache is shrunk first
+ * (its sysfs "shrink" file), so that nodes freed by an earlier case and
+ * reused by this one are not counted as in use all along.
+ */
 static long slab_bytes(const char *name)
 {
-	char line[512], cache[64];
+	char line[512], cache[64], path[128];
 	long active, total, objsize;
-	FILE *f = fopen("/proc/slabinfo", "r");
+	FILE *f;
 
+	snprintf(path, sizeof(path), "/sys/kernel/slab/%s/shrink", name);
+	f = fopen(path, "w");
+	if (f) {
+		fputs("1\n", f);
+		fclose(f);
+	}
+	f = fopen("/proc/slabinfo", "r");
 	if (!f)
 		return -1;
 	while (fgets(line, sizeof(line), f)) {
