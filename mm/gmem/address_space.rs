@@ -533,25 +533,34 @@ impl AddressSpace {
     }
 
     /// Drops the entries in `start..end` (addresses) that `select` picks: device pages go back
-    /// to their device, parked pages are freed.
+    /// to their device (unmapped before their entries go, see
+    /// [`LogicalPageTable::erase_range`]), parked pages are freed.
     pub(crate) fn drop_range(
         &self,
         start: usize,
         end: usize,
         select: impl FnMut(Residency) -> bool,
     ) {
-        let mut batch = self.devices.batch();
         self.lpt.erase_range(
             start / PAGE_SIZE,
             end.div_ceil(PAGE_SIZE),
             select,
-            |vpn, r| match r {
+            |pages| self.release(pages),
+        );
+    }
+
+    /// Gives back what [`LogicalPageTable::erase_range`] hands over: device pages to their
+    /// devices, with one TLB invalidation per device, and parked pages to the page allocator.
+    fn release(&self, pages: &[(usize, Residency)]) {
+        let mut batch = self.devices.batch();
+        for &(vpn, r) in pages {
+            match r {
                 Residency::Device(page) => batch.push(vpn * PAGE_SIZE, page),
                 // SAFETY: the entry that owned the parked page is gone; we own it now.
                 Residency::Parked(raw) => drop(unsafe { ParkedPage::from_raw(raw) }),
                 _ => {}
-            },
-        );
+            }
+        }
     }
 
     /// Drops the device and parked pages of `start..end` (addresses), whose data a zap of the
@@ -1400,6 +1409,53 @@ mod tests {
         assert_eq!(seen, Some(false));
         // The mapping made is removed by the invalidation.
         assert_eq!(fake.take_ops(), [Op::Unmap(10 * PAGE_SIZE, 10)]);
+        Ok(())
+    }
+
+    /// What [`entry_at_unmap`] saw of page 11's entry: 0 nothing yet, 1 no entry, 2 claimed,
+    /// 3 anything else.
+    static AT_UNMAP: AtomicUsize = AtomicUsize::new(0);
+
+    /// Records what page 11's entry is while the device unmaps a page (the first time).
+    fn entry_at_unmap(arg: usize) {
+        // SAFETY: as in `map_copy_again`.
+        let this = unsafe { &*(arg as *const AddressSpace) };
+        let seen = match this.lpt.peek(11) {
+            None => 1,
+            Some((Residency::Nowhere, true)) => 2,
+            Some(_) => 3,
+        };
+        let _ = AT_UNMAP.compare_exchange(0, seen, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// `MADV_DONTNEED` while a device works on the range: a dropped device page is unmapped
+    /// from its device before its entry goes.  Gone first, it let a device fault find no
+    /// entry and map a new page over the old page's mapping, which the device's TLB may still
+    /// hold, while the drop's unmap waited in a batch.
+    #[test]
+    fn a_dropped_device_page_is_unmapped_before_its_entry_goes() -> Result {
+        let (this, fake) = setup()?;
+        AT_UNMAP.store(0, Ordering::Relaxed);
+        fake.set_probe(Some((
+            entry_at_unmap,
+            core::ptr::from_ref::<AddressSpace>(&this) as usize,
+        )));
+        this.dontneed(10 * PAGE_SIZE, 14 * PAGE_SIZE);
+        fake.set_probe(None);
+        assert_eq!(AT_UNMAP.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            fake.take_ops(),
+            [
+                Op::Unmap(11 * PAGE_SIZE, 11),
+                Op::Unmap(12 * PAGE_SIZE, 12),
+                Op::Free(11),
+                Op::Free(12)
+            ]
+        );
+        // Then the entries went; the host pages' stay.
+        assert_eq!(this.lpt.peek(11), None);
+        assert_eq!(this.lpt.peek(12), None);
+        assert_eq!(this.lpt.residency(10), Some(Residency::Host));
         Ok(())
     }
 

@@ -222,10 +222,12 @@ impl Context {
             0,
             usize::MAX / PAGE_SIZE + 1,
             |r| matches!(r, Residency::Device(p) if p.dev == id),
-            |vpn, r| {
-                if let Residency::Device(page) = r {
-                    self.unmap(vpn * PAGE_SIZE, page);
-                    self.free(page);
+            |pages| {
+                for &(vpn, r) in pages {
+                    if let Residency::Device(page) = r {
+                        self.unmap(vpn * PAGE_SIZE, page);
+                        self.free(page);
+                    }
                 }
             },
         );

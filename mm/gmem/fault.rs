@@ -1294,7 +1294,7 @@ mod tests {
         let page = DevicePage { dev: 7, pfn: 0x42 };
         s.lpt.insert(VPN, Residency::Device(page))?;
         let (claim, fill) = cpu_fault_begin(&s.lpt, &s.devices, VPN, VA, &s.page)?;
-        s.lpt.erase_range(VPN, VPN + 1, |_| true, |_, _| {});
+        s.lpt.erase_range(VPN, VPN + 1, |_| true, |_| {});
         assert!(!cpu_fault_end(&s.lpt, claim, &s.page, fill, true));
         assert_eq!(s.lpt.residency(VPN), None);
         Ok(())
@@ -1522,7 +1522,7 @@ mod tests {
         want.set(511);
         assert_eq!(BlockPages(s.lpt.on_device(base, CHUNK_PAGES, 7)), want);
         // The table owns no device memory: take the entries out again.
-        s.lpt.erase_range(base, base + 513, |_| true, |_, _| {});
+        s.lpt.erase_range(base, base + 513, |_| true, |_| {});
         Ok(())
     }
 

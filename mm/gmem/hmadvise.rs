@@ -267,16 +267,10 @@ impl Request {
             (Advice::DontNeed, Some(device)) => {
                 if let Some(this) = this {
                     let id = device.id();
-                    let mut batch = this.devices.batch();
-                    this.lpt.erase_range(
-                        first,
-                        last,
+                    this.drop_range(
+                        first * PAGE_SIZE,
+                        last * PAGE_SIZE,
                         |r| matches!(r, Residency::Device(p) if p.dev == id),
-                        |vpn, r| {
-                            if let Residency::Device(page) = r {
-                                batch.push(vpn * PAGE_SIZE, page);
-                            }
-                        },
                     );
                 }
                 Ok(())

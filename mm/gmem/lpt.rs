@@ -413,6 +413,10 @@ fn put(guard: &mut Guard<'_, PackedMapping>, index: usize, m: GmMapping) {
     kernel::warn_on!(stored.is_err());
 }
 
+/// How many pages [`LogicalPageTable::erase_range`] hands over at a time: a device unmaps them
+/// with one TLB invalidation.
+const ERASE_BATCH: usize = 64;
+
 /// How many entries a range walk handles per lock hold.  Callbacks run with the lock dropped,
 /// so a walk over a large range never keeps the lock long.
 const WALK_BATCH: usize = 16;
@@ -750,41 +754,72 @@ impl LogicalPageTable {
 
     /// Stops tracking the pages `start..end` for which `select` is true.
     ///
-    /// `released(vpn, residency)` is called, without the lock, for every device or parked page
-    /// whose entry was removed: the caller now owns that page.  Claimed entries are removed
-    /// too: their holders find them gone when they end their claims, and keep what they moved.
-    /// Returns the number of entries removed.
+    /// `released(pages)` is called, without the lock, with the `(vpn, residency)` pairs of the
+    /// device and parked pages whose entries go, up to [`ERASE_BATCH`] at a time: the caller
+    /// owns those pages from then on, and unmaps a device page from its device there.  The
+    /// entry of a device page goes only once `released` returned: until then it is claimed,
+    /// and a fault on the page waits.  Gone first, it would let a device fault find no entry
+    /// and map a new page at the address over a mapping of the old one that the device's TLB
+    /// may still cache (and that `released` would then remove).  Claimed entries are removed
+    /// at once: their holders find them gone when they end their claims, and keep what they
+    /// moved.  Returns the number of entries removed.
     pub(crate) fn erase_range(
         &self,
         start: usize,
         end: usize,
         mut select: impl FnMut(Residency) -> bool,
-        released: impl FnMut(usize, Residency),
+        mut released: impl FnMut(&[(usize, Residency)]),
     ) -> usize {
         let mut removed = 0;
-        let mut claimed = false;
-        self.walk(
-            start,
-            end,
-            |guard, vpn, residency| {
-                if !select(residency) {
-                    return None;
+        let mut next = start;
+        while next < end {
+            let mut pages = [(0, Residency::Nowhere); ERASE_BATCH];
+            let mut claims = [const { None }; ERASE_BATCH];
+            let (mut count, mut wake) = (0, false);
+            {
+                let mut guard = self.lock();
+                while count < ERASE_BATCH {
+                    let Some((vpn, m)) = guard.find(next, end - 1) else {
+                        next = end;
+                        break;
+                    };
+                    next = vpn + 1;
+                    let residency = m.residency();
+                    if !select(residency) {
+                        continue;
+                    }
+                    if matches!(residency, Residency::Device(_)) && !m.busy() {
+                        claims[count] = Some(self.take(&mut guard, m, vpn));
+                    } else {
+                        wake |= m.busy();
+                        drop(guard.remove(vpn));
+                        self.account(vpn, -1);
+                        removed += 1;
+                        if !matches!(residency, Residency::Parked(_)) {
+                            continue;
+                        }
+                    }
+                    pages[count] = (vpn, residency);
+                    count += 1;
                 }
-                claimed |= guard.get(vpn).is_some_and(|m| m.busy());
-                drop(guard.remove(vpn));
-                self.account(vpn, -1);
-                removed += 1;
-                match residency {
-                    Residency::Device(_) | Residency::Parked(_) => Some(residency),
-                    _ => None,
+            }
+            if count != 0 {
+                released(&pages[..count]);
+            }
+            if claims.iter().any(Option::is_some) {
+                let mut guard = self.lock();
+                for claim in claims.iter_mut().filter_map(Option::take) {
+                    // Gone already if another drop took it meanwhile.
+                    if self.erase_claimed_locked(&mut guard, claim) {
+                        removed += 1;
+                    }
                 }
-            },
-            released,
-        );
-        if claimed {
-            // Their holders find them gone when they end their claims; those who wait for
-            // the pages find them gone now.
-            self.wake();
+                wake = true;
+            }
+            if wake {
+                // Those who wait for the pages find them gone now.
+                self.wake();
+            }
         }
         removed
     }
@@ -1184,9 +1219,11 @@ impl LogicalPageTable {
             from,
             end,
             |_| true,
-            |vpn, r| {
-                if let Residency::Device(page) = r {
-                    moved(vpn, page)
+            |pages| {
+                for &(vpn, r) in pages {
+                    if let Residency::Device(page) = r {
+                        moved(vpn, page)
+                    }
                 }
             },
         );
@@ -1384,7 +1421,7 @@ mod tests {
         assert!(lpt.claim_if(5, Residency::Nowhere, |_| {}).is_none());
         assert!(lpt.claim_any(5)?.is_none());
         // Dropped (MADV_DONTNEED) and made again by a fault.
-        lpt.erase_range(5, 6, |_| true, |_, _| {});
+        lpt.erase_range(5, 6, |_| true, |_| {});
         let (second, was) = lpt.claim_any(5)?.ok_or(EBUSY)?;
         assert_eq!(was, Residency::Nowhere);
         assert!(!lpt.end_claim(first, dev(1)));
@@ -1419,9 +1456,14 @@ mod tests {
             0,
             100,
             |_| true,
-            |vpn, r| {
-                if let Residency::Device(p) = r {
-                    let _ = released.push((vpn, p.pfn), GFP_KERNEL);
+            |pages| {
+                for &(vpn, r) in pages {
+                    if let Residency::Device(p) = r {
+                        // Still claimed while it is released: a fault on it waits, and maps
+                        // no new page over the old one's mapping.
+                        assert_eq!(lpt.peek(vpn), Some((Residency::Nowhere, true)));
+                        let _ = released.push((vpn, p.pfn), GFP_KERNEL);
+                    }
                 }
             },
         );
@@ -1455,7 +1497,7 @@ mod tests {
         assert_eq!(seen, want);
         // Only device pages are selected when asked for.
         lpt.insert(31, Residency::Host)?;
-        let n = lpt.erase_range(30, 151, |r| matches!(r, Residency::Device(_)), |_, _| {});
+        let n = lpt.erase_range(30, 151, |r| matches!(r, Residency::Device(_)), |_| {});
         assert_eq!(n, want.len());
         assert_eq!(lpt.residency(31), Some(Residency::Host));
         assert_eq!(lpt.residency(27), Some(dev(27)));
@@ -1470,7 +1512,7 @@ mod tests {
         for vpn in 100..110 {
             lpt.insert(vpn, Residency::Host)?;
         }
-        assert_eq!(lpt.erase_range(103, 106, |_| true, |_, _| {}), 3);
+        assert_eq!(lpt.erase_range(103, 106, |_| true, |_| {}), 3);
         for vpn in 100..110 {
             let kept = !(103..106).contains(&vpn);
             assert_eq!(lpt.residency(vpn).is_some(), kept);
