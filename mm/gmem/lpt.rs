@@ -792,7 +792,7 @@ impl LogicalPageTable {
                         claims[count] = Some(self.take(&mut guard, m, vpn));
                     } else {
                         wake |= m.busy();
-                        drop(guard.remove(vpn));
+                        guard.remove(vpn);
                         self.account(vpn, -1);
                         removed += 1;
                         if !matches!(residency, Residency::Parked(_)) {
@@ -1002,7 +1002,7 @@ impl LogicalPageTable {
         let claim = ManuallyDrop::new(claim);
         match guard.get(claim.vpn) {
             Some(m) if m.busy() && m.gen == claim.gen => {
-                drop(guard.remove(claim.vpn));
+                guard.remove(claim.vpn);
                 self.account(claim.vpn, -1);
                 true
             }
@@ -1204,7 +1204,7 @@ impl LogicalPageTable {
                 if found >= next {
                     break;
                 }
-                drop(guard.remove(found - from + to));
+                guard.remove(found - from + to);
                 undone -= 1;
                 vpn = found + 1;
             }
