@@ -378,12 +378,13 @@ pub(crate) struct PackedMapping(u64);
 
 // SAFETY: `into_foreign` returns the word shifted left by two: 4-byte aligned and, since bit 0
 // of the word is set, never NULL.  The "pointer" is only ever turned back into the word
-// (`from_foreign`, `borrow`, `borrow_mut`), never dereferenced, as the trait allows.  Borrows
-// are copies of the entry; a change is stored back with `Guard::store`.
+// (`from_foreign`, `borrow`), never dereferenced, as the trait allows.  Borrows are copies of
+// the entry; there is no mutable borrow (a copy would take changes nowhere): a change is
+// stored back with `put()`.
 unsafe impl ForeignOwnable for PackedMapping {
     const FOREIGN_ALIGN: usize = 4;
     type Borrowed<'a> = GmMapping;
-    type BorrowedMut<'a> = GmMapping;
+    type BorrowedMut<'a> = ();
 
     fn into_foreign(self) -> *mut c_void {
         (self.0 << 2) as usize as *mut c_void
@@ -398,9 +399,7 @@ unsafe impl ForeignOwnable for PackedMapping {
         GmMapping::unpack(ptr as usize as u64 >> 2)
     }
 
-    unsafe fn borrow_mut<'a>(ptr: *mut c_void) -> Self::BorrowedMut<'a> {
-        GmMapping::unpack(ptr as usize as u64 >> 2)
-    }
+    unsafe fn borrow_mut<'a>(_: *mut c_void) -> Self::BorrowedMut<'a> {}
 }
 
 /// Pages tracked by every logical page table together (shown in debugfs).
